@@ -1,0 +1,1 @@
+"""Built-in ferjax experiments (installed as ``ferjax.experiments``); one module per experiment."""

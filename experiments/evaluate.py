@@ -1,0 +1,16 @@
+"""Evaluate a pretrained classifier: `--config.model=NAME --config.protocol=original|ferplus`."""
+import ml_collections
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "evaluate"
+    c.task = "evaluate"
+    c.model = ""  # a registered pretrained model; empty = the one shipped with ferjax
+    c.dataset = "fer2013"
+    c.protocol = variant or "original"
+    c.split = "test"
+    c.batch_size = 256
+    c.data = ml_collections.ConfigDict({
+        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
+    return c

@@ -1,0 +1,69 @@
+"""Train a VGG-style classifier on FER2013 under the `original` protocol.
+
+Variants: `cpu` (default; vgg_small, sized for a 2-core CPU), `gpu` (vgg13, longer), `tiny`
+(a few steps on a few hundred images, for smoke tests).
+"""
+import ml_collections
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    variant = variant or "cpu"
+    c = ml_collections.ConfigDict()
+    c.name = f"fer2013_vgg:{variant}"
+    c.task = "train_classifier"
+    c.classifier = "vgg_small"
+    c.classifier_kwargs = ml_collections.ConfigDict({"dropout": 0.4})
+    c.dataset = "fer2013"
+    c.protocol = "original"
+    c.loss = "cross_entropy"
+    c.loss_kwargs = ml_collections.ConfigDict({"num_classes": 7, "label_smoothing": 0.1})
+    c.data = ml_collections.ConfigDict({
+        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
+    c.augment = ml_collections.ConfigDict({"crop_pad": 4, "flip": True, "rotate_deg": 10.0,
+                                           "jitter": 0.1})
+    t = c.train = ml_collections.ConfigDict()
+    t.seed = 0
+    t.batch_size = 128
+    t.eval_batch_size = 256
+    t.epochs = 24
+    t.optimizer = "adamw"
+    t.learning_rate = 2e-3
+    t.b1 = 0.9
+    t.b2 = 0.999
+    t.weight_decay = 5e-4
+    t.grad_clip = 0.0
+    t.momentum = 0.9
+    t.schedule = "cosine"
+    t.warmup_epochs = 1.0
+    t.decay_start_epoch = 0
+    t.final_lr_ratio = 0.01
+    t.plateau = ml_collections.ConfigDict({"factor": 0.5, "patience": 100, "min_scale": 1e-3})
+    t.early_stop_patience = 10
+    t.select_metric = "accuracy"
+    t.select_mode = "max"
+    t.log_every_steps = 20
+    t.checkpoint_every_steps = 100
+    t.max_steps = 0
+    t.num_devices = 0
+    c.export_to = ""
+    c.export_name = ""
+    c.reproduce_command = f"python -m ferjax.run --experiment=fer2013_vgg:{variant}"
+    if variant == "cpu":
+        pass
+    elif variant == "gpu":
+        c.classifier = "vgg13"
+        t.epochs = 100
+        t.early_stop_patience = 20
+    elif variant == "tiny":
+        c.classifier_kwargs.dropout = 0.0
+        c.data.limit_per_split = 256
+        c.augment.rotate_deg = 0.0
+        t.batch_size = 32
+        t.eval_batch_size = 64
+        t.epochs = 2
+        t.log_every_steps = 2
+        t.checkpoint_every_steps = 4
+        t.early_stop_patience = 0
+    else:
+        raise ValueError(f"unknown variant {variant!r} of fer2013_vgg; expected cpu, gpu or tiny")
+    return c

@@ -1,0 +1,207 @@
+"""Reading FER2013 from its Kaggle CSV (plain or gzipped) or the common image-folder layout.
+
+Every record keeps its source row index. Malformed input stops with an error that names the
+file, the row and the problem, unless `skip_bad_rows` is set: then bad rows are counted and
+reported in `ReadReport`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import io
+import os
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
+SPLITS = ("train", "validation", "test")
+FOLDER_SPLITS = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
+                 "validation": "validation", "publictest": "validation", "test": "test",
+                 "privatetest": "test"}
+FERPLUS_FILE = "fer2013new.csv"
+FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                   "contempt", "unknown", "NF")
+# Rows whose FER+ votes belong to another image (see shared/data/fer2013/README.md).
+FERPLUS_MISMATCHED_ROWS = (5274, 33200)
+PIXELS = 48 * 48
+KAGGLE_URL = "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data"
+
+
+class FER2013FormatError(ValueError):
+    """A FER2013 source file does not have the expected format."""
+
+
+@dataclasses.dataclass
+class Record:
+    row: int
+    split: str
+    label: int
+    image: np.ndarray  # [48,48,1] uint8
+    ferplus_votes: np.ndarray | None = None  # [10] int16, -1 where unknown
+
+
+@dataclasses.dataclass
+class ReadReport:
+    source: str
+    rows_read: int = 0
+    bad_rows: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        head = "; ".join(f"row {r}: {why}" for r, why in self.bad_rows[:5])
+        more = f" (+{len(self.bad_rows) - 5} more)" if len(self.bad_rows) > 5 else ""
+        return f"{self.source}: {self.rows_read} rows read, {len(self.bad_rows)} skipped" + (
+            f" [{head}{more}]" if self.bad_rows else "")
+
+
+def find_source(path: str | os.PathLike) -> Path:
+    """Resolves a user path (CSV file, gzipped CSV, or a folder holding either / an image tree)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for name in ("fer2013.csv", "fer2013.csv.gz"):
+            if (p / name).is_file():
+                return p / name
+        if any((p / d).is_dir() for d in FOLDER_SPLITS) or any(
+                (c / d).is_dir() for c in p.iterdir() if c.is_dir() for d in FOLDER_SPLITS):
+            return p
+    raise FileNotFoundError(missing_message(str(p)))
+
+
+def missing_message(where: str) -> str:
+    return (f"FER2013 not found at {where}. Download fer2013.csv (or the image-folder version) from "
+            f"Kaggle: {KAGGLE_URL} , then put fer2013.csv or fer2013.csv.gz there, or point ferjax at "
+            f"it with --config.data.fer2013_path=PATH or the FER2013_PATH environment variable. "
+            f"FER+ votes (optional): fer2013new.csv from https://github.com/microsoft/FERPlus beside it.")
+
+
+def iter_records(source: Path, skip_bad_rows: bool = False,
+                 report: ReadReport | None = None) -> Iterator[Record]:
+    """Yields Records from a CSV, a gzipped CSV, or an image folder tree."""
+    report = report if report is not None else ReadReport(str(source))
+    if source.is_dir():
+        yield from _iter_folder(source, skip_bad_rows, report)
+        return
+    votes = read_ferplus(source.parent / FERPLUS_FILE)
+    for rec in _iter_csv(source, skip_bad_rows, report):
+        if votes is not None and rec.row < len(votes):
+            rec.ferplus_votes = votes[rec.row]
+        yield rec
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _iter_csv(path: Path, skip_bad_rows: bool, report: ReadReport) -> Iterator[Record]:
+    row = -1
+    try:
+        with _open_text(path) as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[:3]] != ["emotion", "pixels", "Usage"]:
+                raise FER2013FormatError(
+                    f"{path}: expected the header 'emotion,pixels,Usage', got {header!r}")
+            for row, fields in enumerate(reader):
+                try:
+                    yield _parse_row(fields, row)
+                    report.rows_read += 1
+                except FER2013FormatError as e:
+                    if not skip_bad_rows:
+                        raise FER2013FormatError(
+                            f"{path}, row {row} (line {row + 2}): {e}. Fix the file or pass "
+                            f"--config.data.skip_bad_rows=True to skip bad rows") from None
+                    report.bad_rows.append((row, str(e)))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise FER2013FormatError(
+            f"{path}: the gzip stream is truncated or corrupt after row {row} ({e}); "
+            f"download the file again") from None
+
+
+def _parse_row(fields: list[str], row: int) -> Record:
+    if len(fields) != 3:
+        raise FER2013FormatError(f"expected 3 fields (emotion,pixels,Usage), got {len(fields)}")
+    emotion, pixels, usage = fields
+    try:
+        label = int(emotion)
+    except ValueError:
+        raise FER2013FormatError(f"emotion {emotion!r} is not an integer") from None
+    if not 0 <= label < len(EMOTIONS):
+        raise FER2013FormatError(f"emotion {label} is out of range 0..6")
+    split = USAGE_TO_SPLIT.get(usage.strip())
+    if split is None:
+        raise FER2013FormatError(
+            f"unknown Usage {usage!r}; expected one of {', '.join(USAGE_TO_SPLIT)}")
+    values = pixels.split()
+    if len(values) != PIXELS:
+        raise FER2013FormatError(f"expected {PIXELS} pixel values, got {len(values)}")
+    try:
+        arr = np.array(values, dtype=np.int32)
+    except ValueError:
+        bad = next(v for v in values if not v.lstrip("-").isdigit())
+        raise FER2013FormatError(f"pixel value {bad!r} is not an integer") from None
+    if arr.min() < 0 or arr.max() > 255:
+        raise FER2013FormatError(f"pixel values must be 0..255, got {arr.min()}..{arr.max()}")
+    return Record(row, split, label, arr.astype(np.uint8).reshape(48, 48, 1))
+
+
+def read_ferplus(path: Path) -> np.ndarray | None:
+    """FER+ votes [rows,10] int16 (-1 for rows whose votes belong to another image), or None."""
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        if len(header) != 12 or header[0] != "Usage":
+            raise FER2013FormatError(
+                f"{path}: expected FER+ header 'Usage,Image name,neutral,...,NF', got {header!r}")
+        votes = []
+        for row, fields in enumerate(reader):
+            try:
+                votes.append([int(v) for v in fields[2:12]])
+            except ValueError:
+                raise FER2013FormatError(f"{path}, row {row}: vote counts must be integers") from None
+    out = np.asarray(votes, np.int16)
+    out[[r for r in FERPLUS_MISMATCHED_ROWS if r < len(out)]] = -1
+    return out
+
+
+def _iter_folder(root: Path, skip_bad_rows: bool, report: ReadReport) -> Iterator[Record]:
+    import cv2
+
+    splits = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in FOLDER_SPLITS]
+    if not splits:
+        raise FER2013FormatError(
+            f"{root}: expected sub-folders {sorted(set(FOLDER_SPLITS))} holding <class>/*.png|jpg")
+    row = 0
+    for split_dir in splits:
+        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            name = class_dir.name.lower()
+            if name not in EMOTIONS:
+                raise FER2013FormatError(
+                    f"{class_dir}: unknown class folder {class_dir.name!r}; expected {EMOTIONS}")
+            for img_path in sorted(class_dir.iterdir()):
+                if img_path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                    continue
+                img = cv2.imread(str(img_path), cv2.IMREAD_GRAYSCALE)
+                problem = None
+                if img is None:
+                    problem = "not a readable image"
+                elif img.shape != (48, 48):
+                    img = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)
+                if problem:
+                    if not skip_bad_rows:
+                        raise FER2013FormatError(f"{img_path} (row {row}): {problem}")
+                    report.bad_rows.append((row, f"{img_path}: {problem}"))
+                else:
+                    report.rows_read += 1
+                    yield Record(row, FOLDER_SPLITS[split_dir.name.lower()], EMOTIONS.index(name),
+                                 img.reshape(48, 48, 1))
+                row += 1

@@ -1,0 +1,31 @@
+"""Evaluate a registered pretrained classifier under a protocol on the test split."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from ferjax import pretrained
+from ferjax.data.fer2013 import EMOTIONS
+from ferjax.eval.predict import evaluate_split
+from ferjax.registry import DATASETS
+
+
+def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Reports accuracy, balanced accuracy, macro-F1 and per-class recall of `config.model`."""
+    model, variables, card = pretrained.load(config.model or None)
+    data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
+    split = config.split
+    if split not in data:
+        raise ValueError(f"split {split!r} not in dataset; available: {sorted(data)}")
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    out_dir = Path(workdir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = evaluate_split(lambda b: apply(variables, b["image"].astype("float32")), data[split],
+                            config.batch_size, EMOTIONS, config.protocol, split, out_dir,
+                            card.get("name", ""))
+    report["model"] = card.get("name")
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,71 @@
+"""Pretrained weights shipped with ferjax (or registered by plugins), loaded without training.
+
+A pretrained entry (registry kind "pretrained model") is a function returning a `WeightsSpec`.
+Weights are a flax msgpack file; beside it a JSON model card says data, protocol, accuracy and
+the command that reproduces them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import importlib_resources
+import jax
+import jax.numpy as jnp
+
+from ferjax.registry import CLASSIFIERS, PRETRAINED
+
+DEFAULT = "fer2013_vgg_small"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSpec:
+    classifier: str
+    weights: Path
+    card: Path
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+def packaged(filename: str) -> Path:
+    """Path of a file shipped inside the ``ferjax.pretrained`` package."""
+    return Path(str(importlib_resources.files("ferjax.pretrained").joinpath(filename)))
+
+
+def init_variables(model: Any, seed: int = 0) -> Any:
+    """Variables of `model` for a [1,48,48,1] input (the template that weights are read into)."""
+    return model.init(jax.random.key(seed), jnp.zeros((1, 48, 48, 1), jnp.float32), train=False)
+
+
+def load(name: str | None = None) -> tuple[Any, Any, dict]:
+    """(model, variables, card) for a registered pretrained model."""
+    name = name or DEFAULT
+    spec: WeightsSpec = PRETRAINED.get(name)()
+    if not spec.weights.is_file():
+        raise FileNotFoundError(
+            f"weights of pretrained model {name!r} not found at {spec.weights}; train them with the "
+            f"command in its model card or reinstall ferjax")
+    model = CLASSIFIERS.create(spec.classifier, **spec.kwargs)
+    variables = flax.serialization.from_bytes(init_variables(model), spec.weights.read_bytes())
+    card = json.loads(spec.card.read_text()) if spec.card.is_file() else {}
+    card.setdefault("name", name)
+    return model, variables, card
+
+
+def export(variables: Any, card: dict, weights_path: str | os.PathLike) -> None:
+    """Writes `variables` (params + batch_stats) and the card beside them, each atomically."""
+    weights_path = Path(weights_path)
+    _atomic_write(weights_path, flax.serialization.to_bytes(jax.device_get(variables)))
+    _atomic_write(weights_path.with_suffix(".json"), json.dumps(card, indent=2).encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

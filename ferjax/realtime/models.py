@@ -1,0 +1,90 @@
+"""Locating third-party model files (detector weights) that are not installed with ferjax.
+
+Search order: an explicit directory (config field `models_dir`), then `$FERJAX_MODELS_DIR`, then
+`~/.cache/ferjax/models`. A missing file raises with its download address and sha256.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+ENV_VAR = "FERJAX_MODELS_DIR"
+DEFAULT_DIR = Path("~/.cache/ferjax/models").expanduser()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """A third-party file: its name, where users download it, and its pinned sha256."""
+
+    name: str
+    url: str
+    sha256: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+SSD_TF_PB = ModelFile(
+    "opencv_face_detector_uint8.pb",
+    "https://raw.githubusercontent.com/opencv/opencv_3rdparty/dnn_samples_face_detector_20180220_uint8/opencv_face_detector_uint8.pb",
+    "5c71d752ef2cbf2f457ac82fdd580fcb2522fd04c5efdaed18eb6d9e2843fbed")
+SSD_TF_PBTXT = ModelFile(
+    "opencv_face_detector.pbtxt",
+    "https://raw.githubusercontent.com/opencv/opencv/4.x/samples/dnn/face_detector/opencv_face_detector.pbtxt",
+    "5397808362fc6fb7c4044484848e297b22449d913a267fa7f8bd9d86dce29144")
+SSD_CAFFE_MODEL = ModelFile(
+    "res10_300x300_ssd_iter_140000.caffemodel",
+    "https://raw.githubusercontent.com/opencv/opencv_3rdparty/dnn_samples_face_detector_20170830/res10_300x300_ssd_iter_140000.caffemodel")
+SSD_CAFFE_PROTO = ModelFile(
+    "deploy.prototxt",
+    "https://raw.githubusercontent.com/opencv/opencv/4.x/samples/dnn/face_detector/deploy.prototxt")
+YUNET = ModelFile(
+    "face_detection_yunet_2026may.onnx",
+    "https://github.com/opencv/opencv_zoo/tree/main/models/face_detection_yunet "
+    "(face_detection_yunet_2023mar.onnx)",
+    "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+    aliases=("face_detection_yunet_2023mar.onnx",))
+
+
+def search_dirs(models_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Directories searched for model files, most specific first."""
+    dirs = [Path(models_dir).expanduser()] if models_dir else []
+    if os.environ.get(ENV_VAR):
+        dirs.append(Path(os.environ[ENV_VAR]).expanduser())
+    dirs.append(DEFAULT_DIR)
+    return dirs
+
+
+def find(file: ModelFile, models_dir: str | os.PathLike | None = None) -> Path | None:
+    """The first existing path of `file` (also accepting `<dir>/detectors/<name>`), or None."""
+    for d in search_dirs(models_dir):
+        for name in (file.name, *file.aliases):
+            for p in (d / name, d / "detectors" / name):
+                if p.is_file():
+                    return p
+    return None
+
+
+def locate(file: ModelFile, models_dir: str | os.PathLike | None = None) -> Path:
+    """Like `find`, but a missing file raises FileNotFoundError saying how to get it."""
+    path = find(file, models_dir)
+    if path is None:
+        raise FileNotFoundError(missing_message([file], models_dir))
+    return path
+
+
+def missing_message(files: list[ModelFile], models_dir: str | os.PathLike | None = None) -> str:
+    where = ", ".join(str(d) for d in search_dirs(models_dir))
+    lines = [f"model file(s) not found in: {where}. Download them into one of these directories "
+             f"(or set ${ENV_VAR} / the config field `models_dir`):"]
+    for f in files:
+        lines.append(f"  {f.name}: {f.url}" + (f"  sha256={f.sha256}" if f.sha256 else ""))
+    return "\n".join(lines)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

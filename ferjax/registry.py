@@ -1,0 +1,134 @@
+"""Named component registries (one per kind) with decorator registration and entry-point plugins.
+
+A registry maps a name to a factory (class or function). Built-in components live in the
+top-level ``registry/`` folder (installed as ``ferjax.components``); third-party packages add
+theirs through the ``ferjax.plugins`` entry-point group, whose targets are imported on first use.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from importlib import metadata
+from typing import Any, Callable, Iterator, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+PLUGIN_GROUP = "ferjax.plugins"
+BUILTIN_MODULES = (
+    "ferjax.components.classifiers",
+    "ferjax.components.generators",
+    "ferjax.components.discriminators",
+    "ferjax.components.losses",
+    "ferjax.components.detectors",
+    "ferjax.components.datasets",
+    "ferjax.components.tasks",
+    "ferjax.components.pretrained",
+    "ferjax.components.realtime_tasks",
+)
+_log = logging.getLogger(__name__)
+_loaded = False
+
+
+class RegistryError(KeyError):
+    """Raised for duplicate or unknown component names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0])
+
+
+class Registry:
+    """A mapping from names to factories for one kind of component."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Callable[..., Any]] = {}
+        self._docs: dict[str, str] = {}
+
+    def register(self, name: str | None = None, *, doc: str | None = None) -> Callable[[F], F]:
+        """Decorator registering a factory under ``name`` (default: the object's name)."""
+
+        def deco(obj: F) -> F:
+            key = name or obj.__name__
+            if key in self._entries:
+                raise RegistryError(
+                    f"{self.kind} {key!r} is already registered (by {_origin(self._entries[key])}); "
+                    f"choose another name for {_origin(obj)}")
+            self._entries[key] = obj
+            self._docs[key] = (doc or (obj.__doc__ or "").strip().splitlines() or [""])[0]
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """Returns the factory named ``name``; unknown names raise with close matches."""
+        load_components()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=5, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}.{hint} Registered {self.kind}s: "
+                f"{', '.join(sorted(self._entries)) or '(none)'}")
+        return self._entries[name]
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        """Calls the factory named ``name`` with ``kwargs``."""
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        load_components()
+        return sorted(self._entries)
+
+    def describe(self, name: str) -> str:
+        load_components()
+        return self._docs.get(name, "")
+
+    def __contains__(self, name: str) -> bool:
+        load_components()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+CLASSIFIERS = Registry("classifier")
+GENERATORS = Registry("generator")
+DISCRIMINATORS = Registry("discriminator")
+LOSSES = Registry("loss")
+DETECTORS = Registry("detector")
+DATASETS = Registry("dataset")
+TASKS = Registry("task")
+PRETRAINED = Registry("pretrained model")
+ALL = {r.kind: r for r in (CLASSIFIERS, GENERATORS, DISCRIMINATORS, LOSSES, DETECTORS,
+                            DATASETS, TASKS, PRETRAINED)}
+
+
+def _origin(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def load_components() -> None:
+    """Imports the built-in component modules and every ``ferjax.plugins`` entry point, once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+    for ep in metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            target = ep.load()
+        except Exception as e:  # A broken plugin must say which one it is.
+            raise ImportError(f"ferjax plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
+        if callable(target) and not isinstance(target, type):
+            target()  # An entry point may name a `register()` function instead of a module.
+        _log.info("loaded ferjax plugin %s", ep.name)
+
+
+def table() -> str:
+    """A Markdown table of every registered component, kind by kind."""
+    load_components()
+    lines = ["| kind | name | description |", "| --- | --- | --- |"]
+    for kind, reg in ALL.items():
+        for n in reg.names():
+            lines.append(f"| {kind} | `{n}` | {reg.describe(n)} |")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Command-line entry point.
+
+    python -m ferjax.run --experiment=NAME[:variant] [--config.a.b=value ...] [--workdir=DIR]
+    python -m ferjax.run --list
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("experiment", None, "Experiment NAME or NAME:variant (see --list).")
+flags.DEFINE_string("workdir", None, "Output folder (default runs/NAME/VARIANT).")
+flags.DEFINE_bool("list", False, "List experiments and registered components, then exit.")
+flags.DEFINE_bool("print_config", False, "Print the resolved config, then exit.")
+flags.DEFINE_string("jax_cache_dir", "~/.cache/ferjax/jax",
+                    "Persistent JAX compilation cache ('' disables).")
+FLAGS = flags.FLAGS
+_overrides: list[str] = []
+
+
+def _split_overrides(argv: list[str]) -> list[str]:
+    """Removes `--config.KEY=VALUE` items from argv (absl does not know them) and keeps them."""
+    rest = []
+    for arg in argv:
+        if arg.startswith("--config."):
+            _overrides.append(arg[len("--config."):])
+        else:
+            rest.append(arg)
+    return rest
+
+
+def listing() -> str:
+    from ferjax import config, registry
+
+    lines = ["## Experiments", "", "| experiment | description |", "| --- | --- |"]
+    for name in config.experiment_names():
+        doc = (config._experiment_module(name).__doc__ or "").strip().splitlines()
+        lines.append(f"| `{name}` | {doc[0] if doc else ''} |")
+    lines += ["", "## Registered components", "", registry.table()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from ferjax import config as cfg_lib
+    from ferjax import registry
+
+    if FLAGS.list:
+        print(listing())
+        return 0
+    if not FLAGS.experiment:
+        raise app.UsageError("--experiment is required (see --list)")
+    try:
+        config = cfg_lib.build(FLAGS.experiment, _overrides)
+    except (cfg_lib.ConfigError, registry.RegistryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if FLAGS.print_config:
+        print(config)
+        return 0
+    if FLAGS.jax_cache_dir:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.jax_cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    name, _, variant = FLAGS.experiment.partition(":")
+    workdir = FLAGS.workdir or str(Path("runs") / name / (variant or "default"))
+    from ferjax.train.loop import Interrupted
+
+    try:
+        summary = registry.TASKS.get(config.task)(config, workdir)
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def entry() -> None:
+    logging.set_verbosity(logging.WARNING)
+    app.run(main, flags_parser=lambda argv: FLAGS(_split_overrides(argv)))
+
+
+if __name__ == "__main__":
+    entry()

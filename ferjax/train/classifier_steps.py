@@ -1,0 +1,73 @@
+"""Jit-compiled train and eval steps for expression classifiers."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from ferjax.data.augment import augment_batch
+from ferjax.train import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    lr_scale: jax.Array  # set by the host's reduce-on-plateau
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
+                 input_shape=(1, 48, 48, 1), variables: Any = None) -> TrainState:
+    """Fresh state (or one around given `variables`, e.g. converted pretrained weights)."""
+    if variables is None:
+        variables = model.init(jax.random.key(seed), jnp.zeros(input_shape, jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      lr_scale=jnp.ones((), jnp.float32))
+
+
+def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Callable,
+               augment: ml_collections.ConfigDict, seed: int, mesh: Mesh):
+    """(train_step, eval_step), jitted over `mesh`: state replicated, batches split on `data`."""
+    base_key = jax.random.key(seed)
+
+    def train_step(state: TrainState, batch: dict):
+        k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, state.step))
+        x = augment_batch(k_aug, batch["image"].astype(jnp.float32), augment)
+
+        def objective(params):
+            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                          train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+            return loss_fn(logits, batch["label"]), (logits, updates)
+
+        (loss, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        steps, opt_state = tx.update(grads, state.opt_state, state.params)
+        steps = jax.tree.map(lambda u: u * state.lr_scale, steps)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, steps),
+                                  batch_stats=updates.get("batch_stats", state.batch_stats),
+                                  opt_state=opt_state)
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return new_state, {"loss": loss, "accuracy": acc}
+
+    def eval_step(state: TrainState, batch: dict):
+        logits = model.apply(state.variables, batch["image"].astype(jnp.float32), train=False)
+        return logits
+
+    rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    train = jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+    evaluate = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=data)
+    return train, evaluate
+

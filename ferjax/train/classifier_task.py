@@ -1,0 +1,78 @@
+"""Train an expression classifier end to end: data -> jitted steps -> fit -> test report -> export."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from ferjax import pretrained
+from ferjax.data.fer2013 import EMOTIONS
+from ferjax.data.pipeline import TrainBatches
+from ferjax.eval.plots import plot_curves
+from ferjax.eval.predict import evaluate_split
+from ferjax.registry import CLASSIFIERS, DATASETS, LOSSES
+from ferjax.train import sharding
+from ferjax.train.classifier_steps import create_state, make_steps
+from ferjax.train.loop import fit, restore_best
+from ferjax.train.schedules import make_optimizer, make_schedule
+
+
+def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config.classifier` on `config.dataset` and reports on the protocol's test split."""
+    t0 = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    tcfg = config.train
+    data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
+    model = CLASSIFIERS.create(config.classifier, **config.classifier_kwargs)
+    loss_fn = LOSSES.create(config.loss, **config.loss_kwargs)
+    mesh = sharding.data_mesh(tcfg.get("num_devices", 0) or None)
+    if tcfg.batch_size % mesh.size:
+        raise ValueError(f"train.batch_size={tcfg.batch_size} is not divisible by {mesh.size} devices")
+
+    train_arrays = {"image": data["train"]["image"], "label": data["train"]["label"]}
+    batches = TrainBatches(train_arrays, tcfg.batch_size // jax.process_count(), tcfg.seed)
+    tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
+    state = create_state(model, tx, tcfg.seed)
+    train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh)
+
+    def logits_fn(current_state):
+        return lambda batch: jax.device_get(eval_step(current_state, sharding.put_batch(batch, mesh)))
+
+    eval_bs = tcfg.eval_batch_size
+    val_split = data["validation"]
+
+    def evaluate(current_state) -> dict:
+        return evaluate_split(logits_fn(current_state), val_split, eval_bs, EMOTIONS,
+                              config.protocol, "validation")
+
+    state, host = fit(state, train_step, batches, evaluate, tcfg, workdir, mesh)
+    train_seconds = time.perf_counter() - t0
+    best = jax.device_put(restore_best(state, workdir, tcfg.select_metric), sharding.replicated(mesh))
+    title = f"{config.classifier}"
+    reports = {name: evaluate_split(logits_fn(best), data[name], eval_bs, EMOTIONS, config.protocol,
+                                    name, workdir, title)
+               for name in ("validation", "test") if name in data}
+    plot_curves(host["history"], workdir / "curves.png", f"{title} ({config.protocol})")
+    summary = {"experiment": config.get("name", ""), "classifier": config.classifier,
+               "protocol": config.protocol, "epochs_run": len(host["history"]),
+               "wall_seconds": round(train_seconds, 1), "best_step": int(best.step),
+               **{f"{k}_report": v for k, v in reports.items()}}
+    (workdir / "report.json").write_text(json.dumps(summary, indent=2))
+    if config.get("export_to"):
+        test = reports.get("test", {})
+        card = {"name": config.get("export_name", config.classifier), "classifier": config.classifier,
+                "classes": list(EMOTIONS), "data": "FER2013 (Kaggle CSV), Training split",
+                "protocol": config.protocol, "selected_on": "validation (PublicTest)",
+                "test_split": "test (PrivateTest)",
+                **{k: test.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1",
+                                             "per_class_recall")},
+                "epochs_run": len(host["history"]), "train_wall_seconds": round(train_seconds, 1),
+                "command": config.get("reproduce_command", "")}
+        pretrained.export(best.variables, card, config.export_to)
+        summary["exported"] = str(config.export_to)
+    return summary

@@ -1,0 +1,140 @@
+"""A generic epoch loop around a jitted train step: resume, evaluate, checkpoint, stop early.
+
+The loop owns everything a long run needs and nothing model-specific: exact resume from the
+latest checkpoint (the data order and RNG depend only on the step), reduce-on-plateau, early
+stopping, the best checkpoint by a chosen metric, a progress bar with throughput and ETA, and
+metrics to JSON lines and TensorBoard. SIGTERM/SIGINT save a checkpoint before exiting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from ferjax.data.pipeline import TrainBatches
+from ferjax.train import sharding
+from ferjax.train.checkpoint import Checkpointer
+from ferjax.train.logging_utils import MetricWriter
+from ferjax.train.schedules import EarlyStopping, ReduceOnPlateau
+
+_log = logging.getLogger(__name__)
+
+
+class Interrupted(RuntimeError):
+    """The run was stopped by a signal after saving a checkpoint; rerun the command to resume."""
+
+
+def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Callable[[Any], dict],
+        cfg: ml_collections.ConfigDict, workdir: str | Path, mesh) -> tuple[Any, dict]:
+    """Trains until cfg.epochs (or early stopping / cfg.max_steps); returns (state, host_state).
+
+    `evaluate(state)` returns validation metrics including `cfg.select_metric`.
+    """
+    workdir = Path(workdir)
+    mode = cfg.get("select_mode", "max")
+    ckpt = Checkpointer(workdir / "checkpoints", cfg.select_metric, mode)
+    plateau = ReduceOnPlateau(cfg.plateau.factor, cfg.plateau.patience, cfg.plateau.min_scale, mode)
+    early = EarlyStopping(cfg.early_stop_patience, mode)
+    host = {"history": [], "finished": False}
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state, host = restored
+        plateau = ReduceOnPlateau(**host["plateau"])
+        early = EarlyStopping(**host["early"])
+        print(f"resumed from step {int(state.step)} in {workdir / 'checkpoints'}", flush=True)
+    state = jax.device_put(state, sharding.replicated(mesh))
+
+    spe = batches.steps_per_epoch
+    total = cfg.epochs * spe
+    stop_at = min(total, cfg.max_steps) if cfg.get("max_steps") else total
+    step = int(state.step)
+    if host["finished"] or step >= stop_at:
+        ckpt.close()
+        return state, host
+
+    stop_signal = {"sig": None}
+
+    def on_signal(signum, _frame):
+        stop_signal["sig"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    writer = MetricWriter(workdir)
+    bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
+    sums, count, t_epoch = {}, 0, time.perf_counter()
+
+    def save_latest():
+        host.update(plateau=dataclasses.asdict(plateau), early=dataclasses.asdict(early))
+        ckpt.save_latest(step, state, host)
+
+    try:
+        for batch in batches.iterate(step):
+            state, metrics = train_step(state, sharding.put_batch(batch, mesh))
+            step += 1
+            count += 1
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if step % cfg.log_every_steps == 0 or step % spe == 0:
+                means = {f"train_{k}": float(v) / count for k, v in sums.items()}
+                rate = count * batches.batch_size / (time.perf_counter() - t_epoch)
+                bar.set_postfix(loss=f"{means['train_loss']:.3f}", acc=f"{means['train_accuracy']:.3f}",
+                                img_s=f"{rate:.0f}")
+                writer.write(step, {**means, "images_per_second": rate, "lr_scale": plateau.scale})
+            bar.update(1)
+            if step % spe == 0:
+                epoch = step // spe
+                train_means = {f"train_{k}": float(v) / count for k, v in sums.items()}
+                val = {f"val_{k}": v for k, v in evaluate(state).items()
+                       if isinstance(v, (int, float))}
+                record = {"epoch": epoch, "step": step, **train_means, **val,
+                          "epoch_seconds": time.perf_counter() - t_epoch, "lr_scale": plateau.scale}
+                host["history"].append(record)
+                writer.write(step, record)
+                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                    for k, v in record.items()))
+                selected = val[f"val_{cfg.select_metric}"]
+                ckpt.save_best(step, state, {cfg.select_metric: selected})
+                scale = plateau.update(selected)
+                state = state.replace(lr_scale=jax.device_put(np.float32(scale), sharding.replicated(mesh)))
+                if early.update(selected):
+                    tqdm.write(f"early stopping at epoch {epoch}: no improvement in "
+                               f"{early.patience} epochs (best {cfg.select_metric}={early.best:.4f})")
+                    host["finished"] = True
+                sums, count, t_epoch = {}, 0, time.perf_counter()
+                save_latest()
+            elif step % cfg.checkpoint_every_steps == 0:
+                save_latest()
+            if stop_signal["sig"] is not None:
+                save_latest()
+                raise Interrupted(f"stopped by signal {stop_signal['sig']} at step {step}; "
+                                  f"checkpoint saved, rerun the same command to resume")
+            if host["finished"] or step >= stop_at:
+                break
+        host["finished"] = host["finished"] or step >= total
+        save_latest()
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return state, host
+
+
+def restore_best(state: Any, workdir: str | Path, select_metric: str, mode: str = "max") -> Any:
+    """The best checkpoint's state (or `state` itself when there is none)."""
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", select_metric, mode)
+    try:
+        best = ckpt.restore_best(jax.device_get(state))
+    finally:
+        ckpt.close()
+    return state if best is None else best

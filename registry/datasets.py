@@ -1,0 +1,47 @@
+"""Datasets: FER2013 splits under an evaluation protocol (GUIDE.md §4)."""
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from ferjax.data.loading import load_splits
+from ferjax.registry import DATASETS
+
+# FER+ vote columns (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt)
+# mapped to FER2013 label indices; contempt has no FER2013 class.
+_FERPLUS_TO_FER = np.array([6, 3, 5, 4, 0, 1, 2, -1])
+
+
+def ferplus_majority(votes: np.ndarray) -> np.ndarray:
+    """FER2013 label of the strict FER+ majority among the 8 emotions, -1 for ties, unknown,
+    not-a-face, contempt, or rows without votes."""
+    votes = votes.astype(np.int32)
+    emo = votes[:, :8]
+    top = emo.max(1)
+    winner = emo.argmax(1)
+    unique = (emo == top[:, None]).sum(1) == 1
+    beats_rest = top > votes[:, 8:].max(1)
+    ok = (votes.min(1) >= 0) & (top > 0) & unique & beats_rest
+    return np.where(ok, _FERPLUS_TO_FER[winner], -1)
+
+
+@DATASETS.register("fer2013")
+def fer2013(cfg: ml_collections.ConfigDict, protocol: str = "original") -> dict:
+    """FER2013 train/validation/test; protocol `original` (Kaggle labels) or `ferplus` (FER+ majority)."""
+    splits = load_splits(cfg.get("fer2013_path") or None, cfg.get("tfds_data_dir") or None,
+                         cfg.get("skip_bad_rows", False))
+    if protocol == "ferplus":
+        for name, arr in splits.items():
+            label = ferplus_majority(arr["ferplus_votes"])
+            keep = label >= 0
+            if not keep.any():
+                raise ValueError(f"protocol 'ferplus' needs fer2013new.csv beside the FER2013 CSV; "
+                                 f"split {name!r} has no usable FER+ votes")
+            splits[name] = {k: v[keep] for k, v in arr.items()}
+            splits[name]["label"] = label[keep].astype(np.int32)
+    elif protocol != "original":
+        raise ValueError(f"unknown protocol {protocol!r}; expected 'original' or 'ferplus'")
+    limit = cfg.get("limit_per_split", 0)
+    if limit:
+        splits = {k: {f: v[:limit] for f, v in arr.items()} for k, arr in splits.items()}
+    return splits

@@ -1,0 +1,10 @@
+"""Pretrained models shipped inside the ferjax package."""
+from ferjax.pretrained import WeightsSpec, packaged
+from ferjax.registry import PRETRAINED
+
+
+@PRETRAINED.register("fer2013_vgg_small")
+def fer2013_vgg_small() -> WeightsSpec:
+    """vgg_small trained on FER2013 Training (protocol `original`); see its model card."""
+    return WeightsSpec("vgg_small", packaged("fer2013_vgg_small.msgpack"),
+                       packaged("fer2013_vgg_small.json"))

@@ -1,0 +1,1 @@
+"""Real-time tasks (filled in by the realtime work)."""

@@ -1,0 +1,18 @@
+"""Tasks: what an experiment runs. Each is `(config, workdir) -> summary dict`."""
+from ferjax.registry import TASKS
+
+
+@TASKS.register("train_classifier")
+def train_classifier(config, workdir):
+    """Train a classifier, select on validation, report the test split, optionally export weights."""
+    from ferjax.train.classifier_task import train_classifier as run
+
+    return run(config, workdir)
+
+
+@TASKS.register("evaluate")
+def evaluate(config, workdir):
+    """Evaluate a pretrained classifier under a protocol; prints its metrics."""
+    from ferjax.eval.evaluate_task import evaluate_pretrained
+
+    return evaluate_pretrained(config, workdir)
