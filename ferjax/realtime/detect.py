@@ -66,14 +66,19 @@ class ResizingDetector:
     def detect_small(self, frame: np.ndarray) -> list[Detection]:
         raise NotImplementedError
 
-    def __call__(self, frame: np.ndarray) -> list[Detection]:
+    def resized(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """The frame the detector sees and its scale relative to `frame`."""
         w = frame.shape[1]
         if not self.detect_width or self.detect_width >= w:
-            return self.detect_small(frame)
+            return frame, 1.0
         s = self.detect_width / w
-        small = cv2.resize(frame, (self.detect_width, max(1, round(frame.shape[0] * s))),
-                           interpolation=cv2.INTER_AREA)
-        return [d.scaled(1.0 / s) for d in self.detect_small(small)]
+        size = (self.detect_width, max(1, round(frame.shape[0] * s)))
+        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), s
+
+    def __call__(self, frame: np.ndarray) -> list[Detection]:
+        small, s = self.resized(frame)
+        dets = self.detect_small(small)
+        return dets if s == 1.0 else [d.scaled(1.0 / s) for d in dets]
 
 
 def cuda_devices() -> int:

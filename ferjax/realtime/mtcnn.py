@@ -178,12 +178,25 @@ class MTCNN:
     def __init__(self, weights: dict[str, list[np.ndarray]] | None = None, *,
                  weights_dir: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
                  min_face_size: int = 20, scale_factor: float = 0.709,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), buckets: Sequence[int] = (16, 64, 256, 1024)):
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), buckets: Sequence[int] = (16, 64, 256)):
         weights = weights or mtcnn_weights.load_all(weights_dir, models_dir)
         self.w = {k: [jnp.asarray(a) for a in v] for k, v in weights.items()}
         self.min_face_size, self.scale_factor = min_face_size, scale_factor
         self.thresholds = tuple(thresholds)
         self.buckets = tuple(buckets)
+
+    def warmup(self, height: int, width: int) -> None:
+        """Compiles P-Net for this image size and R-/O-Net for every batch bucket."""
+        scales = scale_pyramid(width, height, self.min_face_size, self.scale_factor)
+        levels = [np.zeros((int(height * s), int(width * s), 3), np.float32)
+                  for s in scales if int(width * s) >= 12 and int(height * s) >= 12]
+        if levels:
+            jax.block_until_ready(_pnet_pyramid(self.w["pnet"], levels))
+        image = jnp.zeros((height, width, 3), jnp.float32)
+        for b in self.buckets:
+            boxes = np.tile(np.array([[0, 0, 11, 11]], np.float32), (b, 1))
+            jax.block_until_ready(_rnet_on_boxes(self.w["rnet"], image, boxes))
+            jax.block_until_ready(_onet_on_boxes(self.w["onet"], image, boxes))
 
     def _stage(self, fn, image: jax.Array, boxes: np.ndarray, net: str) -> list[np.ndarray]:
         """Runs R-Net or O-Net on `boxes` in bucket-sized chunks; returns numpy outputs."""
@@ -254,6 +267,11 @@ class MTCNNDetector(ResizingDetector):
         self.net = MTCNN(**kwargs)
         self.threshold = threshold
         self.backend = f"jax-{jax.default_backend()}"
+
+    def warmup(self, frame: np.ndarray) -> None:
+        small, _ = self.resized(frame)
+        self.net.warmup(*small.shape[:2])
+        self(frame)
 
     def detect_small(self, frame: np.ndarray) -> list[Detection]:
         rows = self.net.detect_rows(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))

@@ -1,0 +1,67 @@
+"""Table II-style benchmark: per detector and video, ms per stage and end-to-end FPS."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+from ferjax.realtime.pipeline import STAGES, Pipeline
+
+_log = logging.getLogger(__name__)
+# The paper's Table II (seed §IV), end-to-end FPS of its real-time system.
+PAPER_TABLE_II = (
+    {"detector": "haar (paper)", "backend": "CPU", "fps": 7.41},
+    {"detector": "dnn ssd (paper)", "backend": "CPU", "fps": 30.30},
+    {"detector": "dnn ssd (paper)", "backend": "GTX 1070", "fps": 51.43},
+)
+TIMED = ("decode", "detect", "preprocess", "predict", "draw")
+
+
+def run_bench(make_pipeline: Callable[[str], Pipeline], detectors: Sequence[str], videos: Sequence[str],
+              max_frames: int | None = None, warmup_frames: int = 5) -> list[dict[str, Any]]:
+    """One headless pipeline run (drawing on, no writing) per detector and video."""
+    rows = []
+    for name in detectors:
+        try:
+            pipe = make_pipeline(name)
+        except (FileNotFoundError, ImportError) as e:
+            _log.warning("skipping detector %s: %s", name, e)
+            rows.append({"detector": name, "skipped": str(e).splitlines()[0]})
+            continue
+        for video in videos:
+            s = pipe.run(video, max_frames=max_frames, display=False, draw=True, warmup_frames=warmup_frames)
+            row = {"detector": name, "backend": f"{s['detector_backend']} + jax-{s['jax_backend']}",
+                   "video": video.rsplit("/", 1)[-1], **{k: s.get(k) for k in (
+                       "frames", "frames_timed", "bad_frames", "detection_rate", "faces",
+                       "max_faces_in_frame", "fps", "frame_ms_p50", "compile_s", "error")}}
+            row.update({f"{k}_ms": s.get("stage_ms", {}).get(k, 0.0) for k in STAGES})
+            rows.append(row)
+            _log.info("%s on %s: %.1f FPS, detection rate %.3f", name, row["video"], row["fps"] or 0,
+                      row["detection_rate"] or 0)
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]], peers: Sequence[dict[str, Any]] = ()) -> str:
+    """A Markdown table like the paper's Table II, with per-stage milliseconds."""
+    head = ["detector", "backend", "video", "frames", *[f"{k} ms" for k in TIMED], "ms/frame",
+            "FPS", "frames with face"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['detector']} | skipped: {r['skipped']} |" + " |" * (len(head) - 2))
+            continue
+        if r.get("error"):
+            lines.append(f"| {r['detector']} | {r['backend']} | {r['video']} | error: {r['error']} |"
+                         + " |" * (len(head) - 4))
+            continue
+        ms = sum(r[f"{k}_ms"] for k in TIMED)
+        lines.append("| " + " | ".join([
+            r["detector"], r["backend"], r["video"], str(r["frames"]),
+            *[f"{r[f'{k}_ms']:.2f}" for k in TIMED], f"{ms:.2f}", f"{r['fps']:.1f}",
+            f"{100 * r['detection_rate']:.1f}%"]) + " |")
+    for p in [*peers, *PAPER_TABLE_II]:
+        cells = [p["detector"], p["backend"], p.get("video", "(paper's webcam)" if "paper" in p["detector"] else ""),
+                 str(p.get("frames", "")), *[f"{p[f'{k}_ms']:.2f}" if f"{k}_ms" in p else "" for k in TIMED],
+                 f"{1e3 / p['fps']:.2f}", f"{p['fps']:.1f}",
+                 f"{100 * p['detection_rate']:.1f}%" if "detection_rate" in p else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""The real-time loop: capture -> detect -> preprocess -> predict -> draw (-> write).
+
+Every stage is timed per frame; the summary reports mean milliseconds per stage, end-to-end
+frames per second, detection counts and every frame that was skipped, with the reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import jax
+import numpy as np
+
+from ferjax.realtime import align
+from ferjax.realtime.capture import FrameSource, SourceError, open_source
+from ferjax.realtime.detect import Detection, Detector
+from ferjax.realtime.tracker import IoUTracker
+
+_log = logging.getLogger(__name__)
+STAGES = ("decode", "detect", "preprocess", "predict", "draw", "write")
+COLOURS = {"angry": (0, 0, 255), "disgust": (0, 128, 0), "fear": (128, 0, 128), "happy": (0, 215, 255),
+           "sad": (255, 0, 0), "surprise": (255, 255, 0), "neutral": (200, 200, 200)}
+
+
+@dataclasses.dataclass
+class FrameResult:
+    index: int
+    detections: list[Detection]
+    probs: np.ndarray                      # [N, C], smoothed when a tracker is used
+    track_ids: list[int] | None = None
+    ms: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_json(self, class_names: Sequence[str]) -> dict:
+        faces = []
+        for i, d in enumerate(self.detections):
+            f = d.to_json()
+            p = self.probs[i]
+            f["label"] = class_names[int(np.argmax(p))]
+            f["probs"] = {c: round(float(v), 4) for c, v in zip(class_names, p)}
+            if self.track_ids is not None:
+                f["track"] = self.track_ids[i]
+            faces.append(f)
+        return {"frame": self.index, "faces": faces, "ms": {k: round(v, 3) for k, v in self.ms.items()}}
+
+
+def display_available() -> bool:
+    """True when a window can be shown: a display server and an OpenCV build with a GUI."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    gui = [l for l in cv2.getBuildInformation().splitlines() if l.strip().startswith("GUI:")]
+    return bool(gui) and "NONE" not in gui[0].upper()
+
+
+class Pipeline:
+    """Detector + Predictor (+ optional IoU/EMA tracker) applied frame by frame."""
+
+    def __init__(self, detector: Detector, predictor: Any, *, class_names: Sequence[str],
+                 align_faces: bool = True, margin: float = 0.0, tracker: IoUTracker | None = None,
+                 max_faces: int = 64, min_face: int = 12):
+        self.detector, self.predictor, self.tracker = detector, predictor, tracker
+        self.class_names = tuple(class_names)
+        self.align_faces, self.margin = align_faces, margin
+        self.max_faces, self.min_face = max_faces, min_face
+
+    def warmup(self, frame: np.ndarray) -> float:
+        """Compiles the predictor's batch buckets and the detector for this frame size; seconds."""
+        t = time.perf_counter()
+        if hasattr(self.predictor, "warmup"):
+            self.predictor.warmup()
+        warm = getattr(self.detector, "warmup", None)
+        warm(frame) if warm else self.detector(frame)
+        return time.perf_counter() - t
+
+    def process(self, index: int, frame: np.ndarray, draw: bool = True) -> tuple[FrameResult, np.ndarray]:
+        """Runs one frame through detect/preprocess/predict/draw; returns the result and the overlay."""
+        ms: dict[str, float] = {}
+        t0 = time.perf_counter()
+        dets = [d for d in self.detector(frame) if min(d.width, d.height) >= self.min_face]
+        dets = sorted(dets, key=lambda d: -d.score)[: self.max_faces]
+        t1 = time.perf_counter()
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        crops = align.crop_faces(grey, dets, 48, self.margin, self.align_faces)
+        t2 = time.perf_counter()
+        probs = np.asarray(self.predictor(crops)) if len(crops) else np.zeros((0, len(self.class_names)), np.float32)
+        t3 = time.perf_counter()
+        ids = None
+        if self.tracker is not None:
+            ids, probs = self.tracker.update(np.array([d.box for d in dets]).reshape(-1, 4), probs)
+        result = FrameResult(index, dets, probs, ids)
+        out = self.draw(frame, result) if draw else frame
+        t4 = time.perf_counter()
+        ms.update(detect=(t1 - t0) * 1e3, preprocess=(t2 - t1) * 1e3, predict=(t3 - t2) * 1e3, draw=(t4 - t3) * 1e3)
+        result.ms = ms
+        return result, out
+
+    def draw(self, frame: np.ndarray, r: FrameResult) -> np.ndarray:
+        out = frame.copy()
+        for i, d in enumerate(r.detections):
+            label = self.class_names[int(np.argmax(r.probs[i]))]
+            colour = COLOURS.get(label, (0, 255, 0))
+            x1, y1, x2, y2 = (int(round(v)) for v in d.box)
+            cv2.rectangle(out, (x1, y1), (x2, y2), colour, 2)
+            text = f"{label} {float(np.max(r.probs[i])):.2f}"
+            cv2.putText(out, text, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+            if d.landmarks is not None:
+                for x, y in d.landmarks:
+                    cv2.circle(out, (int(x), int(y)), 2, (0, 255, 0), -1)
+        return out
+
+    def run(self, source: str | int, *, max_frames: int | None = None, video_out: str | None = None,
+            jsonl_out: str | None = None, display: bool | str = "auto", draw: bool = True,
+            warmup_frames: int = 0, capture_kwargs: dict | None = None) -> dict:
+        """Processes a whole source and returns the summary (never raises on a bad source)."""
+        summary: dict[str, Any] = {"source": str(source), "detector": getattr(self.detector, "name", "?"),
+                                   "detector_backend": getattr(self.detector, "backend", "?"),
+                                   "jax_backend": jax.default_backend()}
+        try:
+            src = open_source(source, **(capture_kwargs or {}))
+        except SourceError as e:
+            _log.error("%s", e)
+            return {**summary, "error": str(e), "frames": 0, "bad_frames": 0}
+        show = display_available() if display == "auto" else display in (True, "yes", "true", "1")
+        with src:
+            summary.update(self._loop(src, max_frames, video_out, jsonl_out, show, draw, warmup_frames))
+        return summary
+
+    def _loop(self, src: FrameSource, max_frames: int | None, video_out: str | None, jsonl_out: str | None,
+              show: bool, draw: bool, warmup_frames: int) -> dict:
+        times = {s: [] for s in STAGES}
+        wall: list[float] = []
+        writer, writer_hw, jsonl = None, None, None
+        if jsonl_out:
+            Path(jsonl_out).parent.mkdir(parents=True, exist_ok=True)
+            jsonl = open(jsonl_out, "w")
+        n = with_faces = faces = max_seen = errors = 0
+        compile_s = None
+        frames = iter(src)
+        try:
+            while max_frames is None or n < max_frames:
+                t0 = time.perf_counter()
+                item = next(frames, None)
+                t_dec = time.perf_counter()
+                if item is None:
+                    break
+                index, frame = item
+                if compile_s is None:
+                    compile_s = self.warmup(frame)
+                    t0 = t_dec = time.perf_counter()  # the first frame's decode overlaps compile
+                try:
+                    result, out = self.process(index, frame, draw or bool(video_out) or show)
+                except (cv2.error, ValueError) as e:  # a frame the detector cannot handle
+                    errors += 1
+                    src.stats.bad_frames += 1
+                    src.stats.note(f"frame {index}: {type(e).__name__}: {e}".splitlines()[0])
+                    continue
+                t_w = time.perf_counter()
+                if video_out:
+                    if writer is None:
+                        writer, writer_hw = _open_writer(video_out, src.fps, out.shape), out.shape[:2]
+                    if out.shape[:2] != writer_hw:  # image folders may mix sizes
+                        out = cv2.resize(out, writer_hw[::-1])
+                    writer.write(out)
+                if jsonl is not None:
+                    jsonl.write(json.dumps(result.to_json(self.class_names)) + "\n")
+                if show:
+                    show = _show(out)
+                t_end = time.perf_counter()
+                result.ms.update(decode=(t_dec - t0) * 1e3, write=(t_end - t_w) * 1e3)
+                n += 1
+                faces += len(result.detections)
+                with_faces += bool(result.detections)
+                max_seen = max(max_seen, len(result.detections))
+                if n > warmup_frames:
+                    for s in STAGES:
+                        times[s].append(result.ms.get(s, 0.0))
+                    wall.append((t_end - t0) * 1e3)
+        finally:
+            if writer is not None:
+                writer.release()
+            if jsonl is not None:
+                jsonl.close()
+        total = float(np.sum(wall)) if wall else 0.0
+        return {
+            "frames": n, "frames_timed": len(wall), "bad_frames": src.stats.bad_frames,
+            "missing_at_end": src.stats.missing_at_end, "reconnects": src.stats.reconnects,
+            "frame_errors": errors, "errors": src.stats.errors,
+            "frames_with_faces": with_faces, "detection_rate": round(with_faces / n, 4) if n else 0.0,
+            "faces": faces, "max_faces_in_frame": max_seen,
+            "stage_ms": {s: round(float(np.mean(v)), 3) if v else 0.0 for s, v in times.items()},
+            "frame_ms_p50": round(float(np.median(wall)), 3) if wall else 0.0,
+            "fps": round(len(wall) / total * 1e3, 2) if total else 0.0,
+            "compile_s": round(compile_s or 0.0, 3),
+            "video_out": video_out if writer is not None else None, "jsonl_out": jsonl_out,
+        }
+
+
+def _open_writer(path: str, fps: float, shape: tuple[int, ...]) -> cv2.VideoWriter:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.lower().endswith(".avi") else "mp4v"))
+    writer = cv2.VideoWriter(path, fourcc, fps, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise OSError(f"cannot write video {path} (use .mp4 with mp4v or .avi with MJPG)")
+    return writer
+
+
+def _show(frame: np.ndarray) -> bool:
+    """Shows a frame; False when the window cannot be used (or the user pressed q/Esc)."""
+    try:
+        cv2.imshow("ferjax realtime", frame)
+        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+    except cv2.error as e:
+        _log.warning("live window disabled: %s", str(e).splitlines()[0])
+        return False
