@@ -1,1 +1,113 @@
-"""Real-time tasks (filled in by the realtime work)."""
+"""Tasks `realtime` (annotate a webcam, video, stream or image folder) and `realtime_bench`
+(the Table II-style benchmark over real videos)."""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import ml_collections
+
+from ferjax.realtime import bench
+from ferjax.realtime.classify import make_predictor
+from ferjax.realtime.pipeline import Pipeline
+from ferjax.realtime.tracker import IoUTracker
+from ferjax.registry import DETECTORS, TASKS
+
+_log = logging.getLogger(__name__)
+
+
+def build_detector(config: ml_collections.ConfigDict, name: str | None = None):
+    """The registered detector `name` (default config.detector) with config.detector_args[name];
+    `models_dir` / `weights_dir` are passed to factories that accept them."""
+    name = name or config.detector
+    kwargs = dict(config.get("detector_args", {}).get(name, {}) or {})
+    factory = DETECTORS.get(name)
+    params = _accepted(factory, name)
+    if config.get("models_dir") and ("models_dir" in params or "**" in params):
+        kwargs.setdefault("models_dir", config.models_dir)
+    if name == "mtcnn" and config.get("mtcnn_weights_dir"):
+        kwargs.setdefault("weights_dir", config.mtcnn_weights_dir)
+    return DETECTORS.create(name, **kwargs)
+
+
+def _accepted(factory, name: str) -> set[str]:
+    """Keyword names a detector factory (or the class it forwards **kwargs to) accepts."""
+    from ferjax.components import detectors as builtin  # noqa: PLC0415
+
+    target = {"haar": builtin.HaarDetector, "ssd_resnet10": builtin.SSDResNet10Detector,
+              "yunet": builtin.YuNetDetector, "mtcnn": builtin.MTCNNDetector}.get(name, factory)
+    sig = inspect.signature(target)
+    names = set(sig.parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        names.add("**")
+    return names
+
+
+def build_pipeline(config: ml_collections.ConfigDict, detector_name: str | None = None) -> Pipeline:
+    cv2.setNumThreads(int(config.get("num_threads", 0) or 0) or os.cpu_count() or 1)
+    predictor, desc = make_predictor(config.get("pretrained") or None, config.get("classifier") or None,
+                                     bool(config.get("allow_random_classifier", False)),
+                                     tuple(config.get("buckets", (1, 2, 4, 8, 16, 32))))
+    from ferjax.components.classifiers import EMOTIONS  # noqa: PLC0415
+
+    tracker = None
+    if config.get("smoothing", False):
+        tracker = IoUTracker(config.get("smoothing_iou", 0.3), config.get("smoothing_alpha", 0.4))
+    pipe = Pipeline(build_detector(config, detector_name), predictor,
+                    class_names=predictor.class_names or EMOTIONS, align_faces=config.get("align", True),
+                    margin=config.get("margin", 0.0), tracker=tracker, max_faces=config.get("max_faces", 64))
+    pipe.classifier_desc = desc
+    return pipe
+
+
+def _out(workdir: str, name: str) -> str | None:
+    if not name:
+        return None
+    return name if os.path.isabs(name) else os.path.join(workdir, name)
+
+
+@TASKS.register("realtime")
+def realtime(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Expression recognition on a webcam, video file, stream or image folder."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    pipe = build_pipeline(config)
+    src = config.source
+    summary = pipe.run(int(src) if str(src).strip().isdigit() else src,
+                       max_frames=config.get("max_frames") or None,
+                       video_out=_out(workdir, config.get("video_out", "")),
+                       jsonl_out=_out(workdir, config.get("jsonl_out", "")),
+                       display=config.get("display", "auto"), warmup_frames=config.get("warmup_frames", 0),
+                       capture_kwargs={"reconnects": config.get("reconnects", 3)})
+    summary["classifier"] = pipe.classifier_desc
+    (Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@TASKS.register("realtime_bench")
+def realtime_bench(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Table II-style FPS benchmark: every detector over the configured videos."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    media = Path(os.path.expanduser(config.media_dir))
+    videos = [str(media / v) for v in config.videos.split(",") if v]
+    missing = [v for v in videos if not Path(v).is_file()]
+    if missing:
+        raise FileNotFoundError(f"benchmark videos not found: {', '.join(missing)} (set --config.media_dir)")
+    descs = {}
+
+    def make(name: str) -> Pipeline:
+        p = build_pipeline(config, name)
+        descs[name] = p.classifier_desc
+        return p
+
+    rows = bench.run_bench(make, config.detectors.split(","), videos,
+                           config.get("max_frames") or None, config.get("warmup_frames", 5))
+    table = bench.format_table(rows)
+    print(table)
+    (Path(workdir) / "bench.md").write_text(table + "\n")
+    (Path(workdir) / "bench.json").write_text(json.dumps(rows, indent=2))
+    return {"rows": rows, "classifier": sorted(set(descs.values())), "table": str(Path(workdir) / "bench.md"),
+            "cv2_threads": cv2.getNumThreads(), "cpu_count": os.cpu_count()}

@@ -2,6 +2,7 @@
 the tests make (a tiny Caffe model for the SSD's Caffe path, missing-file errors)."""
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from ferjax.realtime import models
 from ferjax.realtime.detect import Detection
 from ferjax.registry import DETECTORS
 
-MEDIA = Path("/work/shared/media")
-MODELS = Path("/work/shared/models")
+SHARED = Path(os.environ.get("FERJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MEDIA = SHARED / "media"
+MODELS = SHARED / "models"
 FACE_VIDEO = MEDIA / "one_face_pexels_640x360.mp4"
 CARTOON = MEDIA / "no_face_cartoon.mp4"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,8 @@ from ferjax.realtime import models, mtcnn_weights
 from ferjax.realtime.detect import box_iou
 from ferjax.realtime.mtcnn import MTCNN, crop_and_resize, nms, scale_pyramid
 
-MEDIA = Path("/work/shared/media")
+SHARED = Path(os.environ.get("FERJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MEDIA = SHARED / "media"
 REFERENCE = Path(__file__).parent / "data" / "mtcnn_reference.json"
 
 

@@ -92,9 +92,9 @@ class FrameSource:
             raise SourceError(f"video file {self.source} does not exist")
         self._cap = self._capture()
         if not self._cap.isOpened():
-            what = {"camera": f"camera {int(self.source)} (is one connected, and free?)",
-                    "stream": f"stream {self.source} (unreachable or not a video stream)",
-                    "file": f"video file {self.source} (not a video OpenCV/FFmpeg can decode)"}[self.kind]
+            what = {"camera": "camera {} (is one connected, and free?)",
+                    "stream": "stream {} (unreachable or not a video stream)",
+                    "file": "video file {} (not a video OpenCV/FFmpeg can decode)"}[self.kind].format(self.source)
             raise SourceError(f"cannot open {what}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 1 <= fps <= 240 else 25.0

@@ -1,0 +1,51 @@
+"""Real-time expression recognition on a webcam, video file, RTSP/HTTP stream or image folder.
+
+    python -m ferjax.run --experiment=realtime --config.source=video.mp4 --workdir=runs/rt
+    python -m ferjax.run --experiment=realtime:mtcnn --config.source=0      # webcam 0, MTCNN
+
+Variants name the detector: yunet (default), ssd, haar, mtcnn.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = {"yunet": "yunet", "ssd": "ssd_resnet10", "ssd_resnet10": "ssd_resnet10", "haar": "haar",
+            "mtcnn": "mtcnn"}
+
+
+def detector_args() -> ml_collections.ConfigDict:
+    """Per-detector keyword arguments; detectors see frames downscaled to `detect_width`."""
+    return ml_collections.ConfigDict({
+        "haar": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "detect_width": 320},
+        "ssd_resnet10": {"threshold": 0.5, "input_size": (300, 300), "fmt": "auto", "fp16": False},
+        "yunet": {"threshold": 0.6, "detect_width": 320},
+        "mtcnn": {"detect_width": 320, "min_face_size": 20, "threshold": 0.9},
+    })
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "realtime"
+    c.source = "0"                 # webcam index, video file, rtsp://... / http://... URL, or image folder
+    c.detector = VARIANTS[variant or "yunet"]
+    c.detector_args = detector_args()
+    c.models_dir = ""              # detector files; else $FERJAX_MODELS_DIR or ~/.cache/ferjax/models
+    c.mtcnn_weights_dir = ""       # pnet/rnet/onet.lz4 of mtcnn==1.0.0; else <models dir>/mtcnn
+    c.pretrained = "fer2013_vgg_small"
+    c.classifier = ""              # a registered classifier with random weights (demos only)
+    c.allow_random_classifier = False
+    c.buckets = (1, 2, 4, 8, 16, 32)
+    c.align = True                 # rotate crops so the eyes are level when landmarks exist
+    c.margin = 0.0
+    c.max_faces = 64
+    c.smoothing = True             # IoU tracker + EMA of each face's probabilities
+    c.smoothing_alpha = 0.4
+    c.smoothing_iou = 0.3
+    c.max_frames = 0               # 0: until the source ends
+    c.warmup_frames = 0
+    c.video_out = "annotated.mp4"  # relative to workdir; "" disables
+    c.jsonl_out = "frames.jsonl"
+    c.display = "auto"             # auto: a live window only where a display exists; yes; no
+    c.reconnects = 3
+    c.num_threads = 0              # cv2.setNumThreads; 0: all cores
+    return c

@@ -1,0 +1,30 @@
+"""Table II-style benchmark: ms per stage and end-to-end FPS for every detector on real videos.
+
+    python -m ferjax.run --experiment=realtime_bench --workdir=runs/bench
+    python -m ferjax.run --experiment=realtime_bench:quick --workdir=runs/bench   # 120 frames each
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ferjax.experiments import realtime
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    c = realtime.get_config(None)
+    c.task = "realtime_bench"
+    c.detectors = "haar,ssd_resnet10,yunet,mtcnn"
+    c.media_dir = "../shared/media"
+    c.videos = "one_face_pexels_640x360.mp4,no_face_cartoon.mp4,one_face_short.mp4,many_faces_1080p.mp4"
+    c.smoothing = False
+    c.video_out = ""
+    c.jsonl_out = ""
+    c.display = "no"
+    c.warmup_frames = 5
+    # Speed does not depend on weight values: run on random weights until the shipped ones exist.
+    c.allow_random_classifier = True
+    if variant == "quick":
+        c.max_frames = 120
+    elif variant:
+        raise ValueError(f"unknown realtime_bench variant {variant!r} (known: quick)")
+    return c
