@@ -16,7 +16,7 @@ VARIANTS = {"yunet": "yunet", "ssd": "ssd_resnet10", "ssd_resnet10": "ssd_resnet
 def detector_args() -> ml_collections.ConfigDict:
     """Per-detector keyword arguments; detectors see frames downscaled to `detect_width`."""
     return ml_collections.ConfigDict({
-        "haar": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "detect_width": 320},
+        "haar": {"scale_factor": 1.2, "min_neighbors": 5, "min_size": 30, "detect_width": 320},
         "ssd_resnet10": {"threshold": 0.5, "input_size": (300, 300), "fmt": "auto", "fp16": False},
         "yunet": {"threshold": 0.6, "detect_width": 320},
         "mtcnn": {"detect_width": 320, "min_face_size": 20, "threshold": 0.9},

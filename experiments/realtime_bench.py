@@ -21,6 +21,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.jsonl_out = ""
     c.display = "no"
     c.warmup_frames = 5
+    # Python of an environment with `fer` + TensorFlow (e.g. /tmp/mtcnn_env/bin/python): the fer
+    # package's pipeline runs on the same videos as a peer. "" skips it.
+    c.peer_python = ""
     # Speed does not depend on weight values: run on random weights until the shipped ones exist.
     c.allow_random_classifier = True
     if variant == "quick":

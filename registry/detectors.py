@@ -23,7 +23,7 @@ _logged_cpu: set[str] = set()
 def _log_cpu_once(name: str) -> None:
     if name not in _logged_cpu:
         _logged_cpu.add(name)
-        _log.info("%s: OpenCV has no CUDA device (cv2.cuda.getCudaEnabledDeviceCount() == 0); "
+        _log.warning("%s: OpenCV has no CUDA device (cv2.cuda.getCudaEnabledDeviceCount() == 0); "
                   "running on the CPU", name)
 
 

@@ -87,6 +87,14 @@ def realtime(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
+def _add_ratios(rows: list[dict], peers: list[dict]) -> None:
+    """Adds `fps_vs_fer`: our FPS over the fer package's on the same video."""
+    by_video = {p["video"]: p["fps"] for p in peers if p.get("fps")}
+    for r in rows:
+        if r.get("fps") and r.get("video") in by_video:
+            r["fps_vs_fer"] = round(r["fps"] / by_video[r["video"]], 2)
+
+
 @TASKS.register("realtime_bench")
 def realtime_bench(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Table II-style FPS benchmark: every detector over the configured videos."""
@@ -105,9 +113,14 @@ def realtime_bench(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     rows = bench.run_bench(make, config.detectors.split(","), videos,
                            config.get("max_frames") or None, config.get("warmup_frames", 5))
-    table = bench.format_table(rows)
+    peers = []
+    if config.get("peer_python"):
+        peers = bench.run_fer_peer(config.peer_python, videos, config.get("max_frames") or None,
+                                   config.get("warmup_frames", 5))
+        _add_ratios(rows, peers)
+    table = bench.format_table(rows, peers)
     print(table)
     (Path(workdir) / "bench.md").write_text(table + "\n")
     (Path(workdir) / "bench.json").write_text(json.dumps(rows, indent=2))
-    return {"rows": rows, "classifier": sorted(set(descs.values())), "table": str(Path(workdir) / "bench.md"),
+    return {"rows": rows, "fer_peer": peers, "classifier": sorted(set(descs.values())), "table": str(Path(workdir) / "bench.md"),
             "cv2_threads": cv2.getNumThreads(), "cpu_count": os.cpu_count()}

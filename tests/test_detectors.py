@@ -127,3 +127,13 @@ layer { name: "det" type: "Convolution" bottom: "pool" top: "det" convolution_pa
     (d,) = det(np.zeros((100, 200, 3), np.uint8))
     assert d.score == pytest.approx(0.9)
     np.testing.assert_allclose(d.box, (20, 20, 100, 60), atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ssd_resnet10", "yunet", "mtcnn"])
+def test_issue_targets_on_every_frame(name):
+    """The issue's targets on whole videos: face in >= 95% of frames, cartoon < 5%."""
+    det = _make(name)
+    faces, cartoon = _frames(FACE_VIDEO), _frames(CARTOON)
+    assert np.mean([bool(det(f)) for f in faces]) >= 0.95
+    assert np.mean([bool(det(f)) for f in cartoon]) < 0.05

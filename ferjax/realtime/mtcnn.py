@@ -100,7 +100,7 @@ def crop_and_resize(image: jax.Array, boxes: jax.Array, size: int) -> jax.Array:
 
 @jax.jit
 def _pnet_pyramid(w, levels):
-    return [pnet(w, lv[None]) for lv in levels]
+    return [tuple(o[0] for o in pnet(w, lv[None])) for lv in levels]
 
 
 @jax.jit
@@ -178,7 +178,7 @@ class MTCNN:
     def __init__(self, weights: dict[str, list[np.ndarray]] | None = None, *,
                  weights_dir: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
                  min_face_size: int = 20, scale_factor: float = 0.709,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), buckets: Sequence[int] = (16, 64, 256)):
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), buckets: Sequence[int] = (4, 16, 64, 256)):
         weights = weights or mtcnn_weights.load_all(weights_dir, models_dir)
         self.w = {k: [jnp.asarray(a) for a in v] for k, v in weights.items()}
         self.min_face_size, self.scale_factor = min_face_size, scale_factor
@@ -206,8 +206,8 @@ class MTCNN:
             chunk = boxes[s:s + big, 1:5].astype(np.float32)
             padded = np.zeros((_bucket(len(chunk), self.buckets), 4), np.float32)
             padded[:len(chunk)] = chunk
-            res = fn(self.w[net], image, padded)
-            outs.append([np.asarray(r)[:len(chunk)].astype(np.float64) for r in res])
+            res = jax.device_get(fn(self.w[net], image, padded))
+            outs.append([r[:len(chunk)].astype(np.float64) for r in res])
         return [np.concatenate(parts) for parts in zip(*outs)]
 
     def detect_rows(self, rgb: np.ndarray) -> np.ndarray:
@@ -221,8 +221,8 @@ class MTCNN:
             return np.zeros((0, 16))
         t1, t2, t3 = self.thresholds
         per_scale = []
-        for s, (reg, prob) in zip(scales, _pnet_pyramid(self.w["pnet"], levels)):
-            reg, prob = np.asarray(reg[0], np.float64), np.asarray(prob[0], np.float64)
+        for s, (reg, prob) in zip(scales, jax.device_get(_pnet_pyramid(self.w["pnet"], levels))):
+            reg, prob = reg.astype(np.float64), prob.astype(np.float64)
             ys, xs = np.where(prob > t1)
             if len(ys) == 0:
                 continue
