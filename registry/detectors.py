@@ -1,6 +1,6 @@
 """Registered face detectors: `haar`, `ssd_resnet10`, `yunet` (OpenCV) and `mtcnn` (JAX).
 
-Each factory returns a `ferjax.realtime.detect.Detector`: a callable from a BGR frame to a list
+Each registered class is a `ferjax.realtime.detect.Detector`: a callable from a BGR frame to a list
 of `Detection`s in frame pixels. Model files are looked up with `ferjax.realtime.models`.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ def _log_cpu_once(name: str) -> None:
                   "running on the CPU", name)
 
 
+@DETECTORS.register("haar")
 class HaarDetector(ResizingDetector):
     """Viola-Jones Haar cascade (OpenCV's frontalface_default); CUDA cascade when available."""
 
@@ -62,16 +63,18 @@ class HaarDetector(ResizingDetector):
         return [Detection((float(x), float(y), float(x + w), float(y + h)), 1.0) for x, y, w, h in rects]
 
 
+@DETECTORS.register("ssd_resnet10")
 class SSDResNet10Detector(ResizingDetector):
-    """OpenCV DNN SSD with a ResNet-10 backbone, from the TensorFlow or the Caffe files."""
+    """OpenCV DNN SSD ResNet-10 (TensorFlow .pb/.pbtxt or Caffe files), threshold 0.5."""
 
     name = "ssd_resnet10"
 
     def __init__(self, threshold: float = 0.5, input_size: tuple[int, int] = (300, 300),
                  models_dir: str | None = None, fmt: str = "auto", use_cuda: bool = True,
-                 fp16: bool = False):
+                 fp16: bool = False, aspect_range: tuple[float, float] = (0.4, 2.5)):
         super().__init__(None)  # the blob is resized by the network's own input size
         self.threshold, self.input_size = threshold, tuple(int(v) for v in input_size)
+        self.aspect_range = aspect_range  # w/h outside it is not a face (e.g. slivers at the border)
         self.net = self._load(models_dir, fmt)
         if use_cuda and cuda_devices() > 0:
             self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_CUDA)
@@ -107,11 +110,13 @@ class SSDResNet10Detector(ResizingDetector):
         for _, _, conf, x1, y1, x2, y2 in out:
             x1, x2 = np.clip([x1 * w, x2 * w], 0, w)
             y1, y2 = np.clip([y1 * h, y2 * h], 0, h)
-            if x2 - x1 >= 2 and y2 - y1 >= 2:
+            if x2 - x1 >= 2 and y2 - y1 >= 2 and \
+                    self.aspect_range[0] <= (x2 - x1) / (y2 - y1) <= self.aspect_range[1]:
                 dets.append(Detection((float(x1), float(y1), float(x2), float(y2)), float(conf)))
         return dets
 
 
+@DETECTORS.register("yunet")
 class YuNetDetector(ResizingDetector):
     """YuNet via `cv2.FaceDetectorYN`: boxes, 5 landmarks and a score per face."""
 
@@ -144,25 +149,4 @@ class YuNetDetector(ResizingDetector):
                           f[4:14].reshape(5, 2).astype(np.float64)) for f in faces]
 
 
-@DETECTORS.register("haar")
-def haar(**kwargs) -> HaarDetector:
-    """Haar cascade (OpenCV frontalface_default); scale_factor, min_neighbors configurable."""
-    return HaarDetector(**kwargs)
-
-
-@DETECTORS.register("ssd_resnet10")
-def ssd_resnet10(**kwargs) -> SSDResNet10Detector:
-    """OpenCV DNN SSD ResNet-10 (TensorFlow .pb/.pbtxt or Caffe files), threshold 0.5."""
-    return SSDResNet10Detector(**kwargs)
-
-
-@DETECTORS.register("yunet")
-def yunet(**kwargs) -> YuNetDetector:
-    """YuNet (cv2.FaceDetectorYN) with 5 landmarks."""
-    return YuNetDetector(**kwargs)
-
-
-@DETECTORS.register("mtcnn")
-def mtcnn(**kwargs) -> MTCNNDetector:
-    """MTCNN ported to JAX (weights of PyPI mtcnn==1.0.0), with 5 landmarks."""
-    return MTCNNDetector(**kwargs)
+DETECTORS.register("mtcnn")(MTCNNDetector)  # defined in ferjax.realtime.mtcnn

@@ -26,7 +26,7 @@ def build_detector(config: ml_collections.ConfigDict, name: str | None = None):
     name = name or config.detector
     kwargs = dict(config.get("detector_args", {}).get(name, {}) or {})
     factory = DETECTORS.get(name)
-    params = _accepted(factory, name)
+    params = _accepted(factory)
     if config.get("models_dir") and ("models_dir" in params or "**" in params):
         kwargs.setdefault("models_dir", config.models_dir)
     if name == "mtcnn" and config.get("mtcnn_weights_dir"):
@@ -34,17 +34,10 @@ def build_detector(config: ml_collections.ConfigDict, name: str | None = None):
     return DETECTORS.create(name, **kwargs)
 
 
-def _accepted(factory, name: str) -> set[str]:
-    """Keyword names a detector factory (or the class it forwards **kwargs to) accepts."""
-    from ferjax.components import detectors as builtin  # noqa: PLC0415
-
-    target = {"haar": builtin.HaarDetector, "ssd_resnet10": builtin.SSDResNet10Detector,
-              "yunet": builtin.YuNetDetector, "mtcnn": builtin.MTCNNDetector}.get(name, factory)
-    sig = inspect.signature(target)
-    names = set(sig.parameters)
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        names.add("**")
-    return names
+def _accepted(factory) -> set[str]:
+    """Keyword names a detector factory accepts ("**" when it takes any)."""
+    params = inspect.signature(factory).parameters
+    return set(params) | ({"**"} if any(p.kind is p.VAR_KEYWORD for p in params.values()) else set())
 
 
 def build_pipeline(config: ml_collections.ConfigDict, detector_name: str | None = None) -> Pipeline:

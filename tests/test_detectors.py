@@ -76,6 +76,7 @@ def test_detector_finds_the_face_and_not_the_cartoon(name):
     false = sum(bool(det(f)) for f in cartoon)
     if name != "haar":
         assert np.mean(hits) >= 0.95, f"{name} found the face in {np.mean(hits):.1%} of frames"
+        assert max(len(det(f)) for f in faces[::4]) == 1, "one person, one box"
         assert any(d.landmarks is not None for d in boxes) == (name in ("yunet", "mtcnn"))
     else:
         assert np.mean(hits) >= 0.5

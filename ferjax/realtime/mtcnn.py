@@ -258,7 +258,7 @@ class MTCNN:
 
 
 class MTCNNDetector(ResizingDetector):
-    """The `mtcnn` detector: JAX MTCNN on (optionally downscaled) BGR frames, with 5 landmarks."""
+    """MTCNN in JAX (weights of PyPI mtcnn==1.0.0) on downscaled BGR frames, with 5 landmarks."""
 
     name = "mtcnn"
 
