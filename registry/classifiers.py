@@ -29,7 +29,7 @@ class VGGNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = (x.astype(jnp.float32) - 128.0) / 64.0
+        x = (jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32)) - 128.0) / 64.0
         for width in self.widths:
             for _ in range(self.convs_per_stage):
                 x = Conv3x3(width, use_bias=False)(x)

@@ -46,7 +46,7 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
 
     def train_step(state: TrainState, batch: dict):
         k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, state.step))
-        x = augment_batch(k_aug, batch["image"].astype(jnp.float32), augment)
+        x = augment_batch(k_aug, batch["image"].astype(jnp.result_type(float)), augment)
 
         def objective(params):
             logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
@@ -63,7 +63,7 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
         return new_state, {"loss": loss, "accuracy": acc}
 
     def eval_step(state: TrainState, batch: dict):
-        logits = model.apply(state.variables, batch["image"].astype(jnp.float32), train=False)
+        logits = model.apply(state.variables, batch["image"].astype(jnp.result_type(float)), train=False)
         return logits
 
     rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)

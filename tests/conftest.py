@@ -1,0 +1,76 @@
+"""Shared fixtures: small FER2013-format files the tests write, and the real data when present."""
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FERJAX_SHARED", REPO.parent / "shared"))
+REAL_FER = SHARED / "data" / "fer2013"
+MEDIA = SHARED / "media"
+MODELS = SHARED / "models"
+USAGES = ("Training", "PublicTest", "PrivateTest")
+
+
+def synthetic_rows(n_per_usage=(160, 64, 64), seed=0) -> list[tuple[int, np.ndarray, str]]:
+    """(label, 48x48 uint8, Usage) rows; each class has its own bright band so it is learnable."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for usage, n in zip(USAGES, n_per_usage):
+        for i in range(n):
+            label = i % 7
+            img = rng.integers(0, 60, (48, 48)).astype(np.uint8)
+            img[label * 6:label * 6 + 6, :] = 220
+            rows.append((label, img, usage))
+    return rows
+
+
+def write_csv(path: Path, rows, gz: bool = False, header: str = "emotion,pixels,Usage") -> Path:
+    lines = [header] + [f"{lab},{' '.join(map(str, img.reshape(-1)))},{usage}" for lab, img, usage in rows]
+    data = ("\n".join(lines) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path.write_bytes(gzip.compress(data, mtime=0))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_csv(tmp_path_factory) -> Path:
+    """A folder holding a small valid fer2013.csv (288 rows)."""
+    d = tmp_path_factory.mktemp("fer_synth")
+    write_csv(d / "fer2013.csv", synthetic_rows())
+    return d
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="session")
+def real_fer() -> Path:
+    if not (REAL_FER / "fer2013.csv.gz").is_file():
+        pytest.skip(f"real FER2013 not found at {REAL_FER} (download it from Kaggle; see README)")
+    return REAL_FER
+
+
+def run_cli(*args: str, env_extra: dict | None = None, timeout: float = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `python -m ferjax.run ARGS` in a subprocess and returns its result."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    proc = subprocess.run([sys.executable, "-m", "ferjax.run", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ferjax.run {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

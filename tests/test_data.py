@@ -1,0 +1,144 @@
+"""FER2013 reading: CSV (plain, gzip), image folders, FER+ join, malformed input, TFDS builder."""
+import gzip
+
+import cv2
+import numpy as np
+import pytest
+
+from ferjax.data import fer2013 as fer
+from ferjax.data.loading import load_splits
+from ferjax.data.pipeline import TrainBatches, eval_batches
+from conftest import synthetic_rows, write_csv
+
+
+def test_csv_and_gzip_give_same_records(tmp_path):
+    rows = synthetic_rows((14, 7, 7))
+    a = list(fer.iter_records(write_csv(tmp_path / "a" / "fer2013.csv", rows)))
+    b = list(fer.iter_records(write_csv(tmp_path / "b" / "fer2013.csv.gz", rows, gz=True)))
+    assert len(a) == len(b) == 28
+    for ra, rb, (label, img, usage) in zip(a, b, rows):
+        assert ra.row == rb.row and ra.label == rb.label == label
+        assert ra.split == fer.USAGE_TO_SPLIT[usage]
+        np.testing.assert_array_equal(ra.image[..., 0], img)
+        np.testing.assert_array_equal(ra.image, rb.image)
+
+
+def _bad(rows, row, line):
+    lines = ["emotion,pixels,Usage"] + [
+        f"{lab},{' '.join(map(str, img.reshape(-1)))},{usage}" for lab, img, usage in rows]
+    lines[row + 1] = line
+    return "\n".join(lines) + "\n"
+
+
+PIX = " ".join(["7"] * 2304)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("3," + " ".join(["7"] * 2303) + ",Training", "expected 2304 pixel values, got 2303"),
+    ("3," + PIX.replace("7", "x7", 1) + ",Training", "pixel value 'x7' is not an integer"),
+    ("9," + PIX + ",Training", "emotion 9 is out of range"),
+    ("3," + PIX + ",Validation", "unknown Usage 'Validation'"),
+    ("3," + " ".join(["300"] * 2304) + ",Training", "must be 0..255"),
+])
+def test_malformed_row_names_row_and_problem(tmp_path, line, problem):
+    rows = synthetic_rows((6, 2, 2))
+    path = tmp_path / "fer2013.csv"
+    path.write_text(_bad(rows, 4, line))
+    with pytest.raises(fer.FER2013FormatError) as e:
+        list(fer.iter_records(path))
+    msg = str(e.value)
+    assert "row 4" in msg and problem in msg and str(path) in msg
+
+
+def test_skip_bad_rows_counts_and_reports(tmp_path):
+    rows = synthetic_rows((6, 2, 2))
+    path = tmp_path / "fer2013.csv"
+    path.write_text(_bad(rows, 4, "9," + PIX + ",Training"))
+    report = fer.ReadReport(str(path))
+    records = list(fer.iter_records(path, skip_bad_rows=True, report=report))
+    assert len(records) == 9 and report.rows_read == 9
+    assert report.bad_rows[0][0] == 4 and "1 skipped" in report.summary()
+
+
+def test_truncated_gzip(tmp_path):
+    path = write_csv(tmp_path / "fer2013.csv.gz", synthetic_rows((20, 5, 5)), gz=True)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(fer.FER2013FormatError, match="truncated or corrupt"):
+        list(fer.iter_records(path))
+
+
+def test_wrong_header(tmp_path):
+    path = write_csv(tmp_path / "fer2013.csv", synthetic_rows((2, 1, 1)), header="label,img,split")
+    with pytest.raises(fer.FER2013FormatError, match="expected the header"):
+        list(fer.iter_records(path))
+
+
+def test_ferplus_votes_joined(tmp_path):
+    rows = synthetic_rows((3, 1, 1))
+    write_csv(tmp_path / "fer2013.csv", rows)
+    votes = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    for i in range(5):
+        votes.append(f"Training,fer{i:07d}.png,{i},10,0,0,0,0,0,0,0,0")
+    (tmp_path / "fer2013new.csv").write_text("\n".join(votes) + "\n")
+    recs = list(fer.iter_records(tmp_path / "fer2013.csv"))
+    assert [int(r.ferplus_votes[0]) for r in recs] == [0, 1, 2, 3, 4]
+
+
+def test_image_folder_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("happy", "sad"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for k in range(2):
+                cv2.imwrite(str(d / f"{k}.png"), rng.integers(0, 255, (48, 48), dtype=np.uint8))
+    recs = list(fer.iter_records(fer.find_source(tmp_path)))
+    assert len(recs) == 8
+    assert {r.split for r in recs} == {"train", "test"}
+    assert {fer.EMOTIONS[r.label] for r in recs} == {"happy", "sad"}
+    (tmp_path / "train" / "happy" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(fer.FER2013FormatError, match="broken.png"):
+        list(fer.iter_records(tmp_path))
+
+
+def test_builder_prepares_array_record_and_loads(synthetic_csv, tfds_dir):
+    splits = load_splits(str(synthetic_csv), str(tfds_dir))
+    assert {k: len(v["label"]) for k, v in splits.items()} == {"train": 160, "validation": 64, "test": 64}
+    assert splits["validation"]["row"][0] == 160
+    assert list(tfds_dir.rglob("*.array_record*"))
+    rows = synthetic_rows()
+    np.testing.assert_array_equal(splits["test"]["image"][3, ..., 0], rows[160 + 64 + 3][1])
+
+
+def test_missing_file_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="kaggle.com"):
+        fer.find_source(tmp_path / "nothing")
+
+
+def test_train_batches_resume_exactly():
+    arrays = {"x": np.arange(100)}
+    batches = TrainBatches(arrays, 10, seed=3)
+    it = batches.iterate(0)
+    first = [next(it)["x"] for _ in range(25)]
+    resumed = batches.iterate(13)
+    for k in range(13, 25):
+        np.testing.assert_array_equal(next(resumed)["x"], first[k])
+    assert sorted(np.concatenate(first[:10]).tolist()) == list(range(100))  # one epoch = a permutation
+    assert not np.array_equal(np.concatenate(first[:10]), np.concatenate(first[10:20]))
+
+
+def test_eval_batches_pad_with_mask():
+    out = list(eval_batches({"x": np.arange(25)}, 10))
+    assert [b["mask"].sum() for b in out] == [10, 10, 5]
+    assert out[-1]["x"].shape == (10,)
+
+
+def test_real_fer2013_counts(real_fer, tfds_dir):
+    splits = load_splits(str(real_fer), str(tfds_dir))
+    counts = {k: np.bincount(v["label"], minlength=7).tolist() for k, v in splits.items()}
+    assert counts == {"train": [3995, 436, 4097, 7215, 4830, 3171, 4965],
+                      "validation": [467, 56, 496, 895, 653, 415, 607],
+                      "test": [491, 55, 528, 879, 594, 416, 626]}
+    assert splits["train"]["image"][0, 0, :8, 0].tolist() == [70, 80, 82, 72, 58, 58, 60, 63]
+    assert splits["test"]["row"][0] == 32298
+    assert (splits["train"]["ferplus_votes"][5274] == -1).all()

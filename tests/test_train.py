@@ -1,0 +1,170 @@
+"""Training mechanics: exact resume (simulated and real kill), data parallelism, schedules, layers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ferjax.nn import conv3x3, conv3x3_reference, max_pool2x2
+from ferjax.train.schedules import EarlyStopping, ReduceOnPlateau, make_schedule
+from conftest import REPO, run_cli
+
+
+def test_conv3x3_gradient_matches_xla():
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 7, 6, 3))
+    k = jax.random.normal(kk, (3, 3, 3, 5))
+    g = jax.random.normal(kg, (2, 7, 6, 5))
+    ours = jax.vjp(conv3x3, x, k)[1](g)
+    ref = jax.vjp(conv3x3_reference, x, k)[1](g)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(conv3x3(x, k), conv3x3_reference(x, k), rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool2x2():
+    x = jnp.arange(2 * 5 * 4 * 1, dtype=jnp.float32).reshape(2, 5, 4, 1)
+    y = max_pool2x2(x)
+    assert y.shape == (2, 2, 2, 1)
+    assert float(y[0, 0, 0, 0]) == float(x[0, 1, 1, 0])
+
+
+def test_schedules():
+    c = ml_collections.ConfigDict({"learning_rate": 1.0, "epochs": 10, "schedule": "linear_decay",
+                                   "decay_start_epoch": 5, "warmup_epochs": 0})
+    s = make_schedule(c, steps_per_epoch=10)
+    assert float(s(0)) == 1.0 and float(s(49)) == 1.0
+    assert abs(float(s(75)) - 0.5) < 1e-6 and float(s(100)) == 0.0
+    c.schedule, c.warmup_epochs = "cosine", 1
+    s = make_schedule(c, 10)
+    assert float(s(0)) == 0.0 and abs(float(s(10)) - 1.0) < 1e-6 and float(s(100)) < 1e-6
+    c.schedule = "exotic"
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_schedule(c, 10)
+
+
+def test_plateau_and_early_stopping():
+    p = ReduceOnPlateau(factor=0.5, patience=2)
+    assert [p.update(v) for v in (0.5, 0.6, 0.6, 0.59, 0.7, 0.7, 0.7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
+    e = EarlyStopping(patience=2)
+    assert [e.update(v) for v in (0.5, 0.4, 0.6, 0.5, 0.5)] == [False, False, False, False, True]
+    assert not any(EarlyStopping(patience=0).update(0.1) for _ in range(5))
+
+
+def _final_state(workdir):
+    latest = workdir / "checkpoints" / "latest"
+    step = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    tree = ocp.StandardCheckpointer().restore(latest / str(step) / "state")
+    return step, tree
+
+
+def _assert_same_state(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def tiny_env(synthetic_csv, tfds_dir):
+    return {"FER2013_PATH": str(synthetic_csv), "TFDS_DATA_DIR": str(tfds_dir)}
+
+
+ARGS = ("--experiment=fer2013_vgg:tiny", "--config.train.epochs=3",
+        "--config.train.checkpoint_every_steps=2", "--jax_cache_dir=")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_env):
+    wd = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli(*ARGS, f"--workdir={wd}", env_extra=tiny_env)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["epochs_run"] == 3
+    for name in ("metrics.jsonl", "curves.png", "confusion_test.png", "report.json"):
+        assert (wd / name).is_file(), name
+    assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
+    return _final_state(wd)
+
+
+def test_preempt_and_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrupted):
+    run_cli(*ARGS, "--config.train.max_steps=7", f"--workdir={tmp_path}", env_extra=tiny_env)
+    assert _final_state(tmp_path)[0] == 7
+    proc = run_cli(*ARGS, f"--workdir={tmp_path}", env_extra=tiny_env)
+    assert "resumed from step 7" in proc.stdout + proc.stderr
+    step, state = _final_state(tmp_path)
+    assert step == uninterrupted[0] == 15
+    _assert_same_state(state, uninterrupted[1])
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrupted):
+    env = {**os.environ, **tiny_env, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "ferjax.run", *ARGS, f"--workdir={tmp_path}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _final_state(tmp_path)[0]
+    assert killed_at < 15, "the run finished before it could be killed"
+    run_cli(*ARGS, f"--workdir={tmp_path}", env_extra=tiny_env)
+    step, state = _final_state(tmp_path)
+    assert step == 15
+    _assert_same_state(state, uninterrupted[1])
+
+
+FOUR_DEVICES = textwrap.dedent('''
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, numpy as np, ml_collections
+    jax.config.update("jax_enable_x64", True)  # float64: any mismatch is a partitioning bug, not rounding
+    from ferjax.registry import CLASSIFIERS, LOSSES
+    from ferjax.train import sharding
+    from ferjax.train.classifier_steps import create_state, make_steps
+    from ferjax.train.schedules import make_optimizer, make_schedule
+    from ferjax.experiments.fer2013_vgg import get_config
+    assert jax.device_count() == 4
+    c = get_config("tiny")
+    model = CLASSIFIERS.create("vgg_small", dropout=0.3)
+    loss = LOSSES.create("cross_entropy", num_classes=7, label_smoothing=0.1)
+    tx = make_optimizer(c.train, make_schedule(c.train, 10))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 255, (16, 48, 48, 1)).astype(np.uint8),
+             "label": rng.integers(0, 7, 16).astype(np.int32)}
+    finals = []
+    for n in (1, 4):
+        mesh = sharding.data_mesh(n)
+        train, _ = make_steps(model, tx, loss, c.augment, 0, mesh)
+        variables = jax.tree.map(lambda a: a.astype(np.float64), model.init(
+            jax.random.key(0), np.zeros((1, 48, 48, 1)), train=False))
+        state = jax.device_put(create_state(model, tx, 0, variables=variables), sharding.replicated(mesh))
+        for _ in range(3):
+            state, m = train(state, sharding.put_batch(batch, mesh))
+        finals.append(jax.device_get(state))
+        if n == 4:
+            x = sharding.put_batch(batch, mesh)["image"]
+            assert len(x.sharding.device_set) == 4
+    for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    print("OK four-device step matches single-device step")
+''')
+
+
+def test_four_simulated_devices_match_single_device():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK four-device" in proc.stdout
