@@ -7,7 +7,6 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 _log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ class Predictor:
     def warmup(self) -> float:
         start = time.perf_counter()
         for b in self.buckets:
-            self._apply(self.variables, jnp.zeros((b, 48, 48, 1), jnp.float32)).block_until_ready()
+            self._apply(self.variables, np.zeros((b, 48, 48, 1), np.float32)).block_until_ready()
         return time.perf_counter() - start
 
     def _bucket(self, n: int) -> int:

@@ -54,7 +54,8 @@ class Registry:
                     f"{self.kind} {key!r} is already registered (by {_origin(self._entries[key])}); "
                     f"choose another name for {_origin(obj)}")
             self._entries[key] = obj
-            self._docs[key] = (doc or (obj.__doc__ or "").strip().splitlines() or [""])[0]
+            lines = (obj.__doc__ or "").strip().splitlines()
+            self._docs[key] = doc or (lines[0] if lines else "")
             return obj
 
         return deco

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, default=str))
-    return 0
+    return 1 if isinstance(summary, dict) and summary.get("error") else 0
 
 
 def entry() -> None:
