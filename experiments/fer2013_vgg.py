@@ -47,6 +47,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     t.num_devices = 0
     c.export_to = ""
     c.export_name = ""
+    c.export_note = ""
     c.reproduce_command = f"python -m ferjax.run --experiment=fer2013_vgg:{variant}"
     if variant == "cpu":
         pass

@@ -156,7 +156,7 @@ def main(argv):
     for name in names:
         for mode, sizes, fn in (("predict", FLAGS.predict_batch_sizes, jax_predict),
                                 ("train", FLAGS.train_batch_sizes, jax_train)):
-            for b in map(int, sizes):
+            for b in (int(s) for s in sizes if s):
                 r = fn(name, b, FLAGS.repeats, FLAGS.iters)
                 t = torch_rates(name, b, mode == "train", FLAGS.repeats, FLAGS.iters) if have_torch else None
                 row = {"classifier": name, "mode": mode, "batch": b, **r, "torch_images_per_s": t}

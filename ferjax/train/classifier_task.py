@@ -71,8 +71,10 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "test_split": "test (PrivateTest)",
                 **{k: test.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1",
                                              "per_class_recall")},
-                "epochs_run": len(host["history"]), "train_wall_seconds": round(train_seconds, 1),
-                "command": config.get("reproduce_command", "")}
+                "epochs_run": len(host["history"]),
+                "train_seconds": round(sum(h["epoch_seconds"] for h in host["history"]), 1),
+                "command": config.get("reproduce_command", ""),
+                "note": config.get("export_note", "")}
         pretrained.export(best.variables, card, config.export_to)
         summary["exported"] = str(config.export_to)
     return summary

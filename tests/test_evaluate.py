@@ -1,0 +1,47 @@
+"""The evaluation command on the shipped pretrained model, and a tiny end-to-end training run."""
+import json
+
+import numpy as np
+import pytest
+
+from ferjax import pretrained
+from ferjax.inference import load_predictor
+from conftest import run_cli
+
+KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "protocol", "n"}
+
+
+def test_shipped_model_loads_and_predicts():
+    model, variables, card = pretrained.load()
+    assert card["classifier"] == "vgg_small" and card["protocol"] == "original"
+    predict = load_predictor()
+    probs = predict(np.random.default_rng(0).integers(0, 255, (3, 48, 48)).astype(np.uint8))
+    assert probs.shape == (3, 7)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_evaluate_command_on_small_csv(tmp_path, synthetic_csv, tfds_dir):
+    proc = run_cli("--experiment=evaluate", "--config.protocol=original", f"--workdir={tmp_path}",
+                   env_extra={"FER2013_PATH": str(synthetic_csv), "TFDS_DATA_DIR": str(tfds_dir)})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert KEYS <= set(result) and result["n"] == 64 and result["protocol"] == "original"
+    assert set(result["per_class_recall"]) == {"angry", "disgust", "fear", "happy", "sad",
+                                               "surprise", "neutral"}
+    assert (tmp_path / "confusion_test.png").is_file()
+
+
+def test_evaluate_reproduces_model_card_on_privatetest(tmp_path, real_fer, tfds_dir):
+    """The shipped weights give exactly the PrivateTest figures their model card states."""
+    card = pretrained.load()[2]
+    proc = run_cli("--experiment=evaluate", f"--config.data.fer2013_path={real_fer}",
+                   f"--workdir={tmp_path}", env_extra={"TFDS_DATA_DIR": str(tfds_dir)})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["n"] == 3589 and result["model"] == "fer2013_vgg_small"
+    assert result["accuracy"] == pytest.approx(card["accuracy"], abs=1e-3)
+    assert result["macro_f1"] == pytest.approx(card["macro_f1"], abs=2e-3)
+
+
+def test_unknown_pretrained_model_fails_fast(tmp_path):
+    proc = run_cli("--experiment=evaluate", "--config.model=fer2013_vgg_smal",
+                   f"--workdir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "Did you mean: fer2013_vgg_small" in proc.stderr
