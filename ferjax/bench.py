@@ -32,6 +32,8 @@ flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
 flags.DEFINE_integer("iters", 3, "Calls per timed repeat.")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch twin when PyTorch is installed.")
 flags.DEFINE_string("json_out", "", "Also write the rows as JSON to this file.")
+flags.DEFINE_bool("augment", False, "Include on-device augmentation in the JAX train step (the "
+                  "PyTorch twin has none, so leave it off for the side-by-side ratio).")
 FLAGS = flags.FLAGS
 
 
@@ -63,6 +65,8 @@ def jax_train(name: str, batch: int, repeats: int, iters: int) -> dict:
     from ferjax.experiments.fer2013_vgg import get_config
 
     cfg = get_config("cpu")
+    if not FLAGS.augment:
+        cfg.augment.update(crop_pad=0, flip=False, rotate_deg=0.0, jitter=0.0)
     model = CLASSIFIERS.create(name)
     tx = make_optimizer(cfg.train, make_schedule(cfg.train, 100))
     loss = LOSSES.create("cross_entropy", num_classes=7, label_smoothing=0.1)
