@@ -24,8 +24,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # Python of an environment with `fer` + TensorFlow (e.g. /tmp/mtcnn_env/bin/python): the fer
     # package's pipeline runs on the same videos as a peer. "" skips it.
     c.peer_python = ""
-    # Speed does not depend on weight values: run on random weights until the shipped ones exist.
-    c.allow_random_classifier = True
+    c.allow_random_classifier = False  # the shipped classifier's weights are installed with ferjax
     if variant == "quick":
         c.max_frames = 120
     elif variant:

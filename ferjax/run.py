@@ -16,6 +16,9 @@ flags.DEFINE_string("experiment", None, "Experiment NAME or NAME:variant (see --
 flags.DEFINE_string("workdir", None, "Output folder (default runs/NAME/VARIANT).")
 flags.DEFINE_bool("list", False, "List experiments and registered components, then exit.")
 flags.DEFINE_bool("print_config", False, "Print the resolved config, then exit.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() first (multi-host data parallelism; the "
+                  "coordinator comes from the cluster environment or JAX_COORDINATOR_ADDRESS).")
 flags.DEFINE_string("jax_cache_dir", "~/.cache/ferjax/jax",
                     "Persistent JAX compilation cache ('' disables).")
 FLAGS = flags.FLAGS
@@ -63,8 +66,11 @@ def main(argv: list[str]) -> int:
     if FLAGS.print_config:
         print(config)
         return 0
+    import jax
+
+    if FLAGS.distributed:
+        jax.distributed.initialize()
     if FLAGS.jax_cache_dir:
-        import jax
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.jax_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

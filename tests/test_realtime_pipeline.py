@@ -26,9 +26,7 @@ FACE_VIDEO = MEDIA / "one_face_pexels_640x360.mp4"
 
 @pytest.fixture(scope="module")
 def predictor():
-    # The shipped classifier when its weights exist; until then the same network, randomly
-    # initialised (allow_random): predictions are meaningless but shapes and timings are real.
-    return make_predictor(allow_random=True)[0]
+    return make_predictor()[0]  # the shipped classifier
 
 
 def _yunet():
@@ -90,7 +88,6 @@ def test_realtime_task_writes_video_jsonl_and_summary(tmp_path):
     cfg.source = str(_need(FACE_VIDEO))
     cfg.models_dir = str(MODELS)
     cfg.max_frames = 24
-    cfg.allow_random_classifier = True  # until the shipped weights exist
     summary = TASKS.get("realtime")(cfg, str(tmp_path))
     assert summary["frames"] == 24 and summary["detection_rate"] >= 0.95 and summary["bad_frames"] == 0
     assert set(summary["stage_ms"]) >= {"decode", "detect", "preprocess", "predict", "draw"} and summary["fps"] > 0

@@ -31,17 +31,18 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = CLASSIFIERS.create(config.classifier, **config.classifier_kwargs)
     loss_fn = LOSSES.create(config.loss, **config.loss_kwargs)
     mesh = sharding.data_mesh(tcfg.get("num_devices", 0) or None)
-    if tcfg.batch_size % mesh.size:
-        raise ValueError(f"train.batch_size={tcfg.batch_size} is not divisible by {mesh.size} devices")
+    for key in ("batch_size", "eval_batch_size"):
+        if tcfg[key] % mesh.size:
+            raise ValueError(f"train.{key}={tcfg[key]} is not divisible by {mesh.size} devices")
 
     train_arrays = {"image": data["train"]["image"], "label": data["train"]["label"]}
-    batches = TrainBatches(train_arrays, tcfg.batch_size // jax.process_count(), tcfg.seed)
+    batches = TrainBatches(train_arrays, tcfg.batch_size, tcfg.seed)  # global batches
     tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
     state = create_state(model, tx, tcfg.seed)
     train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh)
 
     def logits_fn(current_state):
-        return lambda batch: jax.device_get(eval_step(current_state, sharding.put_batch(batch, mesh)))
+        return lambda batch: sharding.fetch(eval_step(current_state, sharding.put_batch(batch, mesh)))
 
     eval_bs = tcfg.eval_batch_size
     val_split = data["validation"]
