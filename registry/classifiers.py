@@ -11,11 +11,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ferjax.data.fer2013 import EMOTIONS
 from ferjax.nn import Conv3x3, max_pool2x2
 from ferjax.registry import CLASSIFIERS
 
-NUM_CLASSES = 7
-EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+NUM_CLASSES = len(EMOTIONS)
+__all__ = ["EMOTIONS", "NUM_CLASSES", "VGGNet", "VGGFace16"]
 
 
 class VGGNet(nn.Module):
