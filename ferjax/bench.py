@@ -50,6 +50,21 @@ def time_calls(fn: Callable[[], object], repeats: int, iters: int) -> float:
     return statistics.median(times)
 
 
+def input_pipeline_rate(batch: int, n_images: int = 28709, batches: int = 200) -> float:
+    """Batches per second that the host input pipeline (TrainBatches) delivers, FER2013-sized."""
+    from ferjax.data.pipeline import TrainBatches
+
+    rng = np.random.default_rng(0)
+    arrays = {"image": rng.integers(0, 255, (n_images, 48, 48, 1), dtype=np.uint8),
+              "label": rng.integers(0, 7, n_images).astype(np.int32)}
+    it = TrainBatches(arrays, batch, seed=0).iterate(0)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches / (time.perf_counter() - start)
+
+
 def jax_predict(name: str, batch: int, repeats: int, iters: int) -> dict:
     model = CLASSIFIERS.create(name)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
@@ -168,6 +183,10 @@ def main(argv):
                 ratio = f"{r['images_per_s'] / t:.2f}" if t else "-"
                 print(f"| {name} | {mode} | {b} | {r['compile_s']:.2f} | {r['images_per_s']:.1f} | "
                       f"{f'{t:.1f}' if t else '-'} | {ratio} |", flush=True)
+    for b in (int(s) for s in FLAGS.train_batch_sizes if s):
+        rate = input_pipeline_rate(b)
+        print(f"input pipeline, batch {b}: {rate:.0f} batches/s = {rate * b:.0f} images/s "
+              f"(the train step needs far fewer, so it never waits on data)")
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
             json.dump(rows, f, indent=2)
