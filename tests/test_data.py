@@ -142,3 +142,29 @@ def test_real_fer2013_counts(real_fer, tfds_dir):
     assert splits["train"]["image"][0, 0, :8, 0].tolist() == [70, 80, 82, 72, 58, 58, 60, 63]
     assert splits["test"]["row"][0] == 32298
     assert (splits["train"]["ferplus_votes"][5274] == -1).all()
+
+
+def test_ferplus_majority_labels():
+    from ferjax.components.datasets import ferplus_majority
+
+    votes = np.array([
+        [0, 9, 1, 0, 0, 0, 0, 0, 0, 0],   # happiness -> FER happy (3)
+        [5, 0, 0, 0, 5, 0, 0, 0, 0, 0],   # tie neutral/anger -> dropped
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],  # not a face -> dropped
+        [0, 0, 0, 0, 0, 0, 0, 8, 2, 0],   # contempt has no FER2013 class -> dropped
+        [1, 0, 0, 0, 0, 6, 3, 0, 0, 0],   # disgust -> 1
+        [-1] * 10,                          # votes belong to another image -> dropped
+        [2, 0, 0, 0, 0, 0, 0, 0, 3, 5],   # NF outvotes every emotion -> dropped
+    ], np.int16)
+    assert ferplus_majority(votes).tolist() == [3, -1, -1, -1, 1, -1, -1]
+
+
+def test_real_ferplus_agreement(real_fer, tfds_dir):
+    """About 65% of Training rows keep their label under the FER+ majority (GUIDE.md §3)."""
+    from ferjax.components.datasets import ferplus_majority
+
+    train = load_splits(str(real_fer), str(tfds_dir), splits=("train",))["train"]
+    major = ferplus_majority(train["ferplus_votes"])
+    kept = major >= 0
+    agree = float((major[kept] == train["label"][kept]).mean())
+    assert 0.6 < agree < 0.7, agree
