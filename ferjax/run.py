@@ -69,6 +69,7 @@ def main(argv: list[str]) -> int:
     import jax
 
     if FLAGS.distributed:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs use NCCL
         jax.distributed.initialize()
     if FLAGS.jax_cache_dir:
 

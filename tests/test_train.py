@@ -168,3 +168,30 @@ def test_four_simulated_devices_match_single_device():
                           env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK four-device" in proc.stdout
+
+
+def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
+    """Two local processes (jax.distributed, gloo collectives on CPU), each feeding its share of
+    every global batch, end with the same parameters and logits as one process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    worker = str(REPO / "tests" / "helpers" / "distributed_worker.py")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    single = subprocess.run([sys.executable, worker, "0", "1", "0", str(tmp_path / "one.npz")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / f"p{i}.npz")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        assert "devices 2 processes 2" in out
+    ref = np.load(tmp_path / "one.npz")
+    for i in range(2):
+        got = np.load(tmp_path / f"p{i}.npz")
+        for k in ref.files:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-12)
