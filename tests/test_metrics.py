@@ -29,3 +29,10 @@ def test_plots_write_png(tmp_path):
                   "val_accuracy": 0.2}], tmp_path / "k.png", "t")
     for f in ("c.png", "k.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mean_cross_entropy():
+    from ferjax.eval.predict import mean_cross_entropy
+
+    logits = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]))
+    assert abs(mean_cross_entropy(logits, np.array([0, 1])) - (-(np.log(0.5) + np.log(0.8)) / 2)) < 1e-12

@@ -11,24 +11,31 @@ from ferjax.eval.metrics import classification_report
 from ferjax.eval.plots import plot_confusion
 
 
-def predict_labels(logits_fn: Callable[[dict], np.ndarray], images: np.ndarray,
+def predict_logits(logits_fn: Callable[[dict], np.ndarray], images: np.ndarray,
                    batch_size: int) -> np.ndarray:
-    """Argmax predictions for every image; `logits_fn` maps a batch dict to [B, K] logits."""
-    preds = []
+    """[N, K] logits for every image; `logits_fn` maps a batch dict to [B, K] logits."""
+    out = []
     for batch in eval_batches({"image": images}, batch_size):
         mask = batch.pop("mask")
-        logits = np.asarray(logits_fn(batch))
-        preds.append(logits.argmax(-1)[mask])
-    return np.concatenate(preds) if preds else np.zeros((0,), np.int64)
+        out.append(np.asarray(logits_fn(batch), np.float64)[mask])
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean softmax cross-entropy (natural log) of integer labels."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
 def evaluate_split(logits_fn: Callable[[dict], np.ndarray], split: dict, batch_size: int,
                    class_names: Sequence[str], protocol: str, split_name: str,
                    out_dir: str | Path | None = None, title: str = "") -> dict:
-    """Metrics for one split; with `out_dir`, also a normalized confusion-matrix PNG."""
-    preds = predict_labels(logits_fn, split["image"], batch_size)
-    report = classification_report(split["label"], preds, class_names)
-    report.update(protocol=protocol, split=split_name)
+    """Metrics (and mean cross-entropy `loss`) for one split; with `out_dir`, also a normalized
+    confusion-matrix PNG."""
+    logits = predict_logits(logits_fn, split["image"], batch_size)
+    report = classification_report(split["label"], logits.argmax(-1), class_names)
+    report.update(loss=mean_cross_entropy(logits, split["label"]), protocol=protocol, split=split_name)
     if out_dir is not None:
         path = Path(out_dir) / f"confusion_{split_name}.png"
         plot_confusion(np.asarray(report["confusion_matrix"]), class_names, path,
