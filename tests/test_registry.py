@@ -103,3 +103,12 @@ def test_entry_point_plugin_trains_in_experiment(tmp_path, synthetic_csv, tfds_d
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["classifier"] == "plugin_linear"
     assert summary["test_report"]["n"] == 64
+
+
+def test_readme_shows_current_listing():
+    """README's tables are the output of `--list` (regenerate them when components change)."""
+    from conftest import REPO
+
+    listing = run_cli("--list").stdout.strip().replace("## ", "### ")
+    assert listing in (REPO / "README.md").read_text(), \
+        "README.md is stale: paste `python -m ferjax.run --list` (headings as ###) into it"
