@@ -1,5 +1,4 @@
 """FER2013 reading: CSV (plain, gzip), image folders, FER+ join, malformed input, TFDS builder."""
-import gzip
 
 import cv2
 import numpy as np

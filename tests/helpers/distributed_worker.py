@@ -2,7 +2,7 @@
 
 Usage: distributed_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz (NUM_PROCESSES=1: no jax.distributed).
 """
-import sys, os
+import sys
 pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 import jax
 jax.config.update("jax_enable_x64", True)
