@@ -101,33 +101,31 @@ def lz4_frame_decompress(src: bytes) -> bytes:
     return bytes(out)
 
 
+def _lz4_length(src: bytes, i: int, n: int) -> tuple[int, int]:
+    """Extends a 4-bit LZ4 length nibble with its 255-continued bytes; returns (length, next i)."""
+    if n == 15:
+        while True:
+            b = src[i]
+            i += 1
+            n += b
+            if b != 255:
+                break
+    return n, i
+
+
 def _lz4_block(src: bytes, i: int, end: int, out: bytearray) -> None:
     """Appends one decoded LZ4 block to `out` (matches may reach into earlier blocks)."""
     while i < end:
         token = src[i]
         i += 1
-        n = token >> 4
-        if n == 15:
-            while True:
-                b = src[i]
-                i += 1
-                n += b
-                if b != 255:
-                    break
+        n, i = _lz4_length(src, i, token >> 4)
         out += src[i:i + n]
         i += n
         if i >= end:
             break
         offset = src[i] | (src[i + 1] << 8)
         i += 2
-        m = token & 15
-        if m == 15:
-            while True:
-                b = src[i]
-                i += 1
-                m += b
-                if b != 255:
-                    break
+        m, i = _lz4_length(src, i, token & 15)
         m += 4
         start = len(out) - offset
         if offset >= m:
