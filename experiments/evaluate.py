@@ -1,4 +1,5 @@
-"""Evaluate a pretrained classifier: `--config.model=NAME --config.protocol=original|ferplus`."""
+"""Evaluate a pretrained classifier: `--config.model=NAME --config.protocol=original|ferplus`
+[`--config.tta=flip`]."""
 import ml_collections
 
 
@@ -11,6 +12,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.protocol = variant or "original"
     c.split = "test"
     c.batch_size = 256
+    c.tta = "none"  # "flip": average the logits of each face and its mirror image
     c.data = ml_collections.ConfigDict({
         "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
     return c

@@ -45,3 +45,21 @@ def test_unknown_pretrained_model_fails_fast(tmp_path):
     proc = run_cli("--experiment=evaluate", "--config.model=fer2013_vgg_smal",
                    f"--workdir={tmp_path}", check=False)
     assert proc.returncode == 2 and "Did you mean: fer2013_vgg_small" in proc.stderr
+
+
+def test_flip_tta_is_mirror_invariant_and_differs_from_plain():
+    """Flip TTA averages a face with its mirror image, so mirrored inputs give equal logits."""
+    from ferjax.eval.evaluate_task import TTA_MODES
+    model, variables, _ = pretrained.load()
+    plain = lambda v, x: model.apply(v, x, train=False)
+    flip = TTA_MODES["flip"](plain)
+    x = np.random.default_rng(1).uniform(0, 255, (4, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_allclose(flip(variables, x), flip(variables, x[:, :, ::-1]), atol=1e-4)
+    assert not np.allclose(plain(variables, x), plain(variables, x[:, :, ::-1]), atol=1e-4)
+
+
+def test_unknown_tta_mode_fails_before_loading_data(tmp_path):
+    proc = run_cli("--experiment=evaluate", "--config.tta=mirror", f"--workdir={tmp_path}",
+                   env_extra={"FER2013_PATH": str(tmp_path / "absent.csv")}, check=False)
+    assert proc.returncode == 1 and "--config.tta='mirror'" in proc.stderr
+    assert "'flip'" in proc.stderr

@@ -13,19 +13,29 @@ from ferjax.eval.predict import evaluate_split
 from ferjax.registry import DATASETS
 
 
+def _flip_averaged(apply):
+    """Test-time augmentation: mean of the logits of each image and its mirror image."""
+    return lambda v, x: (apply(v, x) + apply(v, x[:, :, ::-1])) / 2
+
+
+TTA_MODES = {"none": lambda apply: apply, "flip": _flip_averaged}
+
+
 def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Reports accuracy, balanced accuracy, macro-F1 and per-class recall of `config.model`."""
+    if config.tta not in TTA_MODES:
+        raise ValueError(f"--config.tta={config.tta!r}: expected one of {sorted(TTA_MODES)}")
     model, variables, card = pretrained.load(config.model or None)
     data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
     split = config.split
     if split not in data:
         raise ValueError(f"split {split!r} not in dataset; available: {sorted(data)}")
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    apply = jax.jit(TTA_MODES[config.tta](lambda v, x: model.apply(v, x, train=False)))
     out_dir = Path(workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = evaluate_split(lambda b: apply(variables, b["image"].astype("float32")), data[split],
                             config.batch_size, EMOTIONS, config.protocol, split, out_dir,
                             card.get("name", ""))
-    report["model"] = card.get("name")
+    report.update(model=card.get("name"), tta=config.tta)
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
