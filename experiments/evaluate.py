@@ -1,5 +1,7 @@
-"""Evaluate a pretrained classifier: `--config.model=NAME --config.protocol=original|ferplus`
-[`--config.tta=flip`]."""
+"""Evaluate a pretrained classifier: `--config.model=NAME --config.protocol=original|ferplus`.
+
+`--config.tta=flip` also averages each face with its mirror image (test-time augmentation).
+"""
 import ml_collections
 
 
