@@ -145,6 +145,7 @@ class YuNetDetector(ResizingDetector):
         _, faces = self.net.detect(frame)
         if faces is None:
             return []
+        faces = faces[np.isfinite(faces).all(axis=1)]  # seen once in CI: a NaN row on a tiny frame
         return [Detection((float(f[0]), float(f[1]), float(f[0] + f[2]), float(f[1] + f[3])), float(f[14]),
                           f[4:14].reshape(5, 2).astype(np.float64)) for f in faces]
 
