@@ -72,7 +72,6 @@ def main(argv: list[str]) -> int:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs use NCCL
         jax.distributed.initialize()
     if FLAGS.jax_cache_dir:
-
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.jax_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     name, _, variant = FLAGS.experiment.partition(":")
