@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import logging
 from importlib import metadata
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLUGIN_GROUP = "ferjax.plugins"
@@ -26,7 +27,8 @@ BUILTIN_MODULES = (
     "ferjax.components.realtime_tasks",
 )
 _log = logging.getLogger(__name__)
-_loaded = False
+_state = "unloaded"  # "loading" while the component modules import, then "loaded"
+_load_error: str | None = None  # set once a component import failed; every lookup re-raises it
 
 
 class RegistryError(KeyError):
@@ -34,6 +36,10 @@ class RegistryError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
         return str(self.args[0])
+
+
+class ComponentLoadError(RegistryError):
+    """A built-in component module or a plugin failed to import; no component is available."""
 
 
 class Registry:
@@ -75,6 +81,26 @@ class Registry:
         """Calls the factory named ``name`` with ``kwargs``."""
         return self.get(name)(**kwargs)
 
+    def accepted(self, name: str) -> set[str] | None:
+        """Keyword names the factory ``name`` accepts; None when it takes ``**kwargs``."""
+        params = inspect.signature(self.get(name)).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def create_accepting(self, name: str, kwargs: Mapping[str, Any]) -> Any:
+        """Calls the factory with the entries of ``kwargs`` it accepts, so a minimal plugin
+        (``my_net(num_classes=7)``) works under an experiment that configures more; the
+        others are logged and left out."""
+        accepted = self.accepted(name)
+        kwargs = dict(kwargs)
+        if accepted is not None:
+            dropped = sorted(set(kwargs) - accepted)
+            if dropped:
+                _log.warning("%s %r takes no %s; not passed", self.kind, name, ", ".join(dropped))
+            kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        return self.get(name)(**kwargs)
+
     def names(self) -> list[str]:
         load_components()
         return sorted(self._entries)
@@ -108,21 +134,37 @@ def _origin(obj: Any) -> str:
 
 
 def load_components() -> None:
-    """Imports the built-in component modules and every ``ferjax.plugins`` entry point, once."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in BUILTIN_MODULES:
-        importlib.import_module(mod)
-    for ep in metadata.entry_points(group=PLUGIN_GROUP):
-        try:
+    """Imports the built-in component modules and every ``ferjax.plugins`` entry point: all or nothing.
+
+    A failing import removes whatever it had registered and makes every later lookup raise a
+    `ComponentLoadError` naming the module or plugin and the original exception.
+    """
+    global _state, _load_error
+    if _load_error is not None:
+        raise ComponentLoadError(_load_error)
+    if _state != "unloaded":
+        return  # loaded, or a component module being imported looks something up
+    _state = "loading"
+    snapshot = {kind: (dict(reg._entries), dict(reg._docs)) for kind, reg in ALL.items()}
+    what = ""
+    try:
+        for mod in BUILTIN_MODULES:
+            what = f"built-in module {mod!r}"
+            importlib.import_module(mod)
+        for ep in metadata.entry_points(group=PLUGIN_GROUP):
+            what = f"plugin {ep.name!r} (module {ep.value!r})"
             target = ep.load()
-        except Exception as e:  # A broken plugin must say which one it is.
-            raise ImportError(f"ferjax plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
-        if callable(target) and not isinstance(target, type):
-            target()  # An entry point may name a `register()` function instead of a module.
-        _log.info("loaded ferjax plugin %s", ep.name)
+            if callable(target) and not isinstance(target, type):
+                target()  # An entry point may name a `register()` function instead of a module.
+            _log.info("loaded ferjax plugin %s", ep.name)
+    except Exception as e:
+        for kind, (entries, docs) in snapshot.items():
+            ALL[kind]._entries, ALL[kind]._docs = entries, docs
+        _load_error = (f"ferjax components could not be loaded: {what} failed with "
+                       f"{type(e).__name__}: {e}. Fix or uninstall it; nothing was registered.")
+        _state = "unloaded"
+        raise ComponentLoadError(_load_error) from e
+    _state = "loaded"
 
 
 def table() -> str:

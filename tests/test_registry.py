@@ -112,3 +112,66 @@ def test_readme_shows_current_listing():
     listing = run_cli("--list").stdout.strip().replace("## ", "### ")
     assert listing in (REPO / "README.md").read_text(), \
         "README.md is stale: paste `python -m ferjax.run --list` (headings as ###) into it"
+
+
+def test_failing_builtin_import_fails_every_lookup(monkeypatch):
+    """All or nothing: after one failing import, every lookup names the module and the error."""
+    monkeypatch.setattr(registry, "_state", "unloaded")
+    monkeypatch.setattr(registry, "_load_error", None)
+    monkeypatch.setattr(registry, "BUILTIN_MODULES",
+                        registry.BUILTIN_MODULES + ("ferjax.components.no_such_module",))
+    for _ in range(2):
+        with pytest.raises(registry.ComponentLoadError,
+                           match=r"built-in module 'ferjax.components.no_such_module' failed with "
+                                 r"ModuleNotFoundError: No module named 'ferjax.components.no_such"):
+            registry.CLASSIFIERS.get("vgg_small")
+    with pytest.raises(registry.ComponentLoadError, match="no_such_module"):
+        registry.LOSSES.names()
+
+
+def test_failing_plugin_fails_every_lookup(tmp_path):
+    """A plugin whose import raises: the CLI and every later lookup name the plugin and its error."""
+    (tmp_path / "broken_plugin.py").write_text(
+        "from ferjax.registry import CLASSIFIERS\n"
+        "CLASSIFIERS.register('half_registered')(lambda: None)\n"
+        "raise RuntimeError('boom in plugin')\n")
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ferjax.plugins]\nbroken = broken_plugin\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_cli("--experiment=fer2013_vgg", "--print_config", env_extra=env, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ("plugin 'broken' (module 'broken_plugin') failed with RuntimeError: boom in plugin"
+            in proc.stderr)
+    code = ("from ferjax import registry\n"
+            "for kind in ('classifier', 'classifier', 'loss'):\n"
+            "    try:\n"
+            "        registry.ALL[kind].names()\n"
+            "    except registry.ComponentLoadError as e:\n"
+            "        print('ERR', e)\n"
+            "    else:\n"
+            "        print('OK')\n")
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=120).stdout.splitlines()
+    assert len(out) == 3 and all(line.startswith("ERR") and "boom in plugin" in line for line in out), out
+
+
+def test_create_accepting_passes_only_accepted_kwargs():
+    reg = Registry("widget")
+
+    @reg.register("minimal")
+    def minimal(num_classes=7):
+        return num_classes
+
+    @reg.register("open")
+    def open_(**kw):
+        return kw
+
+    assert reg.accepted("minimal") == {"num_classes"}
+    assert reg.create_accepting("minimal", {"num_classes": 3, "dropout": 0.4}) == 3
+    assert reg.accepted("open") is None
+    assert reg.create_accepting("open", {"dropout": 0.4}) == {"dropout": 0.4}
