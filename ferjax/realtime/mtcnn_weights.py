@@ -1,19 +1,18 @@
 """Reading the MTCNN weights that PyPI's `mtcnn==1.0.0` ships (`mtcnn/assets/weights/*.lz4`).
 
-The files are joblib pickles (lists of float32 arrays in Keras layout) in an LZ4 frame. When
-joblib and lz4 are importable they are used; otherwise a small pure-Python LZ4-frame decoder
-and a joblib-compatible unpickler read them, so ferjax needs neither package.
+The files are joblib pickles (lists of float32 arrays in Keras layout) in an LZ4 frame. A small
+pure-Python LZ4-frame decoder and ferjax's restricted unpickler (`ferjax.convert.safe_pickle`)
+read them: joblib itself is never called, since `joblib.load` runs whatever a file names.
 """
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from ferjax.convert import safe_pickle
 from ferjax.realtime import models
 
 NETS = ("pnet", "rnet", "onet")
@@ -67,16 +66,13 @@ def load_all(weights_dir: str | os.PathLike | None = None,
 
 
 def load_file(path: str | os.PathLike) -> list[np.ndarray]:
-    """Loads one joblib+lz4 pickle of numpy arrays."""
-    try:
-        import joblib  # noqa: PLC0415  (optional fast path)
-        import lz4  # noqa: F401,PLC0415
-        return joblib.load(path)
-    except ImportError:
-        pass
+    """Loads one joblib pickle (LZ4-framed or plain) of numpy arrays through the allow-list."""
     raw = Path(path).read_bytes()
     data = lz4_frame_decompress(raw) if raw[:4] == _LZ4_MAGIC else raw
-    return _JoblibUnpickler(io.BytesIO(data)).load()
+    arrays = safe_pickle.loads(data, safe_pickle.JOBLIB, os.fspath(path))
+    if not isinstance(arrays, list) or not all(isinstance(a, np.ndarray) for a in arrays):
+        raise ValueError(f"{path}: expected a list of numpy arrays, got {type(arrays).__name__}")
+    return arrays
 
 
 def lz4_frame_decompress(src: bytes) -> bytes:
@@ -134,41 +130,3 @@ def _lz4_block(src: bytes, i: int, end: int, out: bytearray) -> None:
             chunk = bytes(out[start:])
             out += (chunk * (m // offset + 1))[:m]
 
-
-class _ArrayWrapper:
-    """Stands in for joblib's NumpyArrayWrapper; its array data follows it in the stream."""
-
-    def read(self, fh: io.BytesIO) -> np.ndarray:
-        dtype = np.dtype(self.dtype)
-        if dtype.hasobject:
-            raise ValueError("object arrays are not supported")
-        if getattr(self, "numpy_array_alignment_bytes", None) is not None:
-            pad = fh.read(1)[0]
-            fh.read(pad)
-        count = int(np.prod(self.shape, dtype=np.int64)) if len(self.shape) else 1
-        arr = np.frombuffer(fh.read(count * dtype.itemsize), dtype=dtype, count=count)
-        if self.order == "F":
-            return arr.reshape(self.shape[::-1]).transpose().copy()
-        return arr.reshape(self.shape).copy()
-
-
-class _JoblibUnpickler(pickle._Unpickler):  # the pure-Python unpickler lets BUILD be overridden
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def find_class(self, module: str, name: str):
-        if module.startswith("joblib") and name == "NumpyArrayWrapper":
-            return _ArrayWrapper
-        if module.split(".")[0] in ("numpy", "builtins", "copyreg", "_codecs", "collections"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an MTCNN weights file")
-
-    def load_build(self) -> None:
-        super().load_build()
-        if isinstance(self.stack[-1], _ArrayWrapper):
-            self.stack[-1] = self.stack[-1].read(self._file)
-
-    def __init__(self, fh: io.BytesIO):
-        super().__init__(fh)
-        self._file = fh
-
-    dispatch[pickle.BUILD[0]] = load_build
