@@ -4,6 +4,8 @@
 """
 import ml_collections
 
+VARIANTS = ("original", "ferplus")  # the protocol
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

@@ -7,6 +7,8 @@ converter exists), `tiny` (a few steps on a few hundred images, for smoke tests)
 """
 import ml_collections
 
+VARIANTS = ("cpu", "gpu", "paper", "tiny")
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     variant = variant or "cpu"

@@ -9,6 +9,7 @@ import ml_collections
 
 from ferjax.experiments import realtime
 
+VARIANTS = ("quick",)
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c = realtime.get_config(None)

@@ -11,7 +11,7 @@ import importlib
 import inspect
 import logging
 from importlib import metadata
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLUGIN_GROUP = "ferjax.plugins"
@@ -42,6 +42,35 @@ class ComponentLoadError(RegistryError):
     """A built-in component module or a plugin failed to import; no component is available."""
 
 
+class Check(NamedTuple):
+    """A bound or choice for one value: `ok(value)` is True when it is valid."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+    def __call__(self, value: Any) -> bool:
+        try:
+            return bool(self.ok(value))
+        except (TypeError, ValueError):
+            return False
+
+
+def one_of(*choices: Any) -> Check:
+    return Check(lambda v: v in choices, f"one of {', '.join(map(repr, choices))}")
+
+
+def greater(bound: float) -> Check:
+    return Check(lambda v: not isinstance(v, bool) and v > bound, f"a number > {bound}")
+
+
+def at_least(bound: float) -> Check:
+    return Check(lambda v: not isinstance(v, bool) and v >= bound, f"a number >= {bound}")
+
+
+def between(low: float, high: float) -> Check:
+    return Check(lambda v: not isinstance(v, bool) and low <= v <= high, f"a number in [{low}, {high}]")
+
+
 class Registry:
     """A mapping from names to factories for one kind of component."""
 
@@ -49,9 +78,15 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Callable[..., Any]] = {}
         self._docs: dict[str, str] = {}
+        self._checks: dict[str, dict[str, Check]] = {}
 
-    def register(self, name: str | None = None, *, doc: str | None = None) -> Callable[[F], F]:
-        """Decorator registering a factory under ``name`` (default: the object's name)."""
+    def register(self, name: str | None = None, *, doc: str | None = None,
+                 checks: Mapping[str, Check] | None = None) -> Callable[[F], F]:
+        """Decorator registering a factory under ``name`` (default: the object's name).
+
+        ``checks`` bound the factory's keyword arguments (``{"scale_factor": greater(1.0)}``);
+        experiment configs are validated against them before any work starts.
+        """
 
         def deco(obj: F) -> F:
             key = name or obj.__name__
@@ -62,6 +97,7 @@ class Registry:
             self._entries[key] = obj
             lines = (obj.__doc__ or "").strip().splitlines()
             self._docs[key] = doc or (lines[0] if lines else "")
+            self._checks[key] = dict(checks or {})
             return obj
 
         return deco
@@ -80,6 +116,13 @@ class Registry:
     def create(self, name: str, **kwargs: Any) -> Any:
         """Calls the factory named ``name`` with ``kwargs``."""
         return self.get(name)(**kwargs)
+
+    def check_args(self, name: str, kwargs: Mapping[str, Any]) -> None:
+        """Raises RegistryError naming the first argument outside the bounds ``name`` declared."""
+        self.get(name)
+        for arg, check in self._checks.get(name, {}).items():
+            if arg in kwargs and not check(kwargs[arg]):
+                raise RegistryError(f"{arg}={kwargs[arg]!r}: {self.kind} {name!r} expects {check.expected}")
 
     def accepted(self, name: str) -> set[str] | None:
         """Keyword names the factory ``name`` accepts; None when it takes ``**kwargs``."""
@@ -145,7 +188,8 @@ def load_components() -> None:
     if _state != "unloaded":
         return  # loaded, or a component module being imported looks something up
     _state = "loading"
-    snapshot = {kind: (dict(reg._entries), dict(reg._docs)) for kind, reg in ALL.items()}
+    snapshot = {kind: (dict(reg._entries), dict(reg._docs), dict(reg._checks))
+                for kind, reg in ALL.items()}
     what = ""
     try:
         for mod in BUILTIN_MODULES:
@@ -158,8 +202,8 @@ def load_components() -> None:
                 target()  # An entry point may name a `register()` function instead of a module.
             _log.info("loaded ferjax plugin %s", ep.name)
     except Exception as e:
-        for kind, (entries, docs) in snapshot.items():
-            ALL[kind]._entries, ALL[kind]._docs = entries, docs
+        for kind, (entries, docs, checks) in snapshot.items():
+            ALL[kind]._entries, ALL[kind]._docs, ALL[kind]._checks = entries, docs, checks
         _load_error = (f"ferjax components could not be loaded: {what} failed with "
                        f"{type(e).__name__}: {e}. Fix or uninstall it; nothing was registered.")
         _state = "unloaded"

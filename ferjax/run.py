@@ -39,10 +39,11 @@ def _split_overrides(argv: list[str]) -> list[str]:
 def listing() -> str:
     from ferjax import config, registry
 
-    lines = ["## Experiments", "", "| experiment | description |", "| --- | --- |"]
+    lines = ["## Experiments", "", "| experiment | variants | description |", "| --- | --- | --- |"]
     for name in config.experiment_names():
         doc = (config._experiment_module(name).__doc__ or "").strip().splitlines()
-        lines.append(f"| `{name}` | {doc[0] if doc else ''} |")
+        variants = ", ".join(f"`{v}`" for v in config.variants(name))
+        lines.append(f"| `{name}` | {variants} | {doc[0] if doc else ''} |")
     lines += ["", "## Registered components", "", registry.table()]
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 
 from ferjax.data.loading import load_splits
-from ferjax.registry import DATASETS
+from ferjax.registry import DATASETS, one_of
 
 # FER+ vote columns (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt)
 # mapped to FER2013 label indices; contempt has no FER2013 class.
@@ -25,11 +25,10 @@ def ferplus_majority(votes: np.ndarray) -> np.ndarray:
     return np.where(ok, _FERPLUS_TO_FER[winner], -1)
 
 
-@DATASETS.register("fer2013")
+@DATASETS.register("fer2013", checks={"protocol": one_of("original", "ferplus")})
 def fer2013(cfg: ml_collections.ConfigDict, protocol: str = "original") -> dict:
     """FER2013 train/validation/test; protocol `original` (Kaggle labels) or `ferplus` (FER+ majority)."""
-    splits = load_splits(cfg.get("fer2013_path") or None, cfg.get("tfds_data_dir") or None,
-                         cfg.get("skip_bad_rows", False))
+    splits = load_splits(cfg.fer2013_path or None, cfg.tfds_data_dir or None, cfg.skip_bad_rows)
     if protocol == "ferplus":
         for name, arr in splits.items():
             label = ferplus_majority(arr["ferplus_votes"])
@@ -41,7 +40,7 @@ def fer2013(cfg: ml_collections.ConfigDict, protocol: str = "original") -> dict:
             splits[name]["label"] = label[keep].astype(np.int32)
     elif protocol != "original":
         raise ValueError(f"unknown protocol {protocol!r}; expected 'original' or 'ferplus'")
-    limit = cfg.get("limit_per_split", 0)
+    limit = cfg.limit_per_split
     if limit:
         splits = {k: {f: v[:limit] for f, v in arr.items()} for k, arr in splits.items()}
     return splits

@@ -14,7 +14,7 @@ import numpy as np
 from ferjax.realtime import models
 from ferjax.realtime.detect import Detection, ResizingDetector, cuda_devices
 from ferjax.realtime.mtcnn import MTCNNDetector
-from ferjax.registry import DETECTORS
+from ferjax.registry import DETECTORS, Check, at_least, between, greater, one_of
 
 _log = logging.getLogger(__name__)
 _logged_cpu: set[str] = set()
@@ -27,7 +27,12 @@ def _log_cpu_once(name: str) -> None:
                   "running on the CPU", name)
 
 
-@DETECTORS.register("haar")
+_WIDTH = Check(lambda v: v is None or (isinstance(v, int) and v > 0), "None or an integer > 0")
+_SCORE = between(0.0, 1.0)
+
+
+@DETECTORS.register("haar", checks={"scale_factor": greater(1.0), "min_neighbors": at_least(0),
+                                    "min_size": greater(0), "detect_width": _WIDTH})
 class HaarDetector(ResizingDetector):
     """Viola-Jones Haar cascade (OpenCV's frontalface_default); CUDA cascade when available."""
 
@@ -63,7 +68,7 @@ class HaarDetector(ResizingDetector):
         return [Detection((float(x), float(y), float(x + w), float(y + h)), 1.0) for x, y, w, h in rects]
 
 
-@DETECTORS.register("ssd_resnet10")
+@DETECTORS.register("ssd_resnet10", checks={"threshold": _SCORE, "fmt": one_of("auto", "tensorflow", "caffe")})
 class SSDResNet10Detector(ResizingDetector):
     """OpenCV DNN SSD ResNet-10 (TensorFlow .pb/.pbtxt or Caffe files), threshold 0.5."""
 
@@ -116,7 +121,7 @@ class SSDResNet10Detector(ResizingDetector):
         return dets
 
 
-@DETECTORS.register("yunet")
+@DETECTORS.register("yunet", checks={"threshold": _SCORE, "nms_threshold": _SCORE, "detect_width": _WIDTH})
 class YuNetDetector(ResizingDetector):
     """YuNet via `cv2.FaceDetectorYN`: boxes, 5 landmarks and a score per face."""
 
@@ -150,4 +155,5 @@ class YuNetDetector(ResizingDetector):
                           f[4:14].reshape(5, 2).astype(np.float64)) for f in faces]
 
 
-DETECTORS.register("mtcnn")(MTCNNDetector)  # defined in ferjax.realtime.mtcnn
+DETECTORS.register("mtcnn", checks={"threshold": _SCORE, "min_face_size": greater(0),
+                                    "detect_width": _WIDTH})(MTCNNDetector)  # defined in ferjax.realtime.mtcnn

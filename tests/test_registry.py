@@ -80,8 +80,7 @@ def _write_plugin(root):
         def get_config(variant=None):
             c = fer2013_vgg.get_config("tiny")
             c.name = "plugin_exp"
-            c.classifier = "plugin_linear"
-            c.classifier_kwargs = {}
+            c.classifier = "plugin_linear"  # takes num_classes only; classifier_kwargs has dropout
             c.train.epochs = 1
             return c
     '''))

@@ -15,19 +15,19 @@ def augment_batch(rng: jax.Array, images: jax.Array, cfg: ml_collections.ConfigD
     n, h, w, c = images.shape
     k_crop, k_flip, k_rot, k_jit = jax.random.split(rng, 4)
     x = images
-    if cfg.get("rotate_deg", 0.0):
+    if cfg.rotate_deg:
         angles = jnp.deg2rad(jax.random.uniform(k_rot, (n,), minval=-cfg.rotate_deg,
                                                 maxval=cfg.rotate_deg))
         x = jax.vmap(lambda im, a: pix.rotate(im, a, mode="nearest"))(x, angles)
-    if cfg.get("crop_pad", 0):
+    if cfg.crop_pad:
         p = cfg.crop_pad
         padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
         keys = jax.random.split(k_crop, n)
         x = jax.vmap(lambda k, im: pix.random_crop(k, im, (h, w, c)))(keys, padded)
-    if cfg.get("flip", False):
+    if cfg.flip:
         keys = jax.random.split(k_flip, n)
         x = jax.vmap(pix.random_flip_left_right)(keys, x)
-    if cfg.get("jitter", 0.0):
+    if cfg.jitter:
         kb, kc = jax.random.split(k_jit)
         scale = 1.0 + jax.random.uniform(kc, (n, 1, 1, 1), minval=-cfg.jitter, maxval=cfg.jitter)
         shift = 255.0 * jax.random.uniform(kb, (n, 1, 1, 1), minval=-cfg.jitter, maxval=cfg.jitter)

@@ -28,9 +28,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     tcfg = config.train
     data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
-    model = CLASSIFIERS.create(config.classifier, **config.classifier_kwargs)
+    model = CLASSIFIERS.create_accepting(config.classifier, config.classifier_kwargs)
     loss_fn = LOSSES.create(config.loss, **config.loss_kwargs)
-    mesh = sharding.data_mesh(tcfg.get("num_devices", 0) or None)
+    mesh = sharding.data_mesh(tcfg.num_devices or None)
     for key in ("batch_size", "eval_batch_size"):
         if tcfg[key] % mesh.size:
             raise ValueError(f"train.{key}={tcfg[key]} is not divisible by {mesh.size} devices")
@@ -59,14 +59,14 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     name, workdir, title)
                for name in ("validation", "test") if name in data}
     plot_curves(host["history"], workdir / "curves.png", f"{title} ({config.protocol})")
-    summary = {"experiment": config.get("name", ""), "classifier": config.classifier,
+    summary = {"experiment": config.name, "classifier": config.classifier,
                "protocol": config.protocol, "epochs_run": len(host["history"]),
                "wall_seconds": round(train_seconds, 1), "best_step": int(best.step),
                **{f"{k}_report": v for k, v in reports.items()}}
     (workdir / "report.json").write_text(json.dumps(summary, indent=2))
-    if config.get("export_to"):
+    if config.export_to:
         test = reports.get("test", {})
-        card = {"name": config.get("export_name", config.classifier), "classifier": config.classifier,
+        card = {"name": config.export_name or config.classifier, "classifier": config.classifier,
                 "classes": list(EMOTIONS), "data": "FER2013 (Kaggle CSV), Training split",
                 "protocol": config.protocol, "selected_on": "validation (PublicTest)",
                 "test_split": "test (PrivateTest)",
@@ -74,8 +74,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                              "per_class_recall")},
                 "epochs_run": len(host["history"]),
                 "train_seconds": round(sum(h["epoch_seconds"] for h in host["history"]), 1),
-                "command": config.get("reproduce_command", ""),
-                "note": config.get("export_note", "")}
+                "command": config.reproduce_command,
+                "note": config.export_note}
         pretrained.export(best.variables, card, config.export_to)
         summary["exported"] = str(config.export_to)
     return summary

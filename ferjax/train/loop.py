@@ -40,7 +40,7 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
     `evaluate(state)` returns validation metrics including `cfg.select_metric`.
     """
     workdir = Path(workdir)
-    mode = cfg.get("select_mode", "max")
+    mode = cfg.select_mode
     ckpt = Checkpointer(workdir / "checkpoints", cfg.select_metric, mode)
     plateau = ReduceOnPlateau(cfg.plateau.factor, cfg.plateau.patience, cfg.plateau.min_scale, mode)
     early = EarlyStopping(cfg.early_stop_patience, mode)
@@ -55,7 +55,7 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
 
     spe = batches.steps_per_epoch
     total = cfg.epochs * spe
-    stop_at = min(total, cfg.max_steps) if cfg.get("max_steps") else total
+    stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
     step = int(state.step)
     if host["finished"] or step >= stop_at:
         ckpt.close()
