@@ -77,13 +77,16 @@ def main(argv: list[str]) -> int:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     name, _, variant = FLAGS.experiment.partition(":")
     workdir = FLAGS.workdir or str(Path("runs") / name / (variant or "default"))
-    from ferjax.train.loop import Interrupted
+    from ferjax.train.loop import Interrupted, NonFinite
 
     try:
         summary = registry.TASKS.get(config.task)(config, workdir)
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return 3
+    except NonFinite as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -60,7 +60,7 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
                                   batch_stats=updates.get("batch_stats", state.batch_stats),
                                   opt_state=opt_state)
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return new_state, {"loss": loss, "accuracy": acc}
+        return new_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(state: TrainState, batch: dict):
         logits = model.apply(state.variables, batch["image"].astype(jnp.result_type(float)), train=False)

@@ -33,6 +33,19 @@ class Interrupted(RuntimeError):
     """The run was stopped by a signal after saving a checkpoint; rerun the command to resume."""
 
 
+class NonFinite(RuntimeError):
+    """A train step returned a non-finite loss or gradient norm; no checkpoint after it was saved."""
+
+
+def first_non_finite(pending: list[tuple[int, dict]]) -> tuple[int, str] | None:
+    """(step, metric) of the first non-finite `loss` or `grad_norm` among (step, metrics) pairs."""
+    for step, metrics in pending:
+        for key in ("loss", "grad_norm"):
+            if key in metrics and not np.isfinite(float(metrics[key])):
+                return step, key
+    return None
+
+
 def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Callable[[Any], dict],
         cfg: ml_collections.ConfigDict, workdir: str | Path, mesh) -> tuple[Any, dict]:
     """Trains until cfg.epochs (or early stopping / cfg.max_steps); returns (state, host_state).
@@ -71,8 +84,19 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
     bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
     sums, count, t_epoch = {}, 0, time.perf_counter()
+    pending: list[tuple[int, dict]] = []  # steps not yet checked for finite loss and grad norm
+
+    def check_finite():
+        bad = first_non_finite(pending)
+        pending.clear()
+        if bad is not None:
+            saved = ckpt.latest.latest_step()
+            raise NonFinite(f"non-finite {bad[1]} at step {bad[0]}; stopped without saving it. Last "
+                            f"good checkpoint: {f'step {saved}' if saved is not None else 'none'} in "
+                            f"{workdir / 'checkpoints'} (lower the learning rate or set train.grad_clip)")
 
     def save_latest():
+        check_finite()
         host.update(plateau=dataclasses.asdict(plateau), early=dataclasses.asdict(early))
         ckpt.save_latest(step, state, host)
 
@@ -81,9 +105,11 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
             state, metrics = train_step(state, sharding.put_batch(batch, mesh))
             step += 1
             count += 1
+            pending.append((step, metrics))
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % cfg.log_every_steps == 0 or step % spe == 0:
+                check_finite()
                 means = {f"train_{k}": float(v) / count for k, v in sums.items()}
                 rate = count * batches.batch_size / (time.perf_counter() - t_epoch)
                 bar.set_postfix(loss=f"{means['train_loss']:.3f}", acc=f"{means['train_accuracy']:.3f}",
