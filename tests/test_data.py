@@ -1,4 +1,5 @@
 """FER2013 reading: CSV (plain, gzip), image folders, FER+ join, malformed input, TFDS builder."""
+import os
 
 import cv2
 import numpy as np
@@ -167,3 +168,82 @@ def test_real_ferplus_agreement(real_fer, tfds_dir):
     kept = major >= 0
     agree = float((major[kept] == train["label"][kept]).mean())
     assert 0.6 < agree < 0.7, agree
+
+
+def _ferplus_csv(path, n, neutral_votes=10):
+    lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    lines += [f"Training,fer{i:07d}.png,{neutral_votes},0,0,0,0,0,0,0,0,0" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_cache_rebuilds_when_ferplus_votes_appear(tmp_path):
+    """fer2013new.csv placed beside the CSV after the first build is read (it was ignored)."""
+    rows = synthetic_rows((14, 7, 7))
+    write_csv(tmp_path / "src" / "fer2013.csv", rows)
+    before = load_splits(str(tmp_path / "src"), str(tmp_path / "tfds"))
+    assert (before["train"]["ferplus_votes"] == -1).all()
+    _ferplus_csv(tmp_path / "src" / "fer2013new.csv", len(rows))
+    after = load_splits(str(tmp_path / "src"), str(tmp_path / "tfds"))
+    assert (after["train"]["ferplus_votes"][:, 0] == 10).all()
+
+
+def test_cache_rebuilds_when_content_changes_with_same_size_and_mtime(tmp_path):
+    """The key is the content: a relabelled row with the same size and mtime rebuilds."""
+    path = write_csv(tmp_path / "fer2013.csv", synthetic_rows((14, 7, 7)))
+    first = load_splits(str(path), str(tmp_path / "tfds"))
+    st = path.stat()
+    data = path.read_bytes()
+    header_end = data.index(b"\n") + 1
+    assert data[header_end:header_end + 2] == b"0,"  # row 0 has label 0
+    path.write_bytes(data[:header_end] + b"1" + data[header_end + 1:])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    second = load_splits(str(path), str(tmp_path / "tfds"))
+    assert first["train"]["label"][0] == 0 and second["train"]["label"][0] == 1
+
+
+def test_builder_reads_exactly_the_given_file(tmp_path):
+    """fer2013_path=fer2013.csv.gz reads the gz even when a different fer2013.csv sits beside it."""
+    write_csv(tmp_path / "fer2013.csv.gz", synthetic_rows((14, 7, 7)), gz=True)
+    write_csv(tmp_path / "fer2013.csv", synthetic_rows((21, 7, 7), seed=1))
+    from_gz = load_splits(str(tmp_path / "fer2013.csv.gz"), str(tmp_path / "tfds"))
+    from_csv = load_splits(str(tmp_path / "fer2013.csv"), str(tmp_path / "tfds"))
+    assert len(from_gz["train"]["label"]) == 14 and len(from_csv["train"]["label"]) == 21
+
+
+def _image_tree(root, splits=("train", "test"), per_class=20):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for cls in ("happy", "sad", "neutral"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for k in range(per_class):
+                cv2.imwrite(str(d / f"{k:03d}.png"), rng.integers(0, 255, (48, 48), dtype=np.uint8))
+
+
+def test_image_folder_without_validation_gets_a_seeded_split_from_train(tmp_path):
+    _image_tree(tmp_path / "imgs", per_class=40)
+    splits = load_splits(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
+    n = {k: len(v["label"]) for k, v in splits.items()}
+    assert n["test"] == 120 and n["train"] + n["validation"] == 120
+    assert 4 <= n["validation"] <= 24  # ~10% of 120
+    assert set(splits["validation"]["label"]) <= {3, 4, 6}
+    def moved(root):
+        return [p.relative_to(root).as_posix() for s, _, p in fer.folder_images(root) if s == "validation"]
+
+    _image_tree(tmp_path / "elsewhere" / "copy", per_class=40)
+    assert moved(tmp_path / "imgs") == moved(tmp_path / "elsewhere" / "copy")  # same files anywhere
+    assert len(moved(tmp_path / "imgs")) == n["validation"]
+    assert all(p.startswith("train/") for p in moved(tmp_path / "imgs"))
+    # With a validation folder nothing is carved.
+    _image_tree(tmp_path / "imgs2", splits=("train", "val", "test"), per_class=2)
+    assert {s for s, _, _ in fer.folder_images(tmp_path / "imgs2")} == {"train", "validation", "test"}
+    assert sum(s == "train" for s, _, _ in fer.folder_images(tmp_path / "imgs2")) == 6
+
+
+def test_cache_rebuilds_when_images_are_added(tmp_path):
+    _image_tree(tmp_path / "imgs", per_class=3)
+    first = load_splits(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
+    cv2.imwrite(str(tmp_path / "imgs" / "test" / "sad" / "new.png"), np.zeros((48, 48), np.uint8))
+    second = load_splits(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
+    assert len(second["test"]["label"]) == len(first["test"]["label"]) + 1

@@ -3,12 +3,19 @@
 Every record keeps its source row index. Malformed input stops with an error that names the
 file, the row and the problem, unless `skip_bad_rows` is set: then bad rows are counted and
 reported in `ReadReport`.
+
+An image folder without a validation folder (`val`, `valid`, `validation`, `publictest`) gets
+one carved from train: an image goes to validation when the SHA-256 of
+`"{CARVE_SEED}:{class}/{file name}"` falls in the first `CARVE_FRACTION` of its range, so about
+10% of each class moves, the same files on every machine, and adding images moves no other.
+`content_hash` keys prepared copies by the bytes of every file the reader reads.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import gzip
+import hashlib
 import io
 import os
 import zlib
@@ -29,6 +36,9 @@ FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disg
 # Rows whose FER+ votes belong to another image (see shared/data/fer2013/README.md).
 FERPLUS_MISMATCHED_ROWS = (5274, 33200)
 PIXELS = 48 * 48
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CARVE_SEED, CARVE_FRACTION = 0, 0.1  # validation carved from train in image folders without one
+READER_VERSION = 2  # part of content_hash: bump when the same files would give other records
 KAGGLE_URL = "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data"
 
 
@@ -173,35 +183,63 @@ def read_ferplus(path: Path) -> np.ndarray | None:
     return out
 
 
-def _iter_folder(root: Path, skip_bad_rows: bool, report: ReadReport) -> Iterator[Record]:
-    import cv2
-
+def folder_images(root: Path) -> list[tuple[str, int, Path]]:
+    """(split, label, path) of every image in an image-folder tree, in reading order; train
+    images go to a carved validation split when the tree has none (see the module docstring)."""
     splits = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in FOLDER_SPLITS]
     if not splits:
         raise FER2013FormatError(
             f"{root}: expected sub-folders {sorted(set(FOLDER_SPLITS))} holding <class>/*.png|jpg")
-    row = 0
+    carve = "validation" not in {FOLDER_SPLITS[d.name.lower()] for d in splits}
+    out = []
     for split_dir in splits:
+        split = FOLDER_SPLITS[split_dir.name.lower()]
         for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
             name = class_dir.name.lower()
             if name not in EMOTIONS:
                 raise FER2013FormatError(
                     f"{class_dir}: unknown class folder {class_dir.name!r}; expected {EMOTIONS}")
             for img_path in sorted(class_dir.iterdir()):
-                if img_path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-                    continue
-                img = cv2.imread(str(img_path), cv2.IMREAD_GRAYSCALE)
-                problem = None
-                if img is None:
-                    problem = "not a readable image"
-                elif img.shape != (48, 48):
-                    img = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)
-                if problem:
-                    if not skip_bad_rows:
-                        raise FER2013FormatError(f"{img_path} (row {row}): {problem}")
-                    report.bad_rows.append((row, f"{img_path}: {problem}"))
-                else:
-                    report.rows_read += 1
-                    yield Record(row, FOLDER_SPLITS[split_dir.name.lower()], EMOTIONS.index(name),
-                                 img.reshape(48, 48, 1))
-                row += 1
+                if img_path.suffix.lower() in IMAGE_SUFFIXES:
+                    moved = carve and split == "train" and _carved(f"{name}/{img_path.name}")
+                    out.append(("validation" if moved else split, EMOTIONS.index(name), img_path))
+    return out
+
+
+def _carved(key: str) -> bool:
+    digest = hashlib.sha256(f"{CARVE_SEED}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < CARVE_FRACTION * 2 ** 64
+
+
+def source_files(source: Path) -> list[Path]:
+    """Every file `iter_records(source)` reads: the CSV (+ fer2013new.csv beside it), or the images."""
+    if source.is_dir():
+        return [path for _, _, path in folder_images(source)]
+    return [source] + [p for p in [source.parent / FERPLUS_FILE] if p.is_file()]
+
+
+def content_hash(source: Path) -> str:
+    """A key of the records `iter_records(source)` gives: names and bytes of every file it reads."""
+    h = hashlib.sha256(f"ferjax-fer2013-reader-{READER_VERSION}".encode())
+    base = source if source.is_dir() else source.parent
+    for path in source_files(source):
+        h.update(f"\0{path.relative_to(base)}\0".encode())
+        with open(path, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()[:16]
+
+
+def _iter_folder(root: Path, skip_bad_rows: bool, report: ReadReport) -> Iterator[Record]:
+    import cv2
+
+    for row, (split, label, img_path) in enumerate(folder_images(root)):
+        img = cv2.imread(str(img_path), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            if not skip_bad_rows:
+                raise FER2013FormatError(f"{img_path} (row {row}): not a readable image")
+            report.bad_rows.append((row, f"{img_path}: not a readable image"))
+            continue
+        if img.shape != (48, 48):
+            img = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)
+        report.rows_read += 1
+        yield Record(row, split, label, img.reshape(48, 48, 1))

@@ -1,7 +1,6 @@
 """FER2013 split arrays via the TFDS builder: prepare once (array_record), then load to memory."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -30,22 +29,17 @@ def resolve_source(path: str | None) -> Path:
             f"--config.data.fer2013_path, ${ENV_VAR} or {manual} (none given or found)")) from None
 
 
-def _fingerprint(source: Path) -> str:
-    st = source.stat()
-    key = f"{source.resolve()}|{st.st_size}|{int(st.st_mtime)}"
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
 def builder_for(source: Path, data_dir: str | None = None, skip_bad_rows: bool = False):
-    """A prepared `Fer2013` builder; each distinct source file gets its own data folder."""
+    """A prepared `Fer2013` builder reading exactly `source`, in a data folder keyed by the
+    content of every file it reads (`fer2013.content_hash`): any change to them rebuilds."""
     from ferjax.data.fer2013_tfds import Fer2013
 
-    base = Path(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
-    builder = Fer2013(data_dir=str(base / f"src-{_fingerprint(source)}"),
-                      config="skip_bad_rows" if skip_bad_rows else "strict")
-    manual = source if source.is_dir() else source.parent
     if source.is_file() and not source.name.startswith("fer2013.csv"):
         raise fer.FER2013FormatError(f"{source}: the CSV must be named fer2013.csv or fer2013.csv.gz")
+    base = Path(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+    builder = Fer2013(source=source, data_dir=str(base / f"src-{fer.content_hash(source)}"),
+                      config="skip_bad_rows" if skip_bad_rows else "strict")
+    manual = source if source.is_dir() else source.parent
     if not builder.is_prepared():
         _log.info("preparing FER2013 from %s into %s (once)", source, builder.data_dir)
         builder.download_and_prepare(

@@ -6,6 +6,7 @@ joins FER+ votes from `fer2013new.csv` when it lies beside the CSV, and keeps ea
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -30,6 +31,12 @@ class Fer2013(tfds.core.GeneratorBasedBuilder):
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = fer.missing_message("the manual download folder")
 
+    def __init__(self, *, source: Path | None = None, **kwargs):
+        """`source`: the exact CSV, gzipped CSV or image folder to read (default: the one
+        `find_source` picks in the manual download folder)."""
+        self._source = source
+        super().__init__(**kwargs)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
@@ -43,7 +50,7 @@ class Fer2013(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        source = fer.find_source(dl_manager.manual_dir)
+        source = self._source or fer.find_source(dl_manager.manual_dir)
         self.read_report = fer.ReadReport(str(source))
         records = list(fer.iter_records(source, self.builder_config.skip_bad_rows, self.read_report))
         by_split = {s: [r for r in records if r.split == s] for s in fer.SPLITS}
