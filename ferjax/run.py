@@ -19,8 +19,9 @@ flags.DEFINE_bool("print_config", False, "Print the resolved config, then exit."
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() first (multi-host data parallelism; the "
                   "coordinator comes from the cluster environment or JAX_COORDINATOR_ADDRESS).")
-flags.DEFINE_string("jax_cache_dir", "~/.cache/ferjax/jax",
-                    "Persistent JAX compilation cache ('' disables).")
+CACHE_ENV = "FERJAX_CACHE_DIR"  # ferjax's own caches (default ~/.cache/ferjax)
+flags.DEFINE_string("jax_cache_dir", os.path.join(os.environ.get(CACHE_ENV, "~/.cache/ferjax"), "jax"),
+                    f"Persistent JAX compilation cache ('' disables; default ${CACHE_ENV}/jax).")
 FLAGS = flags.FLAGS
 _overrides: list[str] = []
 

@@ -1,14 +1,24 @@
-"""Shared fixtures: small FER2013-format files the tests write, and the real data when present."""
+"""Shared fixtures: small FER2013-format files the tests write, the real data when present, and
+every cache a test run could write (JAX compilation, TFDS, ferjax, matplotlib) in a temporary folder."""
 from __future__ import annotations
 
 import gzip
 import os
 import subprocess
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+
+# Set before any test imports ferjax, and inherited by the command-line subprocesses.
+_CACHES = Path(tempfile.mkdtemp(prefix="ferjax-test-caches-"))
+for _var, _sub in (("FERJAX_CACHE_DIR", "ferjax"), ("TFDS_DATA_DIR", "tfds"),
+                   ("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "xdg")):
+    os.environ[_var] = str(_CACHES / _sub)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FERJAX_SHARED", REPO.parent / "shared"))
@@ -53,6 +63,42 @@ def synthetic_csv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tfds")
+
+
+def require_files(*paths: Path, why: str = "") -> None:
+    """Skips the test, naming what is missing, unless every path exists; call it before the code
+    under test, so that code's own FileNotFoundError fails the test instead of skipping it."""
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        pytest.skip(f"{why or 'needed files'} absent: {', '.join(missing)}")
+
+
+def _mtcnn_weight_dirs() -> list[Path]:
+    dirs = [MODELS / "mtcnn"]
+    try:
+        dirs.append(Path(str(metadata.distribution("mtcnn").locate_file("mtcnn/assets/weights"))))
+    except metadata.PackageNotFoundError:
+        pass
+    return dirs
+
+
+def detector_files(name: str) -> list[Path]:
+    """The files the built-in detector `name` needs in a test run (../shared/models, the mtcnn
+    wheel, OpenCV's package), found here independently of the code under test; [] for others."""
+    det = MODELS / "detectors"
+    if name == "mtcnn":
+        for d in _mtcnn_weight_dirs():
+            files = [d / f"{n}.lz4" for n in ("pnet", "rnet", "onet")]
+            if all(f.is_file() for f in files):
+                return files
+        return [_mtcnn_weight_dirs()[-1] / f"{n}.lz4" for n in ("pnet", "rnet", "onet")]
+    return {"haar": [Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"],
+            "ssd_resnet10": [det / "opencv_face_detector_uint8.pb", det / "opencv_face_detector.pbtxt"],
+            "yunet": [det / "face_detection_yunet_2026may.onnx"]}.get(name, [])
+
+
+def require_detector(name: str) -> None:
+    require_files(*detector_files(name), why=f"{name} model files")
 
 
 @pytest.fixture(scope="session")

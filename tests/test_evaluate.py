@@ -1,5 +1,7 @@
 """The shipped pretrained model and the evaluation command: card figures, flip TTA, errors."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +23,15 @@ def test_shipped_model_loads_and_predicts():
 
 
 def test_evaluate_command_on_small_csv(tmp_path, synthetic_csv, tfds_dir):
+    """Also: with HOME pointed at an empty folder the run writes nothing there (its JAX cache
+    goes to $FERJAX_CACHE_DIR, which conftest points at a temporary folder)."""
+    home = tmp_path / "home"
+    home.mkdir()
     proc = run_cli("--experiment=evaluate", "--config.protocol=original", f"--workdir={tmp_path}",
-                   env_extra={"FER2013_PATH": str(synthetic_csv), "TFDS_DATA_DIR": str(tfds_dir)})
+                   env_extra={"FER2013_PATH": str(synthetic_csv), "TFDS_DATA_DIR": str(tfds_dir),
+                              "HOME": str(home)})
+    assert [p.relative_to(home).as_posix() for p in home.rglob("*")] == []
+    assert any((Path(os.environ["FERJAX_CACHE_DIR"]) / "jax").iterdir())
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert KEYS <= set(result) and result["n"] == 64 and result["protocol"] == "original"
     assert set(result["per_class_recall"]) == {"angry", "disgust", "fear", "happy", "sad",
