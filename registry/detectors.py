@@ -1,30 +1,50 @@
 """Registered face detectors: `haar`, `ssd_resnet10`, `yunet` (OpenCV) and `mtcnn` (JAX).
 
 Each registered class is a `ferjax.realtime.detect.Detector`: a callable from a BGR frame to a list
-of `Detection`s in frame pixels. Model files are looked up with `ferjax.realtime.models`.
+of `Detection`s in frame pixels. Model files are looked up with `ferjax.realtime.models`. The OpenCV
+detectors take their CUDA path only when `ferjax.realtime.cuda` says it can run, and fall back to the
+CPU (one log line, `backend == "opencv-cpu"`) when it cannot or when it fails on a frame.
 """
 from __future__ import annotations
 
 import logging
-import os
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ferjax.realtime import models
-from ferjax.realtime.detect import Detection, ResizingDetector, cuda_devices
+from ferjax.realtime import cuda, models
+from ferjax.realtime.detect import Detection, ResizingDetector
 from ferjax.realtime.mtcnn import MTCNNDetector
 from ferjax.registry import DETECTORS, Check, at_least, between, greater, one_of
 
-_log = logging.getLogger(__name__)
-_logged_cpu: set[str] = set()
+HAAR_FILE = "haarcascade_frontalface_default.xml"
+# The same cascade in the old Haar format, the only Haar format cv2.cuda.CascadeClassifier reads.
+# Not shipped (1.2 MB); Intel License Agreement (BSD-style), like OpenCV's other cascades.
+HAAR_CUDA = models.ModelFile(
+    f"haarcascades_cuda/{HAAR_FILE}",
+    f"https://raw.githubusercontent.com/opencv/opencv/4.x/data/haarcascades_cuda/{HAAR_FILE} "
+    "(old Haar format, for the CUDA cascade only)")
+# OpenCV's own install places for cascades: a CMake-built cv2 has no cv2.data.
+OPENCV_SHARE_PREFIXES = tuple(dict.fromkeys((sys.prefix, "/usr/local", "/usr")))
 
 
-def _log_cpu_once(name: str) -> None:
-    if name not in _logged_cpu:
-        _logged_cpu.add(name)
-        _log.warning("%s: OpenCV has no CUDA device (cv2.cuda.getCudaEnabledDeviceCount() == 0); "
-                  "running on the CPU", name)
+def haar_cascade_path(models_dir: str | None = None, name: str = HAAR_FILE) -> Path:
+    """OpenCV's cascade `name`: from `cv2.data` (pip wheels), OpenCV's `share/opencv4/haarcascades`
+    (CMake installs under sys.prefix, /usr/local or /usr), or the model directories."""
+    data = getattr(cv2, "data", None)
+    dirs = [Path(data.haarcascades)] if data is not None else []
+    dirs += [Path(p) / "share" / "opencv4" / "haarcascades" for p in OPENCV_SHARE_PREFIXES]
+    dirs += models.search_dirs(models_dir)
+    for d in dirs:
+        for p in (d / name, d / "detectors" / name):
+            if p.is_file():
+                return p
+    raise FileNotFoundError(
+        f"Haar cascade {name} not found in: {', '.join(map(str, dirs))}. pip's opencv-python(-headless) 4.x "
+        f"ships it in cv2.data.haarcascades; a CMake-built OpenCV installs it under share/opencv4/haarcascades; "
+        f"or pass cascade=PATH")
 
 
 _WIDTH = Check(lambda v: v is None or (isinstance(v, int) and v > 0), "None or an integer > 0")
@@ -33,35 +53,72 @@ _SCORE = between(0.0, 1.0)
 
 @DETECTORS.register("haar", checks={"scale_factor": greater(1.0), "min_neighbors": at_least(0),
                                     "min_size": greater(0), "detect_width": _WIDTH})
-class HaarDetector(ResizingDetector):
-    """Viola-Jones Haar cascade (OpenCV's frontalface_default); CUDA cascade when available."""
+class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
+    """Viola-Jones Haar cascade (OpenCV's frontalface_default); CUDA cascade when available.
+
+    The CUDA cascade (`cv2.cuda.CascadeClassifier`, contrib modules cudaobjdetect + cudalegacy)
+    reads only the old Haar format: it needs `haarcascades_cuda/haarcascade_frontalface_default.xml`
+    in a model directory (or `cuda_cascade=PATH`). Without it, or on any CUDA problem, the CPU
+    cascade runs.
+    """
 
     name = "haar"
 
     def __init__(self, cascade: str | None = None, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_size: int = 30, detect_width: int | None = 320, use_cuda: bool = True):
+                 min_size: int = 30, detect_width: int | None = 320, use_cuda: bool = True,
+                 cuda_cascade: str | None = None, models_dir: str | None = None,
+                 cuda_probe: cuda.CudaProbe | None = None):
         super().__init__(detect_width)
-        path = cascade or os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        path = cascade or haar_cascade_path(models_dir)
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
-        self._gpu = None
-        if use_cuda and cuda_devices() > 0 and hasattr(cv2, "cuda_CascadeClassifier"):
-            self._gpu = cv2.cuda_CascadeClassifier.create(path)
-            self._gpu.setScaleFactor(scale_factor)
-            self._gpu.setMinNeighbors(min_neighbors)
-            self._gpu.setMinObjectSize((min_size, min_size))
-            self.backend = "opencv-cuda"
-        else:
-            _log_cpu_once("haar")
-            self._cpu = cv2.CascadeClassifier(path)
-            if self._cpu.empty():
-                raise FileNotFoundError(f"cannot load Haar cascade {path}")
-            self.backend = "opencv-cpu"
+        self._cpu = cv2.CascadeClassifier(str(path))
+        if self._cpu.empty():
+            raise FileNotFoundError(f"cannot load Haar cascade {path}")
+        self._gpu, self._gpu_path = None, None
+        problem = self._start_cuda(use_cuda, cuda_cascade, models_dir, cuda_probe or cuda.CudaProbe())
+        self.backend = cuda.CPU if problem else cuda.CUDA
+        self.backend_reason = problem or f"cv2.cuda.CascadeClassifier with {self._gpu_path}"
+        cuda.log_choice(self.name, self.backend, self.backend_reason,
+                        logging.WARNING if problem and use_cuda else logging.INFO)
 
-    def detect_small(self, frame: np.ndarray) -> list[Detection]:
+    def _start_cuda(self, use_cuda: bool, cuda_cascade: str | None, models_dir: str | None,
+                    probe: cuda.CudaProbe) -> str | None:
+        """Creates the CUDA cascade; returns None, or why the CPU cascade runs instead."""
+        if not use_cuda:
+            return "use_cuda=False"
+        problem = cuda.device_problem(probe)
+        if problem:
+            return problem
+        create = probe.cascade_factory()
+        if create is None:
+            return ("this OpenCV has no cv2.cuda.CascadeClassifier (needs opencv_contrib's cudaobjdetect and "
+                    "cudalegacy: see BUILD.md)")
+        self._gpu_path = cuda_cascade or models.find(HAAR_CUDA, models_dir)
+        if self._gpu_path is None:
+            return (f"the CUDA cascade needs the old-format {HAAR_CUDA.name}, not found in "
+                    f"{', '.join(map(str, models.search_dirs(models_dir)))}; download {HAAR_CUDA.url}")
+        problem = cuda.cascade_problem(self._gpu_path)
+        if problem:
+            return problem
+        try:
+            gpu = create(str(self._gpu_path))
+            gpu.setScaleFactor(self.scale_factor)
+            gpu.setMinNeighbors(self.min_neighbors)
+            gpu.setMinObjectSize((self.min_size, self.min_size))
+        except cv2.error as e:
+            return f"cv2.cuda.CascadeClassifier.create({self._gpu_path}) failed: {cuda.first_line(e)}"
+        self._gpu = gpu
+        return None
+
+    def _use_cpu(self) -> None:
+        self._gpu = None
+
+    def _detect(self, frame: np.ndarray) -> list[Detection]:
         grey = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
         if self._gpu is not None:
-            found = self._gpu.convert(self._gpu.detectMultiScale(cv2.cuda_GpuMat(grey)))
-            rects = [] if found is None else found
+            image = cv2.cuda_GpuMat()
+            image.upload(grey)
+            rects = cuda.gpu_rects(self._gpu.detectMultiScale(image))
         else:
             rects = self._cpu.detectMultiScale(grey, self.scale_factor, self.min_neighbors,
                                                minSize=(self.min_size, self.min_size))
@@ -69,27 +126,27 @@ class HaarDetector(ResizingDetector):
 
 
 @DETECTORS.register("ssd_resnet10", checks={"threshold": _SCORE, "fmt": one_of("auto", "tensorflow", "caffe")})
-class SSDResNet10Detector(ResizingDetector):
+class SSDResNet10Detector(cuda.FallsBackToCpu, ResizingDetector):
     """OpenCV DNN SSD ResNet-10 (TensorFlow .pb/.pbtxt or Caffe files), threshold 0.5."""
 
     name = "ssd_resnet10"
 
     def __init__(self, threshold: float = 0.5, input_size: tuple[int, int] = (300, 300),
                  models_dir: str | None = None, fmt: str = "auto", use_cuda: bool = True,
-                 fp16: bool = False, aspect_range: tuple[float, float] = (0.4, 2.5)):
+                 fp16: bool = False, aspect_range: tuple[float, float] = (0.4, 2.5),
+                 cuda_probe: cuda.CudaProbe | None = None):
         super().__init__(None)  # the blob is resized by the network's own input size
         self.threshold, self.input_size = threshold, tuple(int(v) for v in input_size)
         self.aspect_range = aspect_range  # w/h outside it is not a face (e.g. slivers at the border)
         self.net = self._load(models_dir, fmt)
-        if use_cuda and cuda_devices() > 0:
-            self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_CUDA)
-            self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CUDA_FP16 if fp16 else cv2.dnn.DNN_TARGET_CUDA)
-            self.backend = f"opencv-cuda-{'fp16' if fp16 else 'fp32'}"
-        else:
-            _log_cpu_once("ssd_resnet10")
-            self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-            self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-            self.backend = "opencv-cpu"
+        choice = cuda.choose_dnn(self.name, use_cuda, fp16, cuda_probe)
+        self.net.setPreferableBackend(choice.backend)
+        self.net.setPreferableTarget(choice.target)
+        self.backend, self.backend_reason = choice.label, choice.reason
+
+    def _use_cpu(self) -> None:
+        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
 
     @staticmethod
     def _load(models_dir: str | None, fmt: str) -> cv2.dnn.Net:
@@ -105,7 +162,7 @@ class SSDResNet10Detector(ResizingDetector):
         raise FileNotFoundError(models.missing_message([f for pair in order for f in pair], models_dir)
                                 + "\n(either the TensorFlow pair or the Caffe pair is enough)")
 
-    def detect_small(self, frame: np.ndarray) -> list[Detection]:
+    def _detect(self, frame: np.ndarray) -> list[Detection]:
         h, w = frame.shape[:2]
         blob = cv2.dnn.blobFromImage(frame, 1.0, self.input_size, (104.0, 177.0, 123.0), False, False)
         self.net.setInput(blob)
@@ -122,27 +179,26 @@ class SSDResNet10Detector(ResizingDetector):
 
 
 @DETECTORS.register("yunet", checks={"threshold": _SCORE, "nms_threshold": _SCORE, "detect_width": _WIDTH})
-class YuNetDetector(ResizingDetector):
+class YuNetDetector(cuda.FallsBackToCpu, ResizingDetector):
     """YuNet via `cv2.FaceDetectorYN`: boxes, 5 landmarks and a score per face."""
 
     name = "yunet"
 
     def __init__(self, threshold: float = 0.6, nms_threshold: float = 0.3, top_k: int = 5000,
-                 detect_width: int | None = 320, models_dir: str | None = None, use_cuda: bool = True):
+                 detect_width: int | None = 320, models_dir: str | None = None, use_cuda: bool = True,
+                 fp16: bool = False, cuda_probe: cuda.CudaProbe | None = None):
         super().__init__(detect_width)
-        path = models.locate(models.YUNET, models_dir)
-        backend, target = cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_CPU
-        if use_cuda and cuda_devices() > 0:
-            backend, target = cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA
-            self.backend = "opencv-cuda"
-        else:
-            _log_cpu_once("yunet")
-            self.backend = "opencv-cpu"
-        self.net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), threshold, nms_threshold, top_k,
-                                             backend, target)
+        self._args = (str(models.locate(models.YUNET, models_dir)), "", (320, 320), threshold, nms_threshold, top_k)
+        choice = cuda.choose_dnn(self.name, use_cuda, fp16, cuda_probe)
+        self.net = cv2.FaceDetectorYN.create(*self._args, choice.backend, choice.target)
+        self.backend, self.backend_reason = choice.label, choice.reason
         self._size: tuple[int, int] | None = None
 
-    def detect_small(self, frame: np.ndarray) -> list[Detection]:
+    def _use_cpu(self) -> None:
+        self.net = cv2.FaceDetectorYN.create(*self._args, cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_CPU)
+        self._size = None
+
+    def _detect(self, frame: np.ndarray) -> list[Detection]:
         size = (frame.shape[1], frame.shape[0])
         if size != self._size:
             self.net.setInputSize(size)

@@ -131,6 +131,7 @@ class Pipeline:
         show = display_available() if display == "auto" else display in (True, "yes", "true", "1")
         with src:
             summary.update(self._loop(src, max_frames, video_out, jsonl_out, show, draw, warmup_frames))
+        summary["detector_backend"] = getattr(self.detector, "backend", "?")  # what ran: CUDA may have fallen back
         return summary
 
     def _loop(self, src: FrameSource, max_frames: int | None, video_out: str | None, jsonl_out: str | None,
