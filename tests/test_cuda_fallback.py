@@ -8,6 +8,7 @@ real video frames. None of this runs a GPU: the CUDA paths themselves are unveri
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -288,3 +289,25 @@ def test_haar_finds_its_cascade_without_cv2_data(frame, tmp_path, monkeypatch):
     shutil.copy(src, share / src.name)
     det = DETECTORS.create("haar", use_cuda=False)
     assert det.backend == cuda.CPU and len(det(frame)) == 1
+
+
+def test_check_script_reports_this_machine_and_fails_require_gpu(tmp_path, capsys):
+    """tools/check_cuda.py on this CPU machine: no device, no DNN CUDA target, every OpenCV
+    detector on the CPU finding the face of the real frame, JAX on the CPU; --require-gpu fails."""
+    import importlib.util
+
+    if not FACE_VIDEO.is_file() or not MODELS.is_dir():
+        pytest.skip(f"real video {FACE_VIDEO} or models {MODELS} not present")
+    script = Path(__file__).resolve().parents[1] / "tools" / "check_cuda.py"
+    spec = importlib.util.spec_from_file_location("check_cuda", script)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    args = ["--frame", str(FACE_VIDEO), "--models-dir", str(MODELS), "--detectors", ",".join(OPENCV)]
+    assert check.main([*args, "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["opencv"]["device_count"] == 0 and r["opencv"]["dnn_cuda_targets"] == []
+    assert "no CUDA" in r["opencv"]["device_problem"]
+    assert [(d["detector"], d["backend"], d["faces"]) for d in r["detectors"]] == [(n, cuda.CPU, 1) for n in OPENCV]
+    assert r["jax"]["backend"] == "cpu" and r["jax"]["conv_ok"] and r["gpu_complete"] is False
+    assert "everything on the GPU: False" in capsys.readouterr().out
+    assert check.main([*args, "--require-gpu"]) == 1

@@ -2,8 +2,8 @@
 
 Every CUDA path either starts or falls back to the CPU with one log line that says why, and the
 detector's `backend` label names what actually runs (`opencv-cuda-fp32`, `opencv-cuda-fp16`,
-`opencv-cuda` or `opencv-cpu`) and its `backend_reason` says why. The facts come from a `CudaProbe`, one OpenCV call per method;
-tests hand the detectors a probe that answers like a machine with a too-old driver, a build
+`opencv-cuda` or `opencv-cpu`) and its `backend_reason` says why. The facts come from a
+`CudaProbe`, one OpenCV call per method; tests hand the detectors a probe that answers like a machine with a too-old driver, a build
 without the DNN CUDA backend, etc., while the real CPU detectors run.
 """
 from __future__ import annotations
