@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from ferjax import pretrained
+
 VARIANTS = {"yunet": "yunet", "ssd": "ssd_resnet10", "ssd_resnet10": "ssd_resnet10", "haar": "haar",
             "mtcnn": "mtcnn"}
 
@@ -31,7 +33,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.detector_args = detector_args()
     c.models_dir = ""              # detector files; else $FERJAX_MODELS_DIR or ~/.cache/ferjax/models
     c.mtcnn_weights_dir = ""       # pnet/rnet/onet.lz4 of mtcnn==1.0.0; else <models dir>/mtcnn
-    c.pretrained = "fer2013_vgg_small"
+    c.pretrained = pretrained.DEFAULT  # the shipped model (one home: ferjax.pretrained.DEFAULT)
     c.classifier = ""              # a registered classifier with random weights (demos only)
     c.allow_random_classifier = False
     c.buckets = (1, 2, 4, 8, 16, 32)

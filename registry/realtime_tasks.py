@@ -2,7 +2,6 @@
 (the Table II-style benchmark over real videos)."""
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -11,50 +10,19 @@ from pathlib import Path
 import cv2
 import ml_collections
 
+from ferjax.analyzer import Analyzer
 from ferjax.realtime import bench
-from ferjax.realtime.classify import make_predictor
 from ferjax.realtime.pipeline import Pipeline
-from ferjax.realtime.tracker import IoUTracker
-from ferjax.registry import DETECTORS, TASKS
+from ferjax.registry import TASKS
 
 _log = logging.getLogger(__name__)
 
 
-def build_detector(config: ml_collections.ConfigDict, name: str | None = None):
-    """The registered detector `name` (default config.detector) with config.detector_args[name];
-    `models_dir` / `weights_dir` are passed to factories that accept them."""
-    name = name or config.detector
-    kwargs = dict(config.get("detector_args", {}).get(name, {}) or {})
-    factory = DETECTORS.get(name)
-    params = _accepted(factory)
-    if config.get("models_dir") and ("models_dir" in params or "**" in params):
-        kwargs.setdefault("models_dir", config.models_dir)
-    if name == "mtcnn" and config.get("mtcnn_weights_dir"):
-        kwargs.setdefault("weights_dir", config.mtcnn_weights_dir)
-    return DETECTORS.create(name, **kwargs)
-
-
-def _accepted(factory) -> set[str]:
-    """Keyword names a detector factory accepts ("**" when it takes any)."""
-    params = inspect.signature(factory).parameters
-    return set(params) | ({"**"} if any(p.kind is p.VAR_KEYWORD for p in params.values()) else set())
-
-
 def build_pipeline(config: ml_collections.ConfigDict, detector_name: str | None = None) -> Pipeline:
+    """The video pipeline of an experiment config, built by `ferjax.Analyzer` (the one
+    construction path of every front-end)."""
     cv2.setNumThreads(int(config.get("num_threads", 0) or 0) or os.cpu_count() or 1)
-    predictor, desc = make_predictor(config.get("pretrained") or None, config.get("classifier") or None,
-                                     bool(config.get("allow_random_classifier", False)),
-                                     tuple(config.get("buckets", (1, 2, 4, 8, 16, 32))))
-    from ferjax.components.classifiers import EMOTIONS  # noqa: PLC0415
-
-    tracker = None
-    if config.get("smoothing", False):
-        tracker = IoUTracker(config.get("smoothing_iou", 0.3), config.get("smoothing_alpha", 0.4))
-    pipe = Pipeline(build_detector(config, detector_name), predictor,
-                    class_names=predictor.class_names or EMOTIONS, align_faces=config.get("align", True),
-                    margin=config.get("margin", 0.0), tracker=tracker, max_faces=config.get("max_faces", 64))
-    pipe.classifier_desc = desc
-    return pipe
+    return Analyzer.from_config(config, detector_name).pipeline()
 
 
 def _out(workdir: str, name: str) -> str | None:

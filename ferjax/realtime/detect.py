@@ -66,19 +66,25 @@ class ResizingDetector:
     def detect_small(self, frame: np.ndarray) -> list[Detection]:
         raise NotImplementedError
 
-    def resized(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
-        """The frame the detector sees and its scale relative to `frame`."""
+    def resized(self, frame: np.ndarray, width: int | None = -1) -> tuple[np.ndarray, float]:
+        """The frame the detector sees at `width` (default: `detect_width`; None: full size)
+        and its scale relative to `frame`."""
+        width = self.detect_width if width == -1 else width
         w = frame.shape[1]
-        if not self.detect_width or self.detect_width >= w:
+        if not width or width >= w:
             return frame, 1.0
-        s = self.detect_width / w
-        size = (self.detect_width, max(1, round(frame.shape[0] * s)))
+        s = width / w
+        size = (width, max(1, round(frame.shape[0] * s)))
         return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), s
 
-    def __call__(self, frame: np.ndarray) -> list[Detection]:
-        small, s = self.resized(frame)
+    def detect_at(self, frame: np.ndarray, width: int | None) -> list[Detection]:
+        """Detections in `frame` pixels, detecting on a copy `width` pixels wide (None: full size)."""
+        small, s = self.resized(frame, width)
         dets = self.detect_small(small)
         return dets if s == 1.0 else [d.scaled(1.0 / s) for d in dets]
+
+    def __call__(self, frame: np.ndarray) -> list[Detection]:
+        return self.detect_at(frame, self.detect_width)
 
 
 def cuda_devices() -> int:

@@ -1,7 +1,8 @@
 """Locating third-party model files (detector weights) that are not installed with ferjax.
 
 Search order: an explicit directory (config field `models_dir`), then `$FERJAX_MODELS_DIR`, then
-`~/.cache/ferjax/models`. A missing file raises with its download address and sha256.
+`~/.cache/ferjax/models`, then the files shipped in `ferjax.assets` (YuNet; checked against its
+sha256). A missing file raises with its download address and sha256.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 ENV_VAR = "FERJAX_MODELS_DIR"
 DEFAULT_DIR = Path("~/.cache/ferjax/models").expanduser()
+PACKAGED_DIR = Path(__file__).resolve().parents[1] / "assets"  # ferjax/assets (package data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +64,24 @@ def find(file: ModelFile, models_dir: str | os.PathLike | None = None) -> Path |
             for p in (d / name, d / "detectors" / name):
                 if p.is_file():
                     return p
-    return None
+    return packaged(file)
+
+
+def packaged(file: ModelFile) -> Path | None:
+    """The copy of `file` shipped in `ferjax.assets`, when there is one; a copy whose sha256
+    differs from the pinned one raises (a damaged install must not load silently)."""
+    path = PACKAGED_DIR / file.name
+    if not path.is_file():
+        return None
+    if file.sha256 and path not in _verified:
+        if sha256(path) != file.sha256:
+            raise OSError(f"shipped model file {path} is damaged: sha256 {sha256(path)} != {file.sha256}; "
+                          f"reinstall ferjax")
+        _verified.add(path)
+    return path
+
+
+_verified: set[Path] = set()
 
 
 def locate(file: ModelFile, models_dir: str | os.PathLike | None = None) -> Path:

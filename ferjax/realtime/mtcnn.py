@@ -170,6 +170,19 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
     return next((b for b in buckets if b >= n), buckets[-1])
 
 
+# Image sides that photos are padded up to (at most ~25% more per side), so that a folder of
+# mixed sizes compiles P-Net/R-Net/O-Net once per bucket instead of once per size.
+SIDE_BUCKETS = (96, 128, 160, 192, 240, 320, 400, 480, 640, 800, 960, 1280, 1600, 1920, 2560, 3200, 3840)
+
+
+def padded_side(n: int, buckets: Sequence[int]) -> int:
+    """The bucket side `n` is padded to (beyond the largest bucket: the next multiple of it / 4)."""
+    if n <= buckets[-1]:
+        return _bucket(n, buckets)
+    step = buckets[-1] // 4
+    return -(-n // step) * step
+
+
 # ------------------------------------------------------------------------------- detector
 class MTCNN:
     """Three-stage MTCNN on an RGB or BGR uint8 image; returns rows like mtcnn==1.0.0:
@@ -178,12 +191,17 @@ class MTCNN:
     def __init__(self, weights: dict[str, list[np.ndarray]] | None = None, *,
                  weights_dir: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
                  min_face_size: int = 20, scale_factor: float = 0.709,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), buckets: Sequence[int] = (4, 16, 64, 256)):
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), buckets: Sequence[int] = (4, 16, 64, 256),
+                 size_buckets: Sequence[int] | None = None):
+        """`size_buckets`: pad each image side up to one of these (zeros after normalisation)
+        and compile every stage for a padded size the first time it is seen; None: exact sizes."""
         weights = weights or mtcnn_weights.load_all(weights_dir, models_dir)
         self.w = {k: [jnp.asarray(a) for a in v] for k, v in weights.items()}
         self.min_face_size, self.scale_factor = min_face_size, scale_factor
         self.thresholds = tuple(thresholds)
         self.buckets = tuple(buckets)
+        self.size_buckets = tuple(sorted(size_buckets)) if size_buckets else None
+        self._warm: set[tuple[int, int]] = set()
 
     def warmup(self, height: int, width: int) -> None:
         """Compiles P-Net for this image size and R-/O-Net for every batch bucket."""
@@ -212,8 +230,22 @@ class MTCNN:
 
     def detect_rows(self, rgb: np.ndarray) -> np.ndarray:
         """All three stages on an RGB image (the colour order mtcnn's weights expect)."""
-        h, w = rgb.shape[:2]
+        h0, w0 = rgb.shape[:2]
         norm = (rgb.astype(np.float32) - 127.5) / 128.0
+        if self.size_buckets:
+            h, w = padded_side(h0, self.size_buckets), padded_side(w0, self.size_buckets)
+            if (h, w) != (h0, w0):
+                norm = np.pad(norm, ((0, h - h0), (0, w - w0), (0, 0)))
+            if (h, w) not in self._warm:
+                self.warmup(h, w)
+                self._warm.add((h, w))
+        rows = self._detect_normalised(norm)
+        rows[:, [1, 3]] = np.clip(rows[:, [1, 3]], 0, w0 - 1)
+        rows[:, [2, 4]] = np.clip(rows[:, [2, 4]], 0, h0 - 1)
+        return rows
+
+    def _detect_normalised(self, norm: np.ndarray) -> np.ndarray:
+        h, w = norm.shape[:2]
         scales = scale_pyramid(w, h, self.min_face_size, self.scale_factor)
         levels = [cv2.resize(norm, (int(w * s), int(h * s)), interpolation=cv2.INTER_AREA)
                   for s in scales if int(w * s) >= 12 and int(h * s) >= 12]
@@ -251,26 +283,31 @@ class MTCNN:
         boxes[:, 5] = prob
         boxes = np.concatenate([_calibrate(boxes, reg), lms], -1)
         boxes = boxes[boxes[:, 5] > t3]
-        boxes = nms(_sort_desc(boxes), 0.7, "min")
-        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, w - 1)
-        boxes[:, [2, 4]] = np.clip(boxes[:, [2, 4]], 0, h - 1)
-        return boxes
+        return nms(_sort_desc(boxes), 0.7, "min")
 
 
 class MTCNNDetector(ResizingDetector):
-    """MTCNN in JAX (weights of PyPI mtcnn==1.0.0) on downscaled BGR frames, with 5 landmarks."""
+    """MTCNN in JAX (weights of PyPI mtcnn==1.0.0) on downscaled BGR frames, with 5 landmarks.
+
+    Image sides are padded up to `SIDE_BUCKETS` (`size_buckets=None` keeps exact sizes), so
+    photos of mixed sizes reuse a few compiled shapes.
+    """
 
     name = "mtcnn"
+    config_args = {"weights_dir": "mtcnn_weights_dir"}  # builder fills weights_dir from this config key
 
-    def __init__(self, detect_width: int | None = 320, threshold: float = 0.9, **kwargs):
+    def __init__(self, detect_width: int | None = 320, threshold: float = 0.9,
+                 weights_dir: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
+                 size_buckets: Sequence[int] | None = SIDE_BUCKETS, **kwargs):
         super().__init__(detect_width)
-        self.net = MTCNN(**kwargs)
+        self.net = MTCNN(weights_dir=weights_dir, models_dir=models_dir, size_buckets=size_buckets, **kwargs)
         self.threshold = threshold
         self.backend = f"jax-{jax.default_backend()}"
 
     def warmup(self, frame: np.ndarray) -> None:
-        small, _ = self.resized(frame)
-        self.net.warmup(*small.shape[:2])
+        """Compiles every stage for this frame's (padded) size."""
+        if not self.net.size_buckets:  # with buckets, the first frame of a size warms up itself
+            self.net.warmup(*self.resized(frame)[0].shape[:2])
         self(frame)
 
     def detect_small(self, frame: np.ndarray) -> list[Detection]:

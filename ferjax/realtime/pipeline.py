@@ -29,6 +29,39 @@ COLOURS = {"angry": (0, 0, 255), "disgust": (0, 128, 0), "fear": (128, 0, 128), 
            "sad": (255, 0, 0), "surprise": (255, 255, 0), "neutral": (200, 200, 200)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Face:
+    """One recognised face: the detection, the top label and the probability of every class."""
+
+    detection: Detection
+    label: str
+    probs: dict[str, float]
+    track: int | None = None
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return self.detection.box
+
+    @property
+    def score(self) -> float:
+        return self.detection.score
+
+    def to_json(self) -> dict:
+        """{"box", "score", ["landmarks"], "label", "probs", ["track"]}: plain JSON types."""
+        out = {**self.detection.to_json(), "label": self.label,
+               "probs": {c: round(float(v), 4) for c, v in self.probs.items()}}
+        if self.track is not None:
+            out["track"] = self.track
+        return out
+
+
+def make_faces(dets: Sequence[Detection], probs: np.ndarray, class_names: Sequence[str],
+               track_ids: Sequence[int] | None = None) -> list[Face]:
+    """`Face` records from detections and their [N, C] class probabilities."""
+    return [Face(d, class_names[int(np.argmax(p))], dict(zip(class_names, map(float, p))),
+                 None if track_ids is None else int(track_ids[i])) for i, (d, p) in enumerate(zip(dets, probs))]
+
+
 @dataclasses.dataclass
 class FrameResult:
     index: int
@@ -37,17 +70,27 @@ class FrameResult:
     track_ids: list[int] | None = None
     ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    def faces(self, class_names: Sequence[str]) -> list[Face]:
+        return make_faces(self.detections, self.probs, class_names, self.track_ids)
+
     def to_json(self, class_names: Sequence[str]) -> dict:
-        faces = []
-        for i, d in enumerate(self.detections):
-            f = d.to_json()
-            p = self.probs[i]
-            f["label"] = class_names[int(np.argmax(p))]
-            f["probs"] = {c: round(float(v), 4) for c, v in zip(class_names, p)}
-            if self.track_ids is not None:
-                f["track"] = self.track_ids[i]
-            faces.append(f)
-        return {"frame": self.index, "faces": faces, "ms": {k: round(v, 3) for k, v in self.ms.items()}}
+        return {"frame": self.index, "faces": [f.to_json() for f in self.faces(class_names)],
+                "ms": {k: round(v, 3) for k, v in self.ms.items()}}
+
+
+def draw_faces(frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+    """A copy of a BGR frame with each face's box, label, top probability and landmarks."""
+    out = frame.copy()
+    for f in faces:
+        colour = COLOURS.get(f.label, (0, 255, 0))
+        x1, y1, x2, y2 = (int(round(v)) for v in f.box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, 2)
+        text = f"{f.label} {f.probs[f.label]:.2f}"
+        cv2.putText(out, text, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        if f.detection.landmarks is not None:
+            for x, y in f.detection.landmarks:
+                cv2.circle(out, (int(x), int(y)), 2, (0, 255, 0), -1)
+    return out
 
 
 def display_available() -> bool:
@@ -80,17 +123,37 @@ class Pipeline:
         warm(frame) if warm else self.detector(frame)
         return time.perf_counter() - t
 
-    def process(self, index: int, frame: np.ndarray, draw: bool = True) -> tuple[FrameResult, np.ndarray]:
+    def detect(self, frame: np.ndarray, detect_width: int | None = None) -> list[Detection]:
+        """Faces of at least `min_face` px, best first, at most `max_faces`. `detect_width`
+        overrides the detector's own working width (photos: full resolution up to a limit)."""
+        if detect_width is not None and hasattr(self.detector, "detect_at"):
+            found = self.detector.detect_at(frame, detect_width)
+        else:
+            found = self.detector(frame)
+        dets = [d for d in found if min(d.width, d.height) >= self.min_face]
+        return sorted(dets, key=lambda d: -d.score)[: self.max_faces]
+
+    def crops(self, frame: np.ndarray, dets: Sequence[Detection]) -> np.ndarray:
+        """[N, 48, 48] uint8 grey crops of the detections (eye-aligned when configured)."""
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        return align.crop_faces(grey, dets, 48, self.margin, self.align_faces)
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        """[N, C] class probabilities of [N, 48, 48] crops in one batched, jitted call."""
+        if not len(crops):
+            return np.zeros((0, len(self.class_names)), np.float32)
+        return np.asarray(self.predictor(crops))
+
+    def process(self, index: int, frame: np.ndarray, draw: bool = True,
+                detect_width: int | None = None) -> tuple[FrameResult, np.ndarray]:
         """Runs one frame through detect/preprocess/predict/draw; returns the result and the overlay."""
         ms: dict[str, float] = {}
         t0 = time.perf_counter()
-        dets = [d for d in self.detector(frame) if min(d.width, d.height) >= self.min_face]
-        dets = sorted(dets, key=lambda d: -d.score)[: self.max_faces]
+        dets = self.detect(frame, detect_width)
         t1 = time.perf_counter()
-        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        crops = align.crop_faces(grey, dets, 48, self.margin, self.align_faces)
+        crops = self.crops(frame, dets)
         t2 = time.perf_counter()
-        probs = np.asarray(self.predictor(crops)) if len(crops) else np.zeros((0, len(self.class_names)), np.float32)
+        probs = self.classify(crops)
         t3 = time.perf_counter()
         ids = None
         if self.tracker is not None:
@@ -103,18 +166,7 @@ class Pipeline:
         return result, out
 
     def draw(self, frame: np.ndarray, r: FrameResult) -> np.ndarray:
-        out = frame.copy()
-        for i, d in enumerate(r.detections):
-            label = self.class_names[int(np.argmax(r.probs[i]))]
-            colour = COLOURS.get(label, (0, 255, 0))
-            x1, y1, x2, y2 = (int(round(v)) for v in d.box)
-            cv2.rectangle(out, (x1, y1), (x2, y2), colour, 2)
-            text = f"{label} {float(np.max(r.probs[i])):.2f}"
-            cv2.putText(out, text, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
-            if d.landmarks is not None:
-                for x, y in d.landmarks:
-                    cv2.circle(out, (int(x), int(y)), 2, (0, 255, 0), -1)
-        return out
+        return draw_faces(frame, r.faces(self.class_names))
 
     def run(self, source: str | int, *, max_frames: int | None = None, video_out: str | None = None,
             jsonl_out: str | None = None, display: bool | str = "auto", draw: bool = True,

@@ -1,0 +1,236 @@
+"""The one construction path for every front-end (Python API, command line, HTTP service, the
+realtime tasks): a registered detector + a pretrained classifier, kept loaded, applied to
+photos, batches of photos or video.
+
+    import ferjax
+    faces = ferjax.analyze("photo.jpg")                 # zero configuration: YuNet + the shipped model
+    analyzer = ferjax.Analyzer(detector="mtcnn")        # keeps both models loaded and compiled
+    for frame in analyzer.video("clip.mp4"): ...        # per-frame faces with track ids
+
+Photos are detected at full resolution up to `max_side` pixels on the longer side (larger images
+are scaled down for detection; crops always come from the original pixels); video keeps each
+detector's fast working width (`detect_width`, 320 px for the built-in detectors).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ferjax import images
+from ferjax.inference import DEFAULT_BUCKETS, Predictor
+from ferjax.realtime.detect import Detector
+from ferjax.realtime.pipeline import Face, Pipeline, draw_faces, make_faces
+from ferjax.realtime.tracker import IoUTracker
+
+DEFAULT_DETECTOR = "yunet"
+MAX_SIDE = 2048  # photos: longest side detected at full resolution (faces of ~12 px and up)
+
+
+def build_detector(name: str, args: Mapping[str, Any] | None = None,
+                   settings: Mapping[str, Any] | None = None) -> Detector:
+    """The registered detector `name` built with `args`.
+
+    `settings` holds framework-wide options (an experiment config works). A factory receives
+    `models_dir` when it declares that parameter (or takes **kwargs), and each parameter listed
+    in its `config_args` mapping (parameter -> settings key) when that key is set.
+    """
+    from ferjax.registry import DETECTORS  # noqa: PLC0415
+
+    factory = DETECTORS.get(name)
+    kwargs = dict(args or {})
+    settings = settings or {}
+    declared = {"models_dir": "models_dir", **getattr(factory, "config_args", {})}
+    accepted = _accepted(factory)
+    for param, key in declared.items():
+        value = settings.get(key)
+        if value and (param in accepted or "**" in accepted):
+            kwargs.setdefault(param, value)
+    return factory(**kwargs)
+
+
+def _accepted(factory: Callable[..., Any]) -> set[str]:
+    """Keyword names a factory accepts ("**" when it takes any)."""
+    params = inspect.signature(factory).parameters
+    return set(params) | ({"**"} if any(p.kind is p.VAR_KEYWORD for p in params.values()) else set())
+
+
+@dataclasses.dataclass
+class FrameFaces:
+    """The faces of one video frame (`index` counts decoded frames) and per-stage milliseconds."""
+
+    index: int
+    faces: list[Face]
+    ms: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {"frame": self.index, "faces": [f.to_json() for f in self.faces],
+                "ms": {k: round(v, 3) for k, v in self.ms.items()}}
+
+
+class Analyzer:
+    """A detector and an expression classifier, loaded once and reused for every image.
+
+    Args:
+      detector: a registered detector name (`ferjax.registry.DETECTORS.names()`) or a detector
+        object (callable BGR frame -> list of `Detection`).
+      model: a registered pretrained model (default `ferjax.pretrained.DEFAULT`), or a loaded
+        `Predictor` to share (its compiled functions are reused).
+      detector_args: keyword arguments of the detector (e.g. {"threshold": 0.8}).
+      models_dir: where third-party detector files are (YuNet ships with ferjax).
+      settings: further framework options components may declare (e.g. `mtcnn_weights_dir`).
+      classifier: a registered classifier with random weights instead of `model` (speed runs only).
+      max_side: photos larger than this on their longer side are scaled down for detection.
+      max_pixels: encoded images declaring more pixels are refused before decoding.
+      smoothing: video only: track faces (IoU) and average each track's probabilities.
+    """
+
+    def __init__(self, detector: str | Detector = DEFAULT_DETECTOR, model: str | Predictor | None = None, *,
+                 detector_args: Mapping[str, Any] | None = None, models_dir: str | os.PathLike | None = None,
+                 settings: Mapping[str, Any] | None = None, classifier: str | None = None,
+                 allow_random: bool = False, buckets: Sequence[int] = DEFAULT_BUCKETS, align: bool = True,
+                 margin: float = 0.0, max_faces: int = 64, min_face: int = 12, max_side: int = MAX_SIDE,
+                 max_pixels: int = images.DEFAULT_MAX_PIXELS, smoothing: bool = True,
+                 smoothing_iou: float = 0.3, smoothing_alpha: float = 0.4):
+        from ferjax.components.classifiers import EMOTIONS  # noqa: PLC0415
+        from ferjax.realtime.classify import make_predictor  # noqa: PLC0415
+
+        settings = dict(settings or {})
+        if models_dir:
+            settings["models_dir"] = str(models_dir)
+        self.detector = build_detector(detector, detector_args, settings) if isinstance(detector, str) else detector
+        if isinstance(model, Predictor):  # share a loaded, compiled classifier
+            self.predictor, self.model_desc = model, f"pretrained {model.name}"
+        else:
+            self.predictor, self.model_desc = make_predictor(model or None, classifier or None, allow_random,
+                                                             buckets)
+        self.class_names = tuple(self.predictor.class_names or EMOTIONS)
+        self.max_side, self.max_pixels = int(max_side), int(max_pixels)
+        self.smoothing = bool(smoothing)
+        self._track_args = (smoothing_iou, smoothing_alpha if smoothing else 1.0)  # alpha 1: ids only
+        self._core = Pipeline(self.detector, self.predictor, class_names=self.class_names, align_faces=align,
+                              margin=margin, max_faces=max_faces, min_face=min_face)
+        self._warm = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], detector: str | None = None) -> "Analyzer":
+        """An Analyzer from an experiment config (the `realtime` experiment's fields)."""
+        name = detector or config["detector"]
+        return cls(name, config.get("pretrained") or None,
+                   detector_args=(config.get("detector_args") or {}).get(name) or {}, settings=config,
+                   classifier=config.get("classifier") or None,
+                   allow_random=bool(config.get("allow_random_classifier", False)),
+                   buckets=tuple(config.get("buckets", DEFAULT_BUCKETS)), align=config.get("align", True),
+                   margin=config.get("margin", 0.0), max_faces=config.get("max_faces", 64),
+                   smoothing=config.get("smoothing", False), smoothing_iou=config.get("smoothing_iou", 0.3),
+                   smoothing_alpha=config.get("smoothing_alpha", 0.4))
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def detector_name(self) -> str:
+        return getattr(self.detector, "name", type(self.detector).__name__)
+
+    def pipeline(self, tracking: bool | None = None) -> Pipeline:
+        """A video `Pipeline` over this Analyzer's models; with a fresh tracker when `tracking`
+        (default: when smoothing), which smooths probabilities only when smoothing."""
+        tracker = IoUTracker(*self._track_args) if (self.smoothing if tracking is None else tracking) else None
+        c = self._core
+        pipe = Pipeline(self.detector, self.predictor, class_names=self.class_names, align_faces=c.align_faces,
+                        margin=c.margin, tracker=tracker, max_faces=c.max_faces, min_face=c.min_face)
+        pipe.classifier_desc = self.model_desc
+        return pipe
+
+    def warmup(self) -> float:
+        """Compiles the classifier for every batch bucket (once); seconds spent."""
+        if self._warm:
+            return 0.0
+        self._warm = True
+        return self.predictor.warmup()
+
+    def load(self, image: images.ImageInput, channels: str = "bgr") -> np.ndarray:
+        """BGR pixels of any accepted input (see `ferjax.images.load_image`), within `max_pixels`."""
+        return images.load_image(image, channels=channels, max_pixels=self.max_pixels)
+
+    def photo_width(self, frame: np.ndarray) -> int:
+        """Detection width for a photo: its own width, or scaled so the longer side is `max_side`."""
+        h, w = frame.shape[:2]
+        return w if max(h, w) <= self.max_side else max(1, round(w * self.max_side / max(h, w)))
+
+    # ------------------------------------------------------------------ public API
+    def analyze(self, image: images.ImageInput, channels: str = "bgr") -> list[Face]:
+        """Faces in one photo: box, detector score, landmarks, label and probabilities by class.
+
+        `image`: a path, encoded bytes, a PIL image, or a NumPy array in `channels` order
+        ("bgr" as OpenCV gives, or "rgb"). Raises `ferjax.images.ImageError` for unusable input.
+        """
+        return self.analyze_many([image], channels)[0]
+
+    def analyze_many(self, images_: Sequence[images.ImageInput], channels: str = "bgr") -> list[list[Face]]:
+        """Faces of every image; the faces of all images go through one batched, jitted predict.
+
+        Raises `ImageError` for the first unusable image (use `analyze_each` to go on past it).
+        """
+        frames = [self.load(im, channels) for im in images_]
+        return self.analyze_frames(frames)
+
+    def analyze_each(self, images_: Sequence[images.ImageInput],
+                     channels: str = "bgr") -> list[list[Face] | images.ImageError]:
+        """Like `analyze_many`, but an unusable image yields its `ImageError` in its place."""
+        frames: list[np.ndarray | images.ImageError] = []
+        for im in images_:
+            try:
+                frames.append(self.load(im, channels))
+            except images.ImageError as e:
+                frames.append(e)
+        good = [f for f in frames if isinstance(f, np.ndarray)]
+        results = iter(self.analyze_frames(good))
+        return [next(results) if isinstance(f, np.ndarray) else f for f in frames]
+
+    def analyze_frames(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Faces of decoded BGR uint8 photos (detected per photo, classified in one batch)."""
+        self.warmup()
+        dets = [self._core.detect(f, self.photo_width(f)) for f in frames]
+        crops = [self._core.crops(f, d) for f, d in zip(frames, dets)]
+        probs = self._core.classify(np.concatenate(crops) if crops else np.zeros((0, 48, 48), np.uint8))
+        out, start = [], 0
+        for d in dets:
+            out.append(make_faces(d, probs[start:start + len(d)], self.class_names))
+            start += len(d)
+        return out
+
+    def video(self, source: str | int | os.PathLike, max_frames: int | None = None) -> Iterator[FrameFaces]:
+        """Faces of every frame of a video file, webcam index, stream URL or image folder, with
+        track ids (probabilities smoothed along each track when `smoothing`)."""
+        from ferjax.realtime.capture import open_source  # noqa: PLC0415
+
+        self.warmup()
+        pipe = self.pipeline(tracking=True)
+        with open_source(source) as src:
+            for n, (index, frame) in enumerate(src):
+                if max_frames is not None and n >= max_frames:
+                    break
+                result, _ = pipe.process(index, frame, draw=False)
+                yield FrameFaces(index, result.faces(self.class_names), result.ms)
+
+    def draw(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """A copy of a BGR frame with boxes, labels and landmarks drawn."""
+        return draw_faces(frame, faces)
+
+
+_default: Analyzer | None = None
+
+
+def default_analyzer() -> Analyzer:
+    """The Analyzer behind `analyze`: default detector and model, created on first use."""
+    global _default
+    if _default is None:
+        _default = Analyzer()
+    return _default
+
+
+def analyze(image: images.ImageInput, channels: str = "bgr") -> list[Face]:
+    """Faces in one photo with the default detector and model, kept loaded between calls."""
+    return default_analyzer().analyze(image, channels)
