@@ -66,8 +66,8 @@ def test_corrupted_video_skips_and_counts_bad_frames(tmp_path):
     src = open_source(path)
     frames = list(src)
     s = src.stats
-    assert 0 < len(frames) <= 40
-    assert len(frames) + s.bad_frames + s.missing_at_end == 40 or s.bad_frames + s.missing_at_end > 0
+    assert 0 < len(frames) < 40 and s.frames == len(frames)
+    assert len(frames) + s.bad_frames + s.missing_at_end == 40  # every frame accounted for
 
 
 def test_truncated_video_reports_missing_frames(tmp_path):
@@ -75,8 +75,10 @@ def test_truncated_video_reports_missing_frames(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     src = open_source(path)
-    n = len(list(src))
-    assert 0 < n < 40
+    frames = list(src)
+    n = len(frames)
+    assert 0 < n < 40 and [i for i, _ in frames] == list(range(n))
+    assert src.stats.missing_at_end == 40 - n and src.stats.bad_frames == 0
 
 
 def test_image_folder_skips_unreadable_and_converts_grey(tmp_path):
