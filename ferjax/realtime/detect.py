@@ -87,14 +87,6 @@ class ResizingDetector:
         return self.detect_at(frame, self.detect_width)
 
 
-def cuda_devices() -> int:
-    """Number of CUDA devices OpenCV can use (0 for builds without CUDA)."""
-    try:
-        return int(cv2.cuda.getCudaEnabledDeviceCount())
-    except (AttributeError, cv2.error):
-        return 0
-
-
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of boxes a [N,4] and b [M,4] (x1, y1, x2, y2) -> [N, M]."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
