@@ -16,11 +16,15 @@ VARIANTS = {"yunet": "yunet", "ssd": "ssd_resnet10", "ssd_resnet10": "ssd_resnet
 
 
 def detector_args() -> ml_collections.ConfigDict:
-    """Per-detector keyword arguments; detectors see frames downscaled to `detect_width`."""
+    """Per-detector keyword arguments; detectors see frames downscaled to `detect_width`.
+    `use_cuda`: try the OpenCV CUDA path (BUILD.md); `cascade` / `cuda_cascade`: Haar files
+    ("" = found in cv2.data / the model directories)."""
     return ml_collections.ConfigDict({
-        "haar": {"scale_factor": 1.2, "min_neighbors": 5, "min_size": 30, "detect_width": 320},
-        "ssd_resnet10": {"threshold": 0.5, "input_size": (300, 300), "fmt": "auto", "fp16": False},
-        "yunet": {"threshold": 0.6, "detect_width": 320},
+        "haar": {"scale_factor": 1.2, "min_neighbors": 5, "min_size": 30, "detect_width": 320,
+                 "use_cuda": True, "cascade": "", "cuda_cascade": ""},
+        "ssd_resnet10": {"threshold": 0.5, "input_size": (300, 300), "fmt": "auto", "fp16": False,
+                         "use_cuda": True},
+        "yunet": {"threshold": 0.6, "detect_width": 320, "use_cuda": True, "fp16": False},
         "mtcnn": {"detect_width": 320, "min_face_size": 20, "threshold": 0.9},
     })
 
