@@ -65,6 +65,7 @@ class FrameFaces:
     index: int
     faces: list[Face]
     ms: dict[str, float]
+    frame: np.ndarray | None = dataclasses.field(default=None, repr=False)  # BGR, when asked for
 
     def to_json(self) -> dict:
         return {"frame": self.index, "faces": [f.to_json() for f in self.faces],
@@ -179,14 +180,23 @@ class Analyzer:
     def analyze_each(self, images_: Sequence[images.ImageInput],
                      channels: str = "bgr") -> list[list[Face] | images.ImageError]:
         """Like `analyze_many`, but an unusable image yields its `ImageError` in its place."""
-        frames: list[np.ndarray | images.ImageError] = []
+        return self.analyze_loaded(self.load_each(images_, channels))
+
+    def load_each(self, images_: Sequence[images.ImageInput],
+                  channels: str = "bgr") -> list[np.ndarray | images.ImageError]:
+        """BGR pixels of every input, or the `ImageError` of each unusable one."""
+        out: list[np.ndarray | images.ImageError] = []
         for im in images_:
             try:
-                frames.append(self.load(im, channels))
+                out.append(self.load(im, channels))
             except images.ImageError as e:
-                frames.append(e)
-        good = [f for f in frames if isinstance(f, np.ndarray)]
-        results = iter(self.analyze_frames(good))
+                out.append(e)
+        return out
+
+    def analyze_loaded(self, frames: Sequence[np.ndarray | images.ImageError]
+                       ) -> list[list[Face] | images.ImageError]:
+        """`analyze_frames` over the decoded entries of `load_each`; errors pass through."""
+        results = iter(self.analyze_frames([f for f in frames if isinstance(f, np.ndarray)]))
         return [next(results) if isinstance(f, np.ndarray) else f for f in frames]
 
     def analyze_frames(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
@@ -201,9 +211,11 @@ class Analyzer:
             start += len(d)
         return out
 
-    def video(self, source: str | int | os.PathLike, max_frames: int | None = None) -> Iterator[FrameFaces]:
+    def video(self, source: str | int | os.PathLike, max_frames: int | None = None,
+              keep_frames: bool = False) -> Iterator[FrameFaces]:
         """Faces of every frame of a video file, webcam index, stream URL or image folder, with
-        track ids (probabilities smoothed along each track when `smoothing`)."""
+        track ids (probabilities smoothed along each track when `smoothing`); `keep_frames`
+        attaches each decoded BGR frame. Raises `SourceError` when the source cannot be opened."""
         from ferjax.realtime.capture import open_source  # noqa: PLC0415
 
         self.warmup()
@@ -213,7 +225,7 @@ class Analyzer:
                 if max_frames is not None and n >= max_frames:
                     break
                 result, _ = pipe.process(index, frame, draw=False)
-                yield FrameFaces(index, result.faces(self.class_names), result.ms)
+                yield FrameFaces(index, result.faces(self.class_names), result.ms, frame if keep_frames else None)
 
     def draw(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """A copy of a BGR frame with boxes, labels and landmarks drawn."""

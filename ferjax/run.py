@@ -2,15 +2,17 @@
 
     python -m ferjax.run --experiment=NAME[:variant] [--config.a.b=value ...] [--workdir=DIR]
     python -m ferjax.run --list
+    ferjax analyze PATH... [--detector NAME] [--model NAME] [--out DIR]   (see ferjax.cli)
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from absl import app, flags, logging
+
+from ferjax.jax_setup import CACHE_ENV, DEFAULT_JAX_CACHE, enable_jax_cache
 
 flags.DEFINE_string("experiment", None, "Experiment NAME or NAME:variant (see --list).")
 flags.DEFINE_string("workdir", None, "Output folder (default runs/NAME/VARIANT).")
@@ -19,8 +21,7 @@ flags.DEFINE_bool("print_config", False, "Print the resolved config, then exit."
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() first (multi-host data parallelism; the "
                   "coordinator comes from the cluster environment or JAX_COORDINATOR_ADDRESS).")
-CACHE_ENV = "FERJAX_CACHE_DIR"  # ferjax's own caches (default ~/.cache/ferjax)
-flags.DEFINE_string("jax_cache_dir", os.path.join(os.environ.get(CACHE_ENV, "~/.cache/ferjax"), "jax"),
+flags.DEFINE_string("jax_cache_dir", DEFAULT_JAX_CACHE,
                     f"Persistent JAX compilation cache ('' disables; default ${CACHE_ENV}/jax).")
 FLAGS = flags.FLAGS
 _overrides: list[str] = []
@@ -73,9 +74,7 @@ def main(argv: list[str]) -> int:
     if FLAGS.distributed:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs use NCCL
         jax.distributed.initialize()
-    if FLAGS.jax_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.jax_cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    enable_jax_cache(FLAGS.jax_cache_dir)
     name, _, variant = FLAGS.experiment.partition(":")
     workdir = FLAGS.workdir or str(Path("runs") / name / (variant or "default"))
     from ferjax.train.loop import Interrupted, NonFinite
@@ -96,6 +95,10 @@ def main(argv: list[str]) -> int:
 
 
 def entry() -> None:
+    if sys.argv[1:2] == ["analyze"]:  # `ferjax analyze PATH...`: the photo/video command
+        from ferjax import cli  # noqa: PLC0415
+
+        sys.exit(cli.main(sys.argv[2:]))
     logging.set_verbosity(logging.WARNING)
     app.run(main, flags_parser=lambda argv: FLAGS(_split_overrides(argv)))
 
