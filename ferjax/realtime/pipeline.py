@@ -219,7 +219,7 @@ class Pipeline:
                 t_w = time.perf_counter()
                 if video_out:
                     if writer is None:
-                        writer, writer_hw = _open_writer(video_out, src.fps, out.shape), out.shape[:2]
+                        writer, writer_hw = open_video_writer(video_out, src.fps, out.shape), out.shape[:2]
                     if out.shape[:2] != writer_hw:  # image folders may mix sizes
                         out = cv2.resize(out, writer_hw[::-1])
                     writer.write(out)
@@ -257,7 +257,7 @@ class Pipeline:
         }
 
 
-def _open_writer(path: str, fps: float, shape: tuple[int, ...]) -> cv2.VideoWriter:
+def open_video_writer(path: str, fps: float, shape: tuple[int, ...]) -> cv2.VideoWriter:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.lower().endswith(".avi") else "mp4v"))
     writer = cv2.VideoWriter(path, fourcc, fps, (shape[1], shape[0]))
