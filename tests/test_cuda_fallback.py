@@ -310,5 +310,6 @@ def test_check_script_reports_this_machine_and_fails_require_gpu(tmp_path, capsy
     assert "no CUDA" in r["opencv"]["device_problem"]
     assert [(d["detector"], d["backend"], d["faces"]) for d in r["detectors"]] == [(n, cuda.CPU, 1) for n in OPENCV]
     assert r["jax"]["backend"] == "cpu" and r["jax"]["conv_ok"] and r["gpu_complete"] is False
+    assert r["date"].startswith("20") and r["host"]  # a record: when and where
     assert "everything on the GPU: False" in capsys.readouterr().out
     assert check.main([*args, "--require-gpu"]) == 1

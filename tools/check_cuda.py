@@ -12,8 +12,10 @@ GPU run. Without a GPU it reports the CPU fallbacks and exits 0.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -137,7 +139,9 @@ def nvidia_smi() -> list[str] | str:
 def run(frame_path: Path, models_dir: str | None, detectors: Sequence[str]) -> dict[str, Any]:
     """The whole report as a dict."""
     frame = read_frame(frame_path)
-    report: dict[str, Any] = {"frame": str(frame_path), "nvidia_smi": nvidia_smi(),
+    report: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                              "command": " ".join(sys.argv), "host": platform.node(),
+                              "frame": str(frame_path), "nvidia_smi": nvidia_smi(),
                               "env": ENV_AT_START,
                               "opencv": opencv_report(), "haar_cuda_cascade": haar_cuda_report(models_dir)}
     report["detectors"] = [detector_report(n, frame, models_dir) for n in detectors]
@@ -154,6 +158,7 @@ def gpu_complete(report: dict[str, Any]) -> bool:
 
 def print_report(r: dict[str, Any]) -> None:
     cv = r["opencv"]
+    print(f"{r['date']} on {r['host']}: {r['command']}")
     print(f"nvidia-smi: {r['nvidia_smi']}")
     print(f"environment: { {k: v for k, v in r['env'].items() if v is not None} }")
     print(f"OpenCV {cv['version']} ({cv['file']}); cv2.data: {cv['has_cv2_data']}")
