@@ -10,6 +10,8 @@ OpenCV's vector width take its scalar path for the last columns and may differ t
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +35,7 @@ def _taps(n_in: int, n_out: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, n
     return np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), w0, w1
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def resize_linear_uint8(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """[N,H,W,C] grey levels (rounded to uint8 range) -> [N,h,w,C] int32, as `cv2.resize(x, (w, h))`."""
     h_out, w_out = size

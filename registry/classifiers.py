@@ -111,10 +111,15 @@ class _Depthwise3x3(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, 1, x.shape[-1])).astype(self.dtype)
-        h, w = x.shape[1:3]
-        xp = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
-        return sum(xp[:, i:i + h, j:j + w, :] * k[i, j, 0] for i in range(3) for j in range(3))
+        k = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, 1, x.shape[-1]))
+        return _depthwise3x3(x.astype(self.dtype), k.astype(self.dtype))
+
+
+@jax.jit  # one dispatch outside jit (eager tests); inlined inside an outer jit
+def _depthwise3x3(x: jax.Array, k: jax.Array) -> jax.Array:
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(xp[:, i:i + h, j:j + w, :] * k[i, j, 0] for i in range(3) for j in range(3))
 
 
 class _SeparableConv(nn.Module):

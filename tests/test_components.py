@@ -22,7 +22,7 @@ def test_classifier_shapes_and_one_step(name):
         return loss(out, jnp.arange(4) % 7)
 
     l0, g = jax.value_and_grad(f)(v["params"])
-    p = optax.apply_updates(v["params"], jax.tree.map(lambda a: -0.05 * a, g))
+    p = optax.apply_updates(v["params"], jax.tree.map(lambda a: -0.01 * a, g))
     assert float(f(p)) < float(l0)
 
 
