@@ -199,10 +199,13 @@ class Analyzer:
         results = iter(self.analyze_frames([f for f in frames if isinstance(f, np.ndarray)]))
         return [next(results) if isinstance(f, np.ndarray) else f for f in frames]
 
-    def analyze_frames(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Faces of decoded BGR uint8 photos (detected per photo, classified in one batch)."""
+    def analyze_frames(self, frames: Sequence[np.ndarray], video: bool | Sequence[bool] = False) -> list[list[Face]]:
+        """Faces of decoded BGR uint8 images (detected one by one, classified in one batch).
+        Photos detect at full resolution up to `max_side`; `video` frames at the detector's
+        own working width (its fast path, e.g. live camera frames)."""
         self.warmup()
-        dets = [self._core.detect(f, self.photo_width(f)) for f in frames]
+        fast = [video] * len(frames) if isinstance(video, bool) else list(video)
+        dets = [self._core.detect(f, None if v else self.photo_width(f)) for f, v in zip(frames, fast)]
         crops = [self._core.crops(f, d) for f, d in zip(frames, dets)]
         probs = self._core.classify(np.concatenate(crops) if crops else np.zeros((0, 48, 48), np.uint8))
         out, start = [], 0
