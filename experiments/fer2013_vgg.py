@@ -1,9 +1,8 @@
 """Train a VGG-style classifier on FER2013 under the `original` protocol.
 
 Variants: `cpu` (default; vgg_small, sized for a 2-core CPU), `gpu` (vgg13, longer), `paper`
-(the paper's transfer setup: vggface16 at 224x224 RGB, Adam 1e-3 with beta1 0.5, batch 128,
-20 epochs, reduce-on-plateau, early stopping; it starts from random weights until the VGG-Face
-converter exists), `tiny` (a few steps on a few hundred images, for smoke tests).
+(the paper's VGG-Face transfer recipe: the same config as `vggface_fer2013:paper`), `tiny` (a few
+steps on a few hundred images, for smoke tests).
 """
 import ml_collections
 
@@ -59,20 +58,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.classifier = "vgg13"
         t.epochs = 100
         t.early_stop_patience = 20
-    elif variant == "paper":
-        c.classifier = "vggface16"
-        c.classifier_kwargs = ml_collections.ConfigDict({"dropout": 0.3})
-        c.loss_kwargs.label_smoothing = 0.0
-        c.augment.update(crop_pad=0, rotate_deg=0.0, jitter=0.0)
-        t.optimizer = "adam"
-        t.learning_rate = 1e-3
-        t.b1 = 0.5
-        t.epochs = 20
-        t.schedule = "constant"
-        t.warmup_epochs = 0.0
-        t.plateau.update(factor=0.5, patience=2)
-        t.early_stop_patience = 5
-        t.eval_batch_size = 128
+    elif variant == "paper":  # the recipe's one home is vggface_fer2013
+        from ferjax.experiments import vggface_fer2013  # noqa: PLC0415
+
+        return vggface_fer2013.get_config("paper")
     elif variant == "tiny":
         c.classifier_kwargs.dropout = 0.0
         c.data.limit_per_split = 256

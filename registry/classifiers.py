@@ -5,9 +5,13 @@ evaluation and the real-time front-end feed every classifier the same way.
 """
 from __future__ import annotations
 
+import functools
+from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 
@@ -17,7 +21,7 @@ from ferjax.nn import Conv3x3, max_pool2x2
 from ferjax.registry import CLASSIFIERS
 
 NUM_CLASSES = len(EMOTIONS)
-__all__ = ["EMOTIONS", "NUM_CLASSES", "VGGNet", "VGGFace16", "MiniXception"]
+__all__ = ["EMOTIONS", "NUM_CLASSES", "VGGNet", "VGGFace", "VGGFaceFER", "MiniXception"]
 
 
 class VGGNet(nn.Module):
@@ -57,42 +61,153 @@ def vgg13(num_classes: int = NUM_CLASSES, dropout: float = 0.4) -> nn.Module:
     return VGGNet((64, 128, 256, 512, 512), 2, 512, dropout, num_classes)
 
 
-class VGGFace16(nn.Module):
-    """VGG-16 with VGG-Face layer names (conv1_1..conv5_3) + Flatten, Dense 128, Dropout, Dense 7.
+VGGFACE_WIDTHS = (64, 128, 256, 512, 512)
+VGGFACE_DEPTHS = (2, 2, 3, 3, 3)
+VGGFACE_CONVS = tuple(f"conv{b}_{i}" for b, n in enumerate(VGGFACE_DEPTHS, 1) for i in range(1, n + 1))
+VGGFACE_RGB_MEAN = (129.1863, 104.7624, 93.5940)
+"""Per-channel mean of VGG-Face's training faces in RGB order (keras-vggface `version=1` lists it
+BGR: 93.5940, 104.7624, 129.1863; vgg_face_dag.pth's meta holds the same values in RGB)."""
+VGGFACE_IDENTITIES = 2622
 
-    The paper's transfer model: 48x48 grey is resized to `image_size` and repeated to RGB, then
-    VGG-Face's mean (BGR 93.59, 104.76, 129.19) is subtracted.
+
+def vggface_preprocess(x: jax.Array, image_size: int, dtype: jnp.dtype) -> jax.Array:
+    """[N,H,W,1|3] levels 0..255 -> [N,s,s,3] RGB minus VGGFACE_RGB_MEAN (bilinear resize, grey -> RGB)."""
+    x = x.astype(jnp.float32)
+    if x.shape[1:3] != (image_size, image_size):
+        x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "bilinear")
+    if x.shape[-1] == 1:
+        x = jnp.repeat(x, 3, axis=-1)
+    return (x - jnp.array(VGGFACE_RGB_MEAN, jnp.float32)).astype(dtype)
+
+
+def _constant_init(weights: dict | None, layer: str, leaf: str, default):
+    """Initializer returning `weights[layer][leaf]` (shape-checked), else `default`."""
+    if weights is None:
+        return default
+
+    def init(key, shape, dtype=jnp.float32):
+        try:
+            value = weights[layer][leaf]
+        except KeyError:
+            raise ValueError(f"backbone weights have no {layer}/{leaf}") from None
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"backbone weights {layer}/{leaf}: shape {value.shape}, the model expects {shape}")
+        return jnp.asarray(value, dtype)
+    return init
+
+
+class VGGFace(nn.Module):
+    """VGG-Face (Parkhi et al. 2015) with its published layer names: conv1_1 .. conv5_3, fc6, fc7, fc8.
+
+    Convention of every converted file: RGB input in 0..255 minus VGGFACE_RGB_MEAN (converters of
+    BGR-trained files reverse conv1_1's input channels). Input is resized to `image_size`; with
+    `include_top` the output is fc8's `num_identities` logits (fc6 flattens pool5 in H, W, C order),
+    without it pool5's [N, s/32, s/32, 512] features. `trainable_from` freezes by configuration:
+    "" trains every layer, "none" none, or a layer name (e.g. "conv5_1") from which layers train;
+    gradients stop below it. `backbone_weights` (variables of a converted file) initialise the layers.
     """
+
+    include_top: bool = True
+    num_identities: int = VGGFACE_IDENTITIES
+    image_size: int = 224
+    widths: Sequence[int] = VGGFACE_WIDTHS
+    fc_width: int = 4096
+    dropout: float = 0.5
+    trainable_from: str = ""
+    dtype: jnp.dtype = jnp.float32
+    backbone_weights: dict | None = None  # {"conv1_1": {"kernel", "bias"}, ...}
+
+    def _layers(self) -> tuple[str, ...]:
+        return VGGFACE_CONVS + (("fc6", "fc7", "fc8") if self.include_top else ())
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.trainable_from not in ("", "none") + self._layers():
+            raise ValueError(f"trainable_from={self.trainable_from!r}: expected '', 'none' or one of "
+                             f"{', '.join(self._layers())}")
+        w = self.backbone_weights
+        x = vggface_preprocess(x, self.image_size, self.dtype)
+        frozen = self.trainable_from != ""
+
+        def layer(make, name, x):
+            nonlocal frozen
+            if name == self.trainable_from:
+                x, frozen = jax.lax.stop_gradient(x), False
+            return make(kernel_init=_constant_init(w, name, "kernel", nn.initializers.lecun_normal()),
+                        bias_init=_constant_init(w, name, "bias", nn.initializers.zeros), name=name,
+                        dtype=self.dtype)(x)
+
+        for b, (n, width) in enumerate(zip(VGGFACE_DEPTHS, self.widths), start=1):
+            for i in range(1, n + 1):
+                x = nn.relu(layer(partial(nn.Conv, width, (3, 3)), f"conv{b}_{i}", x))
+            x = nn.max_pool(x, (2, 2), (2, 2))
+        if self.include_top:
+            x = x.reshape(x.shape[0], -1)
+            for name in ("fc6", "fc7"):
+                x = nn.relu(layer(partial(nn.Dense, self.fc_width), name, x))
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = layer(partial(nn.Dense, self.num_identities), "fc8", x)
+        if frozen:  # "none", or a name this configuration has no layer for (checked above)
+            x = jax.lax.stop_gradient(x)
+        return x.astype(jnp.float32)
+
+
+class VGGFaceFER(nn.Module):
+    """The paper's transfer model: VGG-Face without its top, flatten, Dense 128, Dropout 0.3, Dense 7."""
 
     image_size: int = 224
     hidden: int = 128
     dropout: float = 0.3
     num_classes: int = NUM_CLASSES
-    blocks: Sequence[int] = (2, 2, 3, 3, 3)
-    widths: Sequence[int] = (64, 128, 256, 512, 512)
+    widths: Sequence[int] = VGGFACE_WIDTHS
+    trainable_from: str = ""  # "" all layers, "head" the head only, "conv4_1" that layer and above
+    dtype: jnp.dtype = jnp.float32
+    backbone_weights: dict | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = x.astype(jnp.float32)
-        if x.shape[1] != self.image_size:
-            x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, x.shape[3]), "bilinear")
-        if x.shape[-1] == 1:
-            x = jnp.repeat(x, 3, axis=-1)
-        x = x - jnp.array([129.1863, 104.7624, 93.5940], jnp.float32)  # RGB order
-        for b, (n, width) in enumerate(zip(self.blocks, self.widths), start=1):
-            for i in range(1, n + 1):
-                x = nn.relu(nn.Conv(width, (3, 3), name=f"conv{b}_{i}")(x))
-            x = nn.max_pool(x, (2, 2), (2, 2))
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.hidden, name="fc_hidden")(x))
+        x = VGGFace(include_top=False, image_size=self.image_size, widths=self.widths,
+                    trainable_from="none" if self.trainable_from == "head" else self.trainable_from,
+                    dtype=self.dtype,
+                    backbone_weights=self.backbone_weights, name="vggface")(x, train)
+        x = x.reshape(x.shape[0], -1).astype(self.dtype)
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc_hidden")(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="fc_out")(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc_out")(x).astype(jnp.float32)
 
 
-@CLASSIFIERS.register("vggface16")
-def vggface16(num_classes: int = NUM_CLASSES, image_size: int = 224, dropout: float = 0.3) -> nn.Module:
-    """The paper's VGG-Face (VGG-16) transfer model: 13 conv layers + Dense 128 + Dense 7."""
-    return VGGFace16(image_size=image_size, dropout=dropout, num_classes=num_classes)
+@functools.lru_cache(maxsize=2)
+def _read_backbone(path: str) -> dict:
+    """The `params` of a converted VGG-Face msgpack (`python -m ferjax.convert ...`)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"backbone_weights {p}: no such file; convert the published VGG-Face "
+                                f"weights with `python -m ferjax.convert FORMAT --in FILE --out {p}`")
+    tree = flax.serialization.msgpack_restore(p.read_bytes())
+    return tree.get("params", tree)
+
+
+@CLASSIFIERS.register("vggface")
+def vggface(include_top: bool = True, image_size: int = 224, num_identities: int = VGGFACE_IDENTITIES,
+            widths: Sequence[int] = VGGFACE_WIDTHS, fc_width: int = 4096, trainable_from: str = "",
+            dtype: str = "float32") -> nn.Module:
+    """VGG-Face (VGG-16, 2622 identities) with its published layer names; converted weights load by name."""
+    return VGGFace(include_top, num_identities, image_size, tuple(widths), fc_width, 0.5, trainable_from,
+                   _compute_dtype(dtype))
+
+
+@CLASSIFIERS.register("vggface_fer")
+def vggface_fer(num_classes: int = NUM_CLASSES, image_size: int = 224, dropout: float = 0.3,
+                trainable_from: str = "", backbone_weights: str = "",
+                widths: Sequence[int] = VGGFACE_WIDTHS, dtype: str = "float32") -> nn.Module:
+    """The paper's VGG-Face transfer model: 13 conv layers + Dense 128 + Dropout + Dense 7.
+
+    `backbone_weights`: a converted VGG-Face msgpack whose conv layers initialise the backbone.
+    `trainable_from`: "" fine-tunes all, "head" freezes the backbone, "conv4_1" etc. in between.
+    """
+    weights = _read_backbone(backbone_weights) if backbone_weights else None
+    return VGGFaceFER(image_size, 128, dropout, num_classes, tuple(widths), trainable_from,
+                      _compute_dtype(dtype), weights)
 
 
 def _compute_dtype(dtype: str | jnp.dtype) -> jnp.dtype:

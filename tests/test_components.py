@@ -8,7 +8,7 @@ import pytest
 from ferjax.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, LOSSES
 
 
-@pytest.mark.parametrize("name", [n for n in CLASSIFIERS.names() if n != "vggface16"])
+@pytest.mark.parametrize("name", [n for n in CLASSIFIERS.names() if not n.startswith("vggface")])
 def test_classifier_shapes_and_one_step(name):
     model = CLASSIFIERS.create(name)
     x = jnp.asarray(np.random.default_rng(0).integers(0, 255, (4, 48, 48, 1)), jnp.float32)
@@ -26,12 +26,12 @@ def test_classifier_shapes_and_one_step(name):
     assert float(f(p)) < float(l0)
 
 
-def test_vggface16_small_input_shape():
-    model = CLASSIFIERS.create("vggface16", image_size=64)
+def test_vggface_fer_small_input_shape():
+    model = CLASSIFIERS.create("vggface_fer", image_size=64)
     v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False))
-    names = set(v["params"])
-    assert {"conv1_1", "conv5_3", "fc_hidden", "fc_out"} <= names and len(names) == 15
-    assert v["params"]["conv1_1"]["kernel"].shape == (3, 3, 3, 64)
+    assert set(v["params"]) == {"vggface", "fc_hidden", "fc_out"} and len(v["params"]["vggface"]) == 13
+    assert v["params"]["vggface"]["conv1_1"]["kernel"].shape == (3, 3, 3, 64)
+    assert v["params"]["fc_hidden"]["kernel"].shape == (2 * 2 * 512, 128)
 
 
 def test_generator_and_discriminator():

@@ -86,3 +86,30 @@ def test_joblib_file_written_by_joblib(tmp_path):
     joblib.dump(arrays, tmp_path / "w.pkl")
     for a, b in zip(arrays, mtcnn_weights.load_file(tmp_path / "w.pkl")):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pytorch_reader_refuses_crafted_state_dicts(tmp_path, zip_format):
+    """A .pth whose pickle calls os.system: refused by the same allow-list, nothing runs."""
+    torch = pytest.importorskip("torch", reason="torch writes the genuine file that is then altered")
+    from ferjax.convert import torch_pth
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=zip_format)
+    evil = b"\x80\x02" + _payloads(marker)["os.system"] + b"."
+    if zip_format:
+        import zipfile
+        with zipfile.ZipFile(path) as z:
+            entries = {n: z.read(n) for n in z.namelist()}
+        pkl = next(n for n in entries if n.endswith("data.pkl"))
+        with zipfile.ZipFile(path, "w") as z:
+            for n, data in entries.items():
+                z.writestr(n, evil if n == pkl else data)
+    else:  # legacy: magic, protocol, sys_info, then the state dict's pickle
+        head = b"".join(pickle.dumps(v, protocol=2) for v in
+                        (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
+        path.write_bytes(head + evil)
+    with pytest.raises(safe_pickle.UnsafePickleError, match="refusing to load global os.system"):
+        torch_pth.read(path)
+    assert not marker.exists()

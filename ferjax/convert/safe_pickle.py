@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ferjax.convert.mapping import ConversionError
+
 Allowed = Mapping[tuple[str, str], Any]
 
 
@@ -72,7 +74,7 @@ class _JoblibArray:
         count = int(np.prod(shape, dtype=np.int64))
         buf = fh.read(count * dtype.itemsize)
         if len(buf) != count * dtype.itemsize:
-            raise ValueError(f"{source}: truncated joblib array: expected {count * dtype.itemsize} bytes, "
+            raise ConversionError(f"{source}: truncated joblib array: expected {count * dtype.itemsize} bytes, "
                              f"got {len(buf)}")
         arr = np.frombuffer(buf, dtype, count)
         if d.get("order") == "F":
@@ -145,7 +147,7 @@ def loads(data: bytes | io.BufferedIOBase, allowed: Allowed, source: str = "<byt
     except UnsafePickleError:
         raise
     except (EOFError, pickle.UnpicklingError, IndexError, struct.error) as e:
-        raise ValueError(f"{source}: truncated or corrupt pickle at byte {fh.tell()}: {e}") from e
+        raise ConversionError(f"{source}: truncated or corrupt pickle at byte {fh.tell()}: {e}") from e
 
 
 def load(path: str | os.PathLike, allowed: Allowed = NUMPY) -> Any:
