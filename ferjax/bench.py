@@ -104,13 +104,53 @@ def jax_train(name: str, batch: int, repeats: int, iters: int) -> dict:
     return {"compile_s": compile_s, "images_per_s": batch / sec}
 
 
-def torch_twin(name: str):
-    """The PyTorch version of a VGGNet-family classifier, or None."""
+def _vggface_twin(spec):
+    """PyTorch twin of `vggface_fer` (or a `vggface` backbone): resize, grey -> RGB, mean, 13 convs, head."""
+    import torch
     import torch.nn as tnn
 
-    from ferjax.components.classifiers import VGGNet
+    from ferjax.components.classifiers import VGGFACE_DEPTHS, VGGFACE_RGB_MEAN, VGGFaceFER
+
+    fer = isinstance(spec, VGGFaceFER)
+    layers, cin = [], 3
+    for n, width in zip(VGGFACE_DEPTHS, spec.widths):
+        for _ in range(n):
+            layers += [tnn.Conv2d(cin, width, 3, padding=1), tnn.ReLU(inplace=True)]
+            cin = width
+        layers.append(tnn.MaxPool2d(2))
+    side = spec.image_size // 32
+    if fer:
+        head = [tnn.Linear(cin * side * side, spec.hidden), tnn.ReLU(inplace=True), tnn.Dropout(spec.dropout),
+                tnn.Linear(spec.hidden, spec.num_classes)]
+    elif spec.include_top:
+        head = [tnn.Linear(cin * side * side, spec.fc_width), tnn.ReLU(inplace=True), tnn.Dropout(spec.dropout),
+                tnn.Linear(spec.fc_width, spec.fc_width), tnn.ReLU(inplace=True), tnn.Dropout(spec.dropout),
+                tnn.Linear(spec.fc_width, spec.num_identities)]
+    else:
+        head = []
+    mean = torch.tensor(VGGFACE_RGB_MEAN).view(1, 3, 1, 1)
+
+    class Twin(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = tnn.Sequential(*layers), tnn.Sequential(tnn.Flatten(), *head)
+
+        def forward(self, x):  # x: [N,1,48,48] as given to every twin
+            x = tnn.functional.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False)
+            return self.head(self.body(x.expand(-1, 3, -1, -1) - mean))
+
+    return Twin()
+
+
+def torch_twin(name: str):
+    """The PyTorch version of a VGGNet-family or VGG-Face classifier, or None."""
+    import torch.nn as tnn
+
+    from ferjax.components.classifiers import VGGFace, VGGFaceFER, VGGNet
 
     spec = CLASSIFIERS.create(name)
+    if isinstance(spec, (VGGFace, VGGFaceFER)):
+        return _vggface_twin(spec)
     if not isinstance(spec, VGGNet):
         return None
     layers, cin = [], 1

@@ -417,3 +417,13 @@ def test_vggface_fer2013_tiny_trains_from_converted_weights(tmp_path, synthetic_
     assert (wd / "curves.png").is_file() and (wd / "confusion_test.png").is_file()
     kwargs = json.loads((wd / "config.json").read_text())["classifier_kwargs"]
     assert kwargs["backbone_weights"] == str(tmp_path / "notop.msgpack")
+
+
+def test_bench_has_a_pytorch_twin_of_the_paper_model():
+    pytest.importorskip("torch", reason="the twin is PyTorch")
+    from ferjax.bench import torch_twin
+
+    twin = torch_twin("vggface_fer")
+    _, abstract = template("vggface_fer")
+    assert sum(p.numel() for p in twin.parameters()) == sum(
+        int(np.prod(a.shape)) for a in jax.tree.leaves(abstract["params"])) == 17_926_983
