@@ -17,7 +17,7 @@ window.ferjaxStats = {sent: 0, answered: 0, withFaces: 0, distinctDrawn: 0, erro
                       rttMs: [], fps: 0};
 
 let socket = null, stream = null, inFlight = false, sentAt = 0, running = false, frameId = 0;
-let lastDrawnId = -1;
+let lastDrawnId = -1, lastSentTime = -1;
 const answeredTimes = [];
 
 function status(text) { $("status").textContent = text; }
@@ -34,12 +34,18 @@ function drawResult(source, result, id) {
     ctx.strokeStyle = colour; ctx.fillStyle = colour;
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     ctx.fillText(`${f.label} ${(f.probs[f.label] * 100).toFixed(0)}%`, x1, Math.max(14, y1 - 6));
-    // One bar per class under the box, length = probability.
-    const barW = Math.max(40, x2 - x1), rowH = Math.max(4, Math.round((y2 - y1) / 14));
-    Object.entries(f.probs).forEach(([name, p], i) => {
-      const y = y2 + 4 + i * (rowH + 2);
-      ctx.fillStyle = "rgba(0,0,0,0.5)"; ctx.fillRect(x1, y, barW, rowH);
-      ctx.fillStyle = COLOURS[name] || "#0f0"; ctx.fillRect(x1, y, barW * p, rowH);
+    // One bar per class in a panel inside the box's lower part (below it when the box is small).
+    const entries = Object.entries(f.probs);
+    const rowH = Math.min(14, Math.max(6, Math.floor((y2 - y1) * 0.45 / entries.length)));
+    const panelW = Math.max(60, Math.min(170, x2 - x1 - 4)), labelW = Math.round(panelW * 0.45);
+    const top = rowH >= 8 ? y2 - 2 - entries.length * rowH : Math.min(h - entries.length * rowH, y2 + 2);
+    ctx.fillStyle = "rgba(0,0,0,0.55)"; ctx.fillRect(x1 + 2, top, panelW, entries.length * rowH);
+    ctx.font = `${rowH - 1}px system-ui, sans-serif`;
+    entries.forEach(([name, p], i) => {
+      const y = top + i * rowH;
+      ctx.fillStyle = "#eee"; ctx.fillText(name, x1 + 4, y + rowH - 2);
+      ctx.fillStyle = COLOURS[name] || "#0f0";
+      ctx.fillRect(x1 + 2 + labelW, y + 1, (panelW - labelW - 2) * p, rowH - 2);
     });
   }
   const s = window.ferjaxStats;
@@ -62,6 +68,8 @@ function updateStats(rtt) {
 
 function sendFrame() {
   if (!running || inFlight || !socket || socket.readyState !== WebSocket.OPEN || !video.videoWidth) return;
+  if (video.currentTime === lastSentTime) return;  // the camera has not produced a new frame yet
+  lastSentTime = video.currentTime;
   const scale = Math.min(1, MAX_WIDTH / video.videoWidth);
   grab.width = Math.round(video.videoWidth * scale); grab.height = Math.round(video.videoHeight * scale);
   gctx.drawImage(video, 0, 0, grab.width, grab.height);
