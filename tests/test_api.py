@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -17,12 +16,11 @@ import pytest
 from PIL import Image, ImageOps
 
 import ferjax
+from conftest import MEDIA, require_detector
 from ferjax import images
 from ferjax.analyzer import Analyzer, build_detector, default_analyzer
 from ferjax.components.classifiers import EMOTIONS
 
-SHARED = Path(os.environ.get("FERJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-MEDIA = SHARED / "media"
 ONE_FACE = MEDIA / "one_face_pexels_640x360.mp4"
 CROWD = MEDIA / "many_faces_1080p.mp4"
 
@@ -179,10 +177,8 @@ class _CompileCounter:
 def test_mixed_size_photo_folder_compiles_once_per_size_bucket(tmp_path, analyzer):
     """MTCNN (JAX) + classifier: after the first photo of each size bucket, nothing compiles."""
     crowd = _frame(CROWD, 10)
-    try:
-        analyzer = Analyzer("mtcnn", analyzer.predictor)
-    except FileNotFoundError as e:
-        pytest.skip(f"MTCNN weights absent: {str(e).splitlines()[0][:100]}")
+    require_detector("mtcnn")
+    analyzer = Analyzer("mtcnn", analyzer.predictor)
     counter = _CompileCounter()
     # (width, height): two buckets, 640x400 and 960x640, in mixed order.
     sizes = [(620, 349), (600, 338), (900, 506), (640, 360), (944, 531), (577, 396)]

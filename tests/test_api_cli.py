@@ -3,17 +3,15 @@ real video, JSON lines and annotated copies; the experiment entry point still pa
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
 import pytest
 
-from conftest import run_cli
+from conftest import MEDIA, run_cli
 
-SHARED = Path(os.environ.get("FERJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-ONE_FACE = SHARED / "media" / "one_face_pexels_640x360.mp4"
-SHORT = SHARED / "media" / "one_face_short.mp4"
+ONE_FACE = MEDIA / "one_face_pexels_640x360.mp4"
+SHORT = MEDIA / "one_face_short.mp4"
 
 
 def test_analyze_command_photos_folder_and_video(tmp_path):

@@ -23,12 +23,12 @@ import pytest
 pytest.importorskip("fastapi", reason="the `serve` extra is not installed (pip install 'ferjax[serve]')")
 pytest.importorskip("uvicorn", reason="the `serve` extra is not installed (pip install 'ferjax[serve]')")
 
+from conftest import MEDIA  # noqa: E402
 from ferjax.analyzer import default_analyzer  # noqa: E402
 from ferjax.serve import BackgroundServer, create_app  # noqa: E402
 from ferjax.serve_bench import bench, video_frames  # noqa: E402
 
-SHARED = Path(os.environ.get("FERJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-ONE_FACE = SHARED / "media" / "one_face_pexels_640x360.mp4"
+ONE_FACE = MEDIA / "one_face_pexels_640x360.mp4"
 KEY = "s3cret-key"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -20,11 +19,11 @@ import pytest
 pytest.importorskip("fastapi", reason="the `serve` extra is not installed (pip install 'ferjax[serve]')")
 websockets = pytest.importorskip("websockets", reason="the `serve` extra is not installed")
 
+from conftest import MEDIA  # noqa: E402
 from ferjax.analyzer import default_analyzer  # noqa: E402
 from ferjax.serve import BackgroundServer, create_app  # noqa: E402
 
-SHARED = Path(os.environ.get("FERJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-ONE_FACE = SHARED / "media" / "one_face_pexels_640x360.mp4"
+ONE_FACE = MEDIA / "one_face_pexels_640x360.mp4"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
