@@ -192,3 +192,20 @@ def test_mixed_size_photo_folder_compiles_once_per_size_bucket(tmp_path, analyze
         assert all(0 <= f.box[0] <= f.box[2] <= w - 1 and 0 <= f.box[1] <= f.box[3] <= h - 1 for f in faces)
     assert compiles[0] > 0 and compiles[2] > 0, compiles  # first of each bucket
     assert compiles[1] == compiles[3] == compiles[4] == compiles[5] == 0, compiles
+
+
+def test_yunet_ships_in_the_package_with_its_notice(tmp_path, monkeypatch):
+    from ferjax.realtime import models
+
+    monkeypatch.delenv(models.ENV_VAR, raising=False)
+    monkeypatch.setattr(models, "DEFAULT_DIR", tmp_path / "empty_cache")
+    path = models.locate(models.YUNET)  # nothing configured: the shipped copy
+    assert path.parent == models.PACKAGED_DIR and models.sha256(path) == models.YUNET.sha256
+    notice = (models.PACKAGED_DIR / "NOTICE.md").read_text()
+    assert models.YUNET.sha256 in notice and "MIT" in (models.PACKAGED_DIR / "YUNET_LICENSE.txt").read_text()
+    damaged = tmp_path / "pkg"
+    damaged.mkdir()
+    (damaged / models.YUNET.name).write_bytes(path.read_bytes()[:-10])
+    monkeypatch.setattr(models, "PACKAGED_DIR", damaged)
+    with pytest.raises(OSError, match="damaged"):
+        models.locate(models.YUNET)
