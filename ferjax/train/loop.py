@@ -79,7 +79,11 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
     def on_signal(signum, _frame):
         stop_signal["sig"] = signum
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Under jax.distributed, SIGTERM is JAX's preemption notice (its handler, not ours): every
+    # process learns of it and all stop at the same step (Orbax's preemption sync point).
+    multihost = jax.process_count() > 1
+    handled = (signal.SIGINT,) if multihost else (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, on_signal) for s in handled}
     writer = MetricWriter(workdir)
     bar = tqdm(total=stop_at, initial=step, unit="step", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
@@ -139,6 +143,8 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
                 save_latest()
             elif step % cfg.checkpoint_every_steps == 0:
                 save_latest()
+            if multihost and stop_signal["sig"] is None and ckpt.latest.reached_preemption(step):
+                stop_signal["sig"] = "SIGTERM (preemption notice, synchronised over processes)"
             if stop_signal["sig"] is not None:
                 save_latest()
                 raise Interrupted(f"stopped by signal {stop_signal['sig']} at step {step}; "
