@@ -161,30 +161,29 @@ def test_loss_matches_independent_reference_and_has_finite_gradient(name):
 
 
 # ------------------------------------------------------------------------------ GAN networks
+def _output_and_check_gradients(model, objective):
+    """Output on two faces in [-1, 1] (inference mode), after checking that the training-mode
+    gradient of `objective(output)` is finite and not zero."""
+    x = _faces_in_unit_range(2)
+    variables = model.init(jax.random.key(0), x, train=False)
+    grads = jax.grad(lambda p: objective(_apply(model, {**variables, "params": p}, x, train=True)))(
+        variables["params"])
+    assert _finite(grads) and float(optax.tree.norm(grads)) > 0
+    return _apply(model, variables, x)
+
+
 @pytest.mark.parametrize("name", GENERATORS.names())
 def test_generator_maps_faces_to_faces(name):
     """48x48 grey faces in [-1, 1] -> the same shape in [-1, 1]; training mode has finite gradients."""
-    model = GENERATORS.create(name)
-    x = _faces_in_unit_range(2)
-    variables = model.init(jax.random.key(0), x, train=False)
-    y = _apply(model, variables, x)
-    assert y.shape == x.shape and _finite(y) and float(jnp.abs(y).max()) <= 1.0
-    grads = jax.grad(lambda p: jnp.mean(_apply(model, {**variables, "params": p}, x, train=True) ** 2))(
-        variables["params"])
-    assert _finite(grads) and float(optax.tree.norm(grads)) > 0
+    y = _output_and_check_gradients(GENERATORS.create(name), lambda out: jnp.mean(out ** 2))
+    assert y.shape == (2, 48, 48, 1) and _finite(y) and float(jnp.abs(y).max()) <= 1.0
 
 
 @pytest.mark.parametrize("name", DISCRIMINATORS.names())
 def test_discriminator_scores_faces(name):
     """48x48 grey faces in [-1, 1] -> one score per image or per patch; finite gradients."""
-    model = DISCRIMINATORS.create(name)
-    x = _faces_in_unit_range(2)
-    variables = model.init(jax.random.key(0), x, train=False)
-    scores = _apply(model, variables, x)
+    scores = _output_and_check_gradients(DISCRIMINATORS.create(name), jnp.mean)
     assert scores.shape[0] == 2 and scores.shape[-1] == 1 and _finite(scores)
-    grads = jax.grad(lambda p: jnp.mean(_apply(model, {**variables, "params": p}, x, train=True)))(
-        variables["params"])
-    assert _finite(grads) and float(optax.tree.norm(grads)) > 0
 
 
 # ------------------------------------------------------------------------------ detectors
