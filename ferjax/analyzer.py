@@ -75,6 +75,9 @@ class FrameFaces:
 class Analyzer:
     """A detector and an expression classifier, loaded once and reused for every image.
 
+    One Analyzer serves one thread at a time (OpenCV detectors keep per-call state); threads
+    that share one go through `ferjax.serve_batch.Batcher`, as the HTTP service does.
+
     Args:
       detector: a registered detector name (`ferjax.registry.DETECTORS.names()`) or a detector
         object (callable BGR frame -> list of `Detection`).
