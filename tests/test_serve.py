@@ -179,14 +179,19 @@ def test_websocket_answers_each_frame_and_survives_bad_ones(server, frames):
         url = server.url.replace("http://", "ws://") + "/v1/ws"
         async with websockets.connect(url) as ws:
             out = []
-            for msg in (frames[1], b"not an image", "text", frames[2]):
+            for msg in (frames[1], b"not an image", "text", b"\xff" * 1_000_001, frames[2]):
                 await ws.send(msg)
                 out.append(json.loads(await ws.recv()))
-            return out
+        async with websockets.connect(url) as ws:  # leaves while its frame is being analysed
+            await ws.send(frames[3])
+        return out
 
-    ok1, bad, text, ok2 = asyncio.run(session())
+    ok1, bad, text, big, ok2 = asyncio.run(session())
     assert len(ok1["faces"]) == 1 and len(ok2["faces"]) == 1
     assert bad["status"] == 400 and "decodable" in bad["error"] and "binary" in text["error"]
+    assert "exceeds" in big["error"]
+    status, out = call(server.url, "POST", "/v1/analyze", frames[4], {"Content-Type": "image/jpeg"})
+    assert status == 200 and len(out["faces"]) == 1  # the disconnect left the service working
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess:
