@@ -1,10 +1,13 @@
 """Jit throughput of registered classifiers: `python -m ferjax.bench`.
 
-For each classifier and batch size, the predict function and the full train step (augment,
-forward, backward, optimizer update) are compiled ahead of time (compile seconds reported apart)
-and then timed: the median over `--repeats` runs of `--iters` calls, as images per second. When
-PyTorch is importable (optional, never a dependency) the same architecture runs side by side in
-PyTorch and the JAX/PyTorch ratio is printed.
+For each classifier, batch size and dtype, the predict function and the full train step (forward,
+backward, optimizer update, batch-norm statistics) are compiled ahead of time (compile seconds
+reported apart) and timed. Contenders run interleaved in one process: JAX on one XLA device, JAX
+on the host CPU split into devices (what `ferjax.run` trains with), and, when PyTorch is
+importable, its `channels_last` twin (and `torch.compile` of it), so every ratio compares
+figures taken side by side. Each figure is the median over `--repeats` rounds of `--iters` calls.
+The header gives the CPU model and the measured matmul rate per dtype; train rows give GFLOP/s
+(XLA's count of the step's floating-point work) as a fraction of that rate.
 """
 from __future__ import annotations
 
@@ -15,43 +18,77 @@ import statistics
 import time
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
-from ferjax.registry import CLASSIFIERS, LOSSES
-from ferjax.train import sharding
-from ferjax.train.classifier_steps import create_state, make_steps
-from ferjax.train.schedules import make_optimizer, make_schedule
+from ferjax.jax_setup import split_host_cpu
 
 flags.DEFINE_list("classifiers", ["vgg_small", "vgg13"], "Registered classifiers to measure ('all' for every one).")
 flags.DEFINE_list("predict_batch_sizes", ["1", "32", "128"], "Batch sizes for predict.")
 flags.DEFINE_list("train_batch_sizes", ["32", "128"], "Batch sizes for the train step.")
-flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
-flags.DEFINE_integer("iters", 3, "Calls per timed repeat.")
+flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16); PyTorch uses autocast for bfloat16.")
+flags.DEFINE_integer("repeats", 5, "Timed rounds (the median is reported; at least 3).")
+flags.DEFINE_integer("iters", 3, "Calls per timed round.")
+flags.DEFINE_integer("cpu_devices", 0, "Devices the host CPU is split into for the data-parallel "
+                     "row (0: one per core, as `ferjax.run` trains; 1: no split row).")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch twin when PyTorch is installed.")
+flags.DEFINE_bool("torch_compile", True, "Also time torch.compile of the twin (skipped with the "
+                  "reason when it fails).")
+flags.DEFINE_bool("input_pipeline", True, "Also measure the host input pipeline.")
 flags.DEFINE_string("json_out", "", "Also write the rows as JSON to this file.")
 flags.DEFINE_bool("augment", False, "Include on-device augmentation in the JAX train step (the "
                   "PyTorch twin has none, so leave it off for the side-by-side ratio).")
 FLAGS = flags.FLAGS
 
 
-def time_calls(fn: Callable[[], object], repeats: int, iters: int) -> float:
-    """Median seconds per call over `repeats` runs of `iters` calls (after one warm call)."""
-    jax.block_until_ready(fn())
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """Measured GFLOP/s of one square n x n matmul in `dtype` on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a, b: a @ b).lower(a, a).compile()
+    jax.block_until_ready(f(a, a))
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
-            out = fn()
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / iters)
-    return statistics.median(times)
+        t = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int, iters: int) -> dict[str, float]:
+    """Median seconds per call of each contender; rounds alternate between contenders, so slow
+    phases of a noisy machine hit all of them alike."""
+    import jax
+
+    for fn in calls.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(max(3, repeats)):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(iters):
+                out = fn()
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - start) / iters)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def input_pipeline_rate(batch: int, n_images: int = 28709, batches: int = 200) -> float:
     """Batches per second that the host input pipeline (TrainBatches) delivers, FER2013-sized."""
+    import numpy as np
+
     from ferjax.data.pipeline import TrainBatches
 
     rng = np.random.default_rng(0)
@@ -65,27 +102,46 @@ def input_pipeline_rate(batch: int, n_images: int = 28709, batches: int = 200) -
     return batches / (time.perf_counter() - start)
 
 
-def jax_predict(name: str, batch: int, repeats: int, iters: int) -> dict:
-    model = CLASSIFIERS.create(name)
+def _model(name: str, dtype: str):
+    from ferjax.registry import CLASSIFIERS
+
+    kwargs = {} if dtype == "float32" else {"dtype": dtype}
+    return CLASSIFIERS.create_accepting(name, kwargs) if kwargs else CLASSIFIERS.create(name)
+
+
+def jax_predict(name: str, batch: int, dtype: str) -> tuple[Callable, float, float]:
+    """(call, compile seconds, FLOPs per image) of the jitted predict on one device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    model = _model(name, dtype)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
     x = jnp.asarray(np.random.default_rng(0).integers(0, 255, (batch, 48, 48, 1)), jnp.float32)
     start = time.perf_counter()
     compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
     compile_s = time.perf_counter() - start
-    sec = time_calls(lambda: compiled(variables, x), repeats, iters)
-    return {"compile_s": compile_s, "images_per_s": batch / sec}
+    return (lambda: compiled(variables, x)), compile_s, _flops(compiled) / batch
 
 
-def jax_train(name: str, batch: int, repeats: int, iters: int) -> dict:
+def jax_train(name: str, batch: int, dtype: str, devices: int) -> tuple[Callable, float, float]:
+    """(call, compile seconds, FLOPs per image) of the ferjax train step over `devices` devices."""
+    import jax
+    import numpy as np
+
     from ferjax.experiments.fer2013_vgg import get_config
+    from ferjax.registry import LOSSES
+    from ferjax.train import sharding
+    from ferjax.train.classifier_steps import create_state, make_steps
+    from ferjax.train.schedules import make_optimizer, make_schedule
 
     cfg = get_config("cpu")
     if not FLAGS.augment:
         cfg.augment.update(crop_pad=0, flip=False, rotate_deg=0.0, jitter=0.0)
-    model = CLASSIFIERS.create(name)
+    model = _model(name, dtype)
     tx = make_optimizer(cfg.train, make_schedule(cfg.train, 100))
     loss = LOSSES.create("cross_entropy", num_classes=7, label_smoothing=0.1)
-    mesh = sharding.data_mesh(1)
+    mesh = sharding.data_mesh(devices)
     train, _ = make_steps(model, tx, loss, cfg.augment, 0, mesh)
     rng = np.random.default_rng(0)
     data = sharding.put_batch({"image": rng.integers(0, 255, (batch, 48, 48, 1)).astype(np.uint8),
@@ -100,136 +156,100 @@ def jax_train(name: str, batch: int, repeats: int, iters: int) -> dict:
         holder["state"], metrics = compiled(holder["state"], data)
         return metrics["loss"]
 
-    sec = time_calls(step, repeats, iters)
-    return {"compile_s": compile_s, "images_per_s": batch / sec}
+    return step, compile_s, _flops(compiled) * devices / batch
 
 
-def _vggface_twin(spec):
-    """PyTorch twin of `vggface_fer` (or a `vggface` backbone): resize, grey -> RGB, mean, 13 convs, head."""
-    import torch
-    import torch.nn as tnn
-
-    from ferjax.components.classifiers import VGGFACE_DEPTHS, VGGFACE_RGB_MEAN, VGGFaceFER
-
-    fer = isinstance(spec, VGGFaceFER)
-    layers, cin = [], 3
-    for n, width in zip(VGGFACE_DEPTHS, spec.widths):
-        for _ in range(n):
-            layers += [tnn.Conv2d(cin, width, 3, padding=1), tnn.ReLU(inplace=True)]
-            cin = width
-        layers.append(tnn.MaxPool2d(2))
-    side = spec.image_size // 32
-    if fer:
-        head = [tnn.Linear(cin * side * side, spec.hidden), tnn.ReLU(inplace=True), tnn.Dropout(spec.dropout),
-                tnn.Linear(spec.hidden, spec.num_classes)]
-    elif spec.include_top:
-        head = [tnn.Linear(cin * side * side, spec.fc_width), tnn.ReLU(inplace=True), tnn.Dropout(spec.dropout),
-                tnn.Linear(spec.fc_width, spec.fc_width), tnn.ReLU(inplace=True), tnn.Dropout(spec.dropout),
-                tnn.Linear(spec.fc_width, spec.num_identities)]
-    else:
-        head = []
-    mean = torch.tensor(VGGFACE_RGB_MEAN).view(1, 3, 1, 1)
-
-    class Twin(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body, self.head = tnn.Sequential(*layers), tnn.Sequential(tnn.Flatten(), *head)
-
-        def forward(self, x):  # x: [N,1,48,48] as given to every twin
-            x = tnn.functional.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False)
-            return self.head(self.body(x.expand(-1, 3, -1, -1) - mean))
-
-    return Twin()
+def _flops(compiled) -> float:
+    """XLA's FLOP count of a compiled computation (per device for a partitioned one)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
 
 
-def torch_twin(name: str):
-    """The PyTorch version of a VGGNet-family or VGG-Face classifier, or None."""
-    import torch.nn as tnn
+def torch_contenders(name: str, batch: int, train: bool, dtype: str) -> tuple[dict, list[str]]:
+    """PyTorch contenders for one row (eager channels_last, and compiled) and notes on skips."""
+    from ferjax.bench_torch import make_torch_call
 
-    from ferjax.components.classifiers import VGGFace, VGGFaceFER, VGGNet
-
-    spec = CLASSIFIERS.create(name)
-    if isinstance(spec, (VGGFace, VGGFaceFER)):
-        return _vggface_twin(spec)
-    if not isinstance(spec, VGGNet):
-        return None
-    layers, cin = [], 1
-    for width in spec.widths:
-        for _ in range(spec.convs_per_stage):
-            layers += [tnn.Conv2d(cin, width, 3, padding=1, bias=False), tnn.BatchNorm2d(width),
-                       tnn.ReLU(inplace=True)]
-            cin = width
-        layers.append(tnn.MaxPool2d(2))
-    return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(spec.dropout),
-                          tnn.Linear(cin, spec.hidden), tnn.ReLU(inplace=True),
-                          tnn.Dropout(spec.dropout), tnn.Linear(spec.hidden, spec.num_classes))
-
-
-def torch_rates(name: str, batch: int, train: bool, repeats: int, iters: int) -> float | None:
-    import torch
-
-    net = torch_twin(name)
-    if net is None:
-        return None
-    torch.set_num_threads(os.cpu_count() or 1)
-    x = torch.randint(0, 255, (batch, 1, 48, 48)).float()
-    y = torch.randint(0, 7, (batch,))
-    if train:
-        net.train()
-        opt = torch.optim.AdamW(net.parameters(), 2e-3)
-        lossf = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-
-        def call():
-            opt.zero_grad(set_to_none=True)
-            loss = lossf(net((x - 128) / 64), y)
-            loss.backward()
-            opt.step()
-            return None
-    else:
-        net.eval()
-
-        def call():
-            with torch.inference_mode():
-                net((x - 128) / 64)
-            return None
-
-    return batch / time_calls(call, repeats, iters)
+    calls, notes = {}, []
+    eager = make_torch_call(name, batch, train, dtype)
+    if eager is None:
+        return calls, notes
+    calls["torch"] = eager
+    if FLAGS.torch_compile:
+        try:
+            compiled = make_torch_call(name, batch, train, dtype, compile=True)
+            compiled()
+            calls["torch_compile"] = compiled
+        except Exception as e:  # inductor needs a working C++ toolchain; say why it is missing
+            notes.append(f"torch.compile skipped for {name}: {type(e).__name__}: {str(e)[:120]}")
+    return calls, notes
 
 
 def main(argv):
     del argv
+    devices = split_host_cpu(FLAGS.cpu_devices or None)
+    import jax
+
+    from ferjax.registry import CLASSIFIERS
+
     names = CLASSIFIERS.names() if FLAGS.classifiers == ["all"] else FLAGS.classifiers
+    devices = min(devices, jax.device_count())
     have_torch = False
     if FLAGS.torch:
         try:
-            import torch  # noqa: F401
+            import torch
 
             have_torch = True
+            torch_version = torch.__version__
         except ImportError:
             print("PyTorch not installed: JAX only (pip install torch to compare side by side)")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
-          f"backend {jax.default_backend()} ({jax.devices()[0].device_kind})")
-    rows = []
-    header = "| classifier | mode | batch | compile s | JAX img/s | PyTorch img/s | JAX/PyTorch |"
-    print(header + "\n| --- | --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}; jax {jax.__version__} "
+          f"({jax.default_backend()}, {jax.device_count()} devices)"
+          + (f"; torch {torch_version}" if have_torch else ""))
+    peak = {d: matmul_gflops(d) for d in FLAGS.dtypes}
+    print("matmul 2048x2048 on one device: " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peak.items()))
+    print(f"timing: median of {max(3, FLAGS.repeats)} interleaved rounds of {FLAGS.iters} calls; "
+          f"'jax xN' = the host CPU split into N devices (data parallel, as ferjax.run trains)")
+    rows, notes = [], []
+    print("| classifier | mode | dtype | batch | runtime | compile s | img/s | GFLOP/s | of matmul peak | "
+          "ratio to torch |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
     for name in names:
-        for mode, sizes, fn in (("predict", FLAGS.predict_batch_sizes, jax_predict),
-                                ("train", FLAGS.train_batch_sizes, jax_train)):
-            for b in (int(s) for s in sizes if s):
-                r = fn(name, b, FLAGS.repeats, FLAGS.iters)
-                t = torch_rates(name, b, mode == "train", FLAGS.repeats, FLAGS.iters) if have_torch else None
-                row = {"classifier": name, "mode": mode, "batch": b, **r, "torch_images_per_s": t}
-                rows.append(row)
-                ratio = f"{r['images_per_s'] / t:.2f}" if t else "-"
-                print(f"| {name} | {mode} | {b} | {r['compile_s']:.2f} | {r['images_per_s']:.1f} | "
-                      f"{f'{t:.1f}' if t else '-'} | {ratio} |", flush=True)
-    for b in (int(s) for s in FLAGS.train_batch_sizes if s):
-        rate = input_pipeline_rate(b)
-        print(f"input pipeline, batch {b}: {rate:.0f} batches/s = {rate * b:.0f} images/s "
-              f"(the train step needs far fewer, so it never waits on data)")
+        for mode, sizes in (("predict", FLAGS.predict_batch_sizes), ("train", FLAGS.train_batch_sizes)):
+            for dtype in FLAGS.dtypes:
+                for b in (int(s) for s in sizes if s):
+                    calls, compile_s, flops = {}, {}, 0.0
+                    if mode == "predict":
+                        calls["jax"], compile_s["jax"], flops = jax_predict(name, b, dtype)
+                    else:
+                        calls["jax"], compile_s["jax"], flops = jax_train(name, b, dtype, 1)
+                        if devices > 1 and b % devices == 0:
+                            key = f"jax x{devices}"
+                            calls[key], compile_s[key], _ = jax_train(name, b, dtype, devices)
+                    if have_torch:
+                        extra, why = torch_contenders(name, b, mode == "train", dtype)
+                        calls.update(extra)
+                        notes += [n for n in why if n not in notes]
+                    secs = interleaved(calls, FLAGS.repeats, FLAGS.iters)
+                    rate = {k: b / s for k, s in secs.items()}
+                    for k, r in rate.items():
+                        gflops = r * flops / 1e9
+                        ratio = f"{r / rate['torch']:.2f}" if "torch" in rate else "-"
+                        row = {"classifier": name, "mode": mode, "dtype": dtype, "batch": b, "runtime": k,
+                               "compile_s": compile_s.get(k), "images_per_s": r, "gflops": gflops,
+                               "fraction_of_matmul": gflops / peak[dtype], "ratio_to_torch": ratio}
+                        rows.append(row)
+                        c = f"{compile_s[k]:.2f}" if k in compile_s else "-"
+                        print(f"| {name} | {mode} | {dtype} | {b} | {k} | {c} | {r:.1f} | {gflops:.0f} | "
+                              f"{gflops / peak[dtype]:.2f} | {ratio} |", flush=True)
+    for n in notes:
+        print(n)
+    if FLAGS.input_pipeline:
+        for b in (int(s) for s in FLAGS.train_batch_sizes if s):
+            rate = input_pipeline_rate(b)
+            print(f"input pipeline, batch {b}: {rate:.0f} batches/s = {rate * b:.0f} images/s")
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({"cpu": cpu_model(), "matmul_gflops": peak, "rows": rows, "notes": notes}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from ferjax.jax_setup import CACHE_ENV, DEFAULT_JAX_CACHE, enable_jax_cache
+from ferjax.jax_setup import CACHE_ENV, DEFAULT_JAX_CACHE, enable_jax_cache, split_host_cpu
 
 flags.DEFINE_string("experiment", None, "Experiment NAME or NAME:variant (see --list).")
 flags.DEFINE_string("workdir", None, "Output folder (default runs/NAME/VARIANT).")
+flags.DEFINE_integer("cpu_devices", 0,
+                     "Split the host CPU into this many XLA devices for data-parallel steps "
+                     "(0: one per core; 1: one device). Ignored on GPUs and under --distributed.")
 flags.DEFINE_bool("list", False, "List experiments and registered components, then exit.")
 flags.DEFINE_bool("print_config", False, "Print the resolved config, then exit.")
 flags.DEFINE_bool("distributed", False,
@@ -69,6 +72,8 @@ def main(argv: list[str]) -> int:
     if FLAGS.print_config:
         print(config)
         return 0
+    if not FLAGS.distributed:
+        split_host_cpu(FLAGS.cpu_devices or None)
     import jax
 
     if FLAGS.distributed:

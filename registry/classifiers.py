@@ -25,40 +25,48 @@ __all__ = ["EMOTIONS", "NUM_CLASSES", "VGGNet", "VGGFace", "VGGFaceFER", "MiniXc
 
 
 class VGGNet(nn.Module):
-    """VGG-style CNN for 48x48 grey faces: stages of 3x3 conv+BN+ReLU, 2x2 max pool, GAP, MLP head."""
+    """VGG-style CNN for 48x48 grey faces: stages of 3x3 conv+BN+ReLU, 2x2 max pool, GAP, MLP head.
+
+    `dtype` is the compute dtype (parameters and batch-norm statistics stay float32; logits are
+    returned in float32).
+    """
 
     widths: Sequence[int] = (32, 64, 128, 256)
     convs_per_stage: int = 2
     hidden: int = 256
     dropout: float = 0.4
     num_classes: int = NUM_CLASSES
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = (jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32)) - 128.0) / 64.0
+        out_dtype = x.dtype  # float32 (float64 when x64 is on, for exactness tests)
+        dtype = self.dtype if self.dtype != jnp.float32 else out_dtype
+        x = x.astype(dtype)
         for width in self.widths:
             for _ in range(self.convs_per_stage):
                 x = Conv3x3(width, use_bias=False)(x)
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.95)(x)
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.95, dtype=dtype)(x)
                 x = nn.relu(x)
             x = max_pool2x2(x)
         x = x.mean(axis=(1, 2))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.relu(nn.Dense(self.hidden)(x))
+        x = nn.relu(nn.Dense(self.hidden, dtype=dtype)(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=dtype)(x).astype(out_dtype)
 
 
 @CLASSIFIERS.register("vgg_small")
-def vgg_small(num_classes: int = NUM_CLASSES, dropout: float = 0.4) -> nn.Module:
+def vgg_small(num_classes: int = NUM_CLASSES, dropout: float = 0.4, dtype: str = "float32") -> nn.Module:
     """VGG-style CNN, 8 conv layers 32-256 wide (1.2M params): trains on a 2-core CPU."""
-    return VGGNet((32, 64, 128, 256), 2, 256, dropout, num_classes)
+    return VGGNet((32, 64, 128, 256), 2, 256, dropout, num_classes, _compute_dtype(dtype))
 
 
 @CLASSIFIERS.register("vgg13")
-def vgg13(num_classes: int = NUM_CLASSES, dropout: float = 0.4) -> nn.Module:
+def vgg13(num_classes: int = NUM_CLASSES, dropout: float = 0.4, dtype: str = "float32") -> nn.Module:
     """VGG-13-style CNN at 48x48, 10 conv layers 64-512 wide (GPU-sized)."""
-    return VGGNet((64, 128, 256, 512, 512), 2, 512, dropout, num_classes)
+    return VGGNet((64, 128, 256, 512, 512), 2, 512, dropout, num_classes, _compute_dtype(dtype))
 
 
 VGGFACE_WIDTHS = (64, 128, 256, 512, 512)

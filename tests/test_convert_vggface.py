@@ -421,7 +421,7 @@ def test_vggface_fer2013_tiny_trains_from_converted_weights(tmp_path, synthetic_
 
 def test_bench_has_a_pytorch_twin_of_the_paper_model():
     pytest.importorskip("torch", reason="the twin is PyTorch")
-    from ferjax.bench import torch_twin
+    from ferjax.bench_torch import torch_twin
 
     twin = torch_twin("vggface_fer")
     _, abstract = template("vggface_fer")

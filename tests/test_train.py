@@ -146,7 +146,7 @@ FOUR_DEVICES = textwrap.dedent('''
     finals = []
     for n in (1, 4):
         mesh = sharding.data_mesh(n)
-        train, _ = make_steps(model, tx, loss, c.augment, 0, mesh)
+        train, _ = make_steps(model, tx, loss, c.augment, 0, mesh, sync_batch_norm=True)
         variables = jax.tree.map(lambda a: a.astype(np.float64), model.init(
             jax.random.key(0), np.zeros((1, 48, 48, 1)), train=False))
         state = jax.device_put(create_state(model, tx, 0, variables=variables), sharding.replicated(mesh))
@@ -160,6 +160,66 @@ FOUR_DEVICES = textwrap.dedent('''
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     print("OK four-device step matches single-device step")
 ''')
+
+
+TWO_DEVICES_LOCAL_BN = textwrap.dedent('''
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax, jax.numpy as jnp, numpy as np, optax
+    jax.config.update("jax_enable_x64", True)
+    from ferjax.registry import CLASSIFIERS, LOSSES
+    from ferjax.train import sharding
+    from ferjax.train.classifier_steps import create_state, make_steps
+    from ferjax.train.schedules import make_optimizer, make_schedule
+    from ferjax.experiments.fer2013_vgg import get_config
+    c = get_config("tiny")
+    c.augment.update(crop_pad=0, flip=False, rotate_deg=0.0, jitter=0.0)
+    model = CLASSIFIERS.create("vgg_small", dropout=0.0)
+    loss = LOSSES.create("cross_entropy", num_classes=7, label_smoothing=0.1)
+    tx = make_optimizer(c.train, make_schedule(c.train, 10))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 255, (16, 48, 48, 1)).astype(np.uint8),
+             "label": rng.integers(0, 7, 16).astype(np.int32)}
+    variables = jax.tree.map(lambda a: a.astype(np.float64), model.init(
+        jax.random.key(0), np.zeros((1, 48, 48, 1)), train=False))
+    state0 = create_state(model, tx, 0, variables=variables)
+    # Reference written independently of make_steps: each half of the batch is its own
+    # batch-norm batch; gradients and batch statistics are the mean over the halves.
+    grads, stats = [], []
+    for half in (slice(0, 8), slice(8, 16)):
+        x, y = batch["image"][half].astype(np.float64), batch["label"][half]
+        def objective(p):
+            logits, upd = model.apply({"params": p, "batch_stats": state0.batch_stats}, x, train=True,
+                                      mutable=["batch_stats"])
+            return loss(logits, y), upd["batch_stats"]
+        g, s = jax.grad(objective, has_aux=True)(state0.params)
+        grads.append(g); stats.append(s)
+    mean = lambda trees: jax.tree.map(lambda a, b: (a + b) / 2, *trees)
+    updates, _ = tx.update(mean(grads), state0.opt_state, state0.params)
+    want_params, want_stats = optax.apply_updates(state0.params, updates), mean(stats)
+    mesh = sharding.data_mesh(2)
+    train, _ = make_steps(model, tx, loss, c.augment, 0, mesh)
+    fresh = lambda: jax.device_put(jax.tree.map(np.array, state0), sharding.replicated(mesh))  # steps donate
+    state, m = train(fresh(), sharding.put_batch(batch, mesh))
+    for a, b in zip(jax.tree.leaves((state.params, state.batch_stats)), jax.tree.leaves((want_params, want_stats))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    # ...and it is not the global-batch step: per-device variances differ from the global one
+    # (means agree, being linear), and so do the gradients.
+    sync, _ = make_steps(model, tx, loss, c.augment, 0, mesh, sync_batch_norm=True)
+    other, _ = sync(fresh(), sharding.put_batch(batch, mesh))
+    var = lambda s: np.asarray(s["BatchNorm_0"]["var"])
+    assert not np.allclose(var(other.batch_stats), var(state.batch_stats), rtol=1e-6)
+    print("OK per-device batch norm step matches the two-half reference")
+''')
+
+
+def test_default_step_over_two_devices_is_ddp_with_per_device_batch_norm():
+    """The default multi-device step equals an independent two-half reference (PyTorch DDP semantics)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", TWO_DEVICES_LOCAL_BN], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK per-device" in proc.stdout
 
 
 def test_four_simulated_devices_match_single_device():

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec as P
 
 from ferjax.data.augment import augment_batch
 from ferjax.train import sharding
@@ -40,12 +40,23 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
 
 
 def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Callable,
-               augment: ml_collections.ConfigDict, seed: int, mesh: Mesh):
-    """(train_step, eval_step), jitted over `mesh`: state replicated, batches split on `data`."""
+               augment: ml_collections.ConfigDict, seed: int, mesh: Mesh, sync_batch_norm: bool = False):
+    """(train_step, eval_step), jitted over `mesh`: state replicated, batches split on `data`.
+
+    By default each device runs forward and backward on its shard with its own batch-norm
+    statistics and one all-reduce averages the gradients (PyTorch DDP's semantics): on a CPU split
+    into devices this is what keeps the cores busy side by side. `sync_batch_norm=True` computes
+    batch statistics over the global batch instead (one all-reduce per batch-norm layer; the
+    result equals a single-device step on the whole batch). On one device both are the same step.
+    """
     base_key = jax.random.key(seed)
+    axis = None if sync_batch_norm or mesh.size == 1 else "data"
 
     def train_step(state: TrainState, batch: dict):
-        k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, state.step))
+        key = jax.random.fold_in(base_key, state.step)
+        if axis:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis))  # own dropout/augment per shard
+        k_aug, k_drop = jax.random.split(key)
         x = augment_batch(k_aug, batch["image"].astype(jnp.result_type(float)), augment)
 
         def objective(params):
@@ -54,12 +65,14 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
             return loss_fn(logits, batch["label"]), (logits, updates)
 
         (loss, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        batch_stats = updates.get("batch_stats", state.batch_stats)
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        if axis:
+            grads, batch_stats, loss, acc = jax.lax.pmean((grads, batch_stats, loss, acc), axis)
         steps, opt_state = tx.update(grads, state.opt_state, state.params)
         steps = jax.tree.map(lambda u: u * state.lr_scale, steps)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, steps),
-                                  batch_stats=updates.get("batch_stats", state.batch_stats),
-                                  opt_state=opt_state)
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+                                  batch_stats=batch_stats, opt_state=opt_state)
         return new_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(state: TrainState, batch: dict):
@@ -67,7 +80,10 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
         return logits
 
     rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    train = jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+    step_fn = train_step
+    if axis:
+        step_fn = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(), P()),
+                                check_vma=False)
+    train = jax.jit(step_fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
     evaluate = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=data)
     return train, evaluate
-

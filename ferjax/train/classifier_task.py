@@ -20,6 +20,22 @@ from ferjax.train.loop import fit, restore_best
 from ferjax.train.schedules import make_optimizer, make_schedule
 
 
+def classifier_kwargs(config: ml_collections.ConfigDict) -> dict:
+    """The classifier's keyword arguments, with `train.compute_dtype` as `dtype` when it is not
+    float32 (a classifier that takes no `dtype` cannot honour it: refused before any work)."""
+    kwargs = dict(config.classifier_kwargs)
+    dtype = config.train.compute_dtype
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"train.compute_dtype={dtype!r}: expected 'float32' or 'bfloat16'")
+    if dtype != "float32":
+        accepted = CLASSIFIERS.accepted(config.classifier)
+        if accepted is not None and "dtype" not in accepted:
+            raise ValueError(f"train.compute_dtype={dtype!r}: classifier {config.classifier!r} takes no "
+                             f"`dtype` argument; use float32 or add one to its factory")
+        kwargs["dtype"] = dtype
+    return kwargs
+
+
 def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config.classifier` on `config.dataset` and reports on the protocol's test split."""
     t0 = time.perf_counter()
@@ -28,7 +44,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     tcfg = config.train
     data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
-    model = CLASSIFIERS.create_accepting(config.classifier, config.classifier_kwargs)
+    model = CLASSIFIERS.create_accepting(config.classifier, classifier_kwargs(config))
     loss_fn = LOSSES.create(config.loss, **config.loss_kwargs)
     mesh = sharding.data_mesh(tcfg.num_devices or None)
     for key in ("batch_size", "eval_batch_size"):
@@ -39,7 +55,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = TrainBatches(train_arrays, tcfg.batch_size, tcfg.seed)  # global batches
     tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
     state = create_state(model, tx, tcfg.seed)
-    train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh)
+    train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh,
+                                       sync_batch_norm=tcfg.sync_batch_norm)
 
     def logits_fn(current_state):
         return lambda batch: sharding.fetch(eval_step(current_state, sharding.put_batch(batch, mesh)))
