@@ -65,6 +65,7 @@ def test_unknown_experiment_and_variant():
     ("realtime", "buckets=(1,0)", "config.buckets=\\(1, 0\\): expected a non-empty sequence"),
     ("realtime", "pretrained=fer2013_vgg_smal", "Did you mean: fer2013_vgg_small"),
     ("fer2013_vgg", "classifier_kwargs.dropout=0.5", None),
+    ("fer2013_vgg", "train.compute_dtype=float16", "config.train.compute_dtype='float16': expected one of"),
 ])
 def test_values_validated_before_work(spec, override, message):
     """Every component name, bound and output format is checked when the config is built."""
