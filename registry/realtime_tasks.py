@@ -21,7 +21,7 @@ _log = logging.getLogger(__name__)
 def build_pipeline(config: ml_collections.ConfigDict, detector_name: str | None = None) -> Pipeline:
     """The video pipeline of an experiment config, built by `ferjax.Analyzer` (the one
     construction path of every front-end)."""
-    cv2.setNumThreads(int(config.get("num_threads", 0) or 0) or os.cpu_count() or 1)
+    cv2.setNumThreads(config.num_threads or os.cpu_count() or 1)
     return Analyzer.from_config(config, detector_name).pipeline()
 
 
@@ -38,11 +38,11 @@ def realtime(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pipe = build_pipeline(config)
     src = config.source
     summary = pipe.run(int(src) if str(src).strip().isdigit() else src,
-                       max_frames=config.get("max_frames") or None,
-                       video_out=_out(workdir, config.get("video_out", "")),
-                       jsonl_out=_out(workdir, config.get("jsonl_out", "")),
-                       display=config.get("display", "auto"), warmup_frames=config.get("warmup_frames", 0),
-                       capture_kwargs={"reconnects": config.get("reconnects", 3)})
+                       max_frames=config.max_frames or None,
+                       video_out=_out(workdir, config.video_out),
+                       jsonl_out=_out(workdir, config.jsonl_out),
+                       display=config.display, warmup_frames=config.warmup_frames,
+                       capture_kwargs={"reconnects": config.reconnects})
     summary["classifier"] = pipe.classifier_desc
     (Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -73,11 +73,11 @@ def realtime_bench(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return p
 
     rows = bench.run_bench(make, config.detectors.split(","), videos,
-                           config.get("max_frames") or None, config.get("warmup_frames", 5))
+                           config.max_frames or None, config.warmup_frames)
     peers = []
-    if config.get("peer_python"):
-        peers = bench.run_fer_peer(config.peer_python, videos, config.get("max_frames") or None,
-                                   config.get("warmup_frames", 5))
+    if config.peer_python:
+        peers = bench.run_fer_peer(config.peer_python, videos, config.max_frames or None,
+                                   config.warmup_frames)
         _add_ratios(rows, peers)
     table = bench.format_table(rows, peers)
     print(table)
