@@ -21,7 +21,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.loss = "cross_entropy"
     c.loss_kwargs = ml_collections.ConfigDict({"num_classes": 7, "label_smoothing": 0.1})
     c.data = ml_collections.ConfigDict({
-        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
+        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0,
+        "derived_dir": ""})  # with --config.dataset=derived: a derived dataset folder (balanced, curated)
     c.augment = ml_collections.ConfigDict({"crop_pad": 4, "flip": True, "rotate_deg": 10.0,
                                            "jitter": 0.1})
     t = c.train = ml_collections.ConfigDict()

@@ -44,3 +44,12 @@ def fer2013(cfg: ml_collections.ConfigDict, protocol: str = "original") -> dict:
     if limit:
         splits = {k: {f: v[:limit] for f, v in arr.items()} for k, arr in splits.items()}
     return splits
+
+
+@DATASETS.register("derived")
+def derived(cfg: ml_collections.ConfigDict, protocol: str = "original") -> dict:
+    """A derived dataset folder (`data.derived_dir`): a base dataset with removed, relabeled and added
+    Training examples (ferjax.data.derived); validation and test are the base's."""
+    from ferjax.data.derived import load  # noqa: PLC0415
+
+    return load(cfg, protocol)

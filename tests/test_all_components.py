@@ -217,6 +217,15 @@ def test_dataset_on_small_data(name, synthetic_csv, tmp_path_factory):
     data = ml_collections.ConfigDict({"fer2013_path": str(synthetic_csv), "skip_bad_rows": False,
                                       "tfds_data_dir": str(tmp_path_factory.mktemp("tfds")),
                                       "limit_per_split": 0})
+    if name == "derived":  # a derived dataset is a folder: one removal, relabel and addition
+        from ferjax.data.derived import DerivedBuilder
+
+        builder = DerivedBuilder("fer2013", data)
+        builder.remove(0, "test")
+        builder.relabel(1, "happy", "test")
+        builder.add(builder.base_splits["train"]["image"][:1], ["disgust"], source="original",
+                    base_rows=[2], reason="test copy")
+        data.derived_dir = str(builder.write(tmp_path_factory.mktemp("derived") / "set", "test"))
     splits = DATASETS.create(name, cfg=data, protocol="original")
     assert {"train", "validation"} <= set(splits)
     for split, arrays in splits.items():

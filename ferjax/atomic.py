@@ -1,0 +1,54 @@
+"""Folders that appear complete or not at all: write into a hidden temporary sibling, fsync, rename.
+
+A kill or a full disk during the write leaves at most a hidden `.NAME.tmp-*` folder, never a
+folder under the final name; readers also require a marker file written last (a manifest).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+
+def fsync_path(path: Path) -> None:
+    """Flushes a file's or a folder's entry to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temporary folder beside `final`; on a clean exit its files are fsynced and it is
+    renamed to `final` (replacing an existing one only with `overwrite`); on any error it is removed.
+
+    An existing non-empty `final` without `overwrite` is refused before anything is written.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite and (final.is_file() or any(final.iterdir())):
+        raise FileExistsError(f"{final} already exists; choose another output folder, delete it, "
+                              f"or allow overwriting it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            fsync_path(path)
+        fsync_path(tmp)
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_path(final.parent)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
