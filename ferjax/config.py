@@ -8,7 +8,7 @@ before any work starts, then the config is locked: tasks read its fields directl
 
 Validation, by field:
 - a field named like a component kind (`classifier`, `detector`, ...) names a registered one; its
-  plural (`detectors`) holds several, comma-separated or as a sequence;
+  plural (`detectors`) holds several, comma-separated or as a sequence; `ROLE_loss` names a loss;
 - `X_kwargs` (beside `X`) are arguments of the component `X` names, `X_args` maps names of kind
   `X` to their arguments: both within the bounds the component declared when registered, and so
   are sibling fields named like its factory's parameters (`protocol` beside `dataset`);
@@ -159,6 +159,8 @@ def _component_registry(key: str) -> tuple[registry.Registry | None, bool]:
     """(registry, plural) for a field named like a component kind (`detector`, `detectors`)."""
     if key in COMPONENT_KEYS:
         return COMPONENT_KEYS[key], False
+    if key.endswith("_loss"):  # role-named losses: cycle_loss, identity_loss, ...
+        return registry.LOSSES, False
     if key.endswith("s") and key[:-1] in COMPONENT_KEYS:
         return COMPONENT_KEYS[key[:-1]], True
     return None, False

@@ -30,3 +30,23 @@ def split_host_cpu(num_devices: int | None = None) -> int:
     if n > 1 and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     return max(1, n)
+
+
+def accelerator_present() -> tuple[bool, str]:
+    """Whether JAX will find a GPU or TPU, and why, without starting a JAX backend (so that
+    `split_host_cpu` can still take effect afterwards)."""
+    import importlib.util
+    import shutil
+
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms and not set(platforms.lower().split(",")) - {"cpu", ""}:
+        return False, f"JAX_PLATFORMS={platforms}"
+    plugins = [p for p in ("jax_cuda13_plugin", "jax_cuda12_plugin", "libtpu")
+               if importlib.util.find_spec(p) is not None]
+    gpu = os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+    tpu = os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio")
+    if plugins and (gpu or tpu):
+        return True, f"{plugins[0]} installed and a {'GPU' if gpu else 'TPU'} device present"
+    if not plugins:
+        return False, "no JAX GPU/TPU plugin installed (CPU-only jax)"
+    return False, f"{plugins[0]} installed but no GPU/TPU device found"

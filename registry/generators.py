@@ -11,17 +11,21 @@ from ferjax.registry import GENERATORS
 class ResnetGenerator(nn.Module):
     """CycleGAN's ResNet generator: c7s1 stem, 2 stride-2 downs, residual blocks, 2 ups, tanh.
 
-    Batch norm and dropout inside residual blocks, as in the paper's stable CycleGAN.
+    Batch norm and dropout inside residual blocks, as in the paper's stable CycleGAN;
+    `norm="instance"` uses instance normalisation instead (Zhu et al.).
     """
 
     base: int = 32
     blocks: int = 6
     dropout: float = 0.5
     channels: int = 1
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def norm(y):
+            if self.norm == "instance":
+                return nn.GroupNorm(num_groups=None, group_size=1, use_bias=True, use_scale=True)(y)
             return nn.BatchNorm(use_running_average=not train, momentum=0.9)(y)
 
         y = nn.relu(norm(nn.Conv(self.base, (7, 7))(x)))
@@ -37,6 +41,8 @@ class ResnetGenerator(nn.Module):
 
 
 @GENERATORS.register("resnet")
-def resnet(base: int = 32, blocks: int = 6, dropout: float = 0.5) -> nn.Module:
+def resnet(base: int = 32, blocks: int = 6, dropout: float = 0.5, norm: str = "batch") -> nn.Module:
     """CycleGAN ResNet generator (batch norm, dropout in residual blocks), 48x48 -> 48x48."""
-    return ResnetGenerator(base=base, blocks=blocks, dropout=dropout)
+    if norm not in ("batch", "instance"):
+        raise ValueError(f"generator norm {norm!r}: expected 'batch' or 'instance'")
+    return ResnetGenerator(base=base, blocks=blocks, dropout=dropout, norm=norm)

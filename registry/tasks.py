@@ -16,3 +16,11 @@ def evaluate(config, workdir):
     from ferjax.eval.evaluate_task import evaluate_pretrained
 
     return evaluate_pretrained(config, workdir)
+
+
+@TASKS.register("cyclegan_train")
+def cyclegan_train(config, workdir):
+    """Train a CycleGAN between two FER2013 classes; sample grids per epoch; export the generator."""
+    from ferjax.train.cyclegan_task import cyclegan_train as run
+
+    return run(config, workdir)

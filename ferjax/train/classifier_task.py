@@ -16,7 +16,7 @@ from ferjax.eval.predict import evaluate_split
 from ferjax.registry import CLASSIFIERS, DATASETS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.classifier_steps import create_state, make_steps
-from ferjax.train.loop import fit, restore_best
+from ferjax.train.loop import fit, flat_config, restore_best
 from ferjax.train.schedules import make_optimizer, make_schedule
 
 
@@ -68,7 +68,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return evaluate_split(logits_fn(current_state), val_split, eval_bs, EMOTIONS,
                               config.protocol, "validation")
 
-    state, host = fit(state, train_step, batches, evaluate, tcfg, workdir, mesh)
+    state, host = fit(state, train_step, batches, evaluate, tcfg, workdir, mesh,
+                      run_config=flat_config(config))
     train_seconds = time.perf_counter() - t0
     best = jax.device_put(restore_best(state, workdir, tcfg.select_metric), sharding.replicated(mesh))
     title = f"{config.classifier}"

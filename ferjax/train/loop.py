@@ -8,6 +8,7 @@ metrics to JSON lines and TensorBoard. SIGTERM/SIGINT save a checkpoint before e
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -47,20 +48,27 @@ def first_non_finite(pending: list[tuple[int, dict]]) -> tuple[int, str] | None:
 
 
 def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Callable[[Any], dict],
-        cfg: ml_collections.ConfigDict, workdir: str | Path, mesh) -> tuple[Any, dict]:
+        cfg: ml_collections.ConfigDict, workdir: str | Path, mesh,
+        on_epoch_end: Callable[[Any, int], None] | None = None,
+        run_config: dict | None = None) -> tuple[Any, dict]:
     """Trains until cfg.epochs (or early stopping / cfg.max_steps); returns (state, host_state).
 
-    `evaluate(state)` returns validation metrics including `cfg.select_metric`.
+    `train_step(state, batch) -> (state, metrics)` may return any scalar metrics (all are
+    averaged, logged and shown); `evaluate(state)` returns validation metrics including
+    `cfg.select_metric`; `on_epoch_end(state, epoch)` runs after each epoch (e.g. sample grids).
+    A state with an `lr_scale` field gets reduce-on-plateau's scale. `run_config` (the flattened
+    experiment config) is saved with the checkpoint: resuming under a different one is refused.
     """
     workdir = Path(workdir)
     mode = cfg.select_mode
     ckpt = Checkpointer(workdir / "checkpoints", cfg.select_metric, mode)
     plateau = ReduceOnPlateau(cfg.plateau.factor, cfg.plateau.patience, cfg.plateau.min_scale, mode)
     early = EarlyStopping(cfg.early_stop_patience, mode)
-    host = {"history": [], "finished": False}
+    host = {"history": [], "finished": False, "config": run_config}
     restored = ckpt.restore_latest(state)
     if restored is not None:
         state, host = restored
+        refuse_changed_config(host.get("config"), run_config, workdir)
         plateau = ReduceOnPlateau(**host["plateau"])
         early = EarlyStopping(**host["early"])
         print(f"resumed from step {int(state.step)} in {workdir / 'checkpoints'}", flush=True)
@@ -116,8 +124,9 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
                 check_finite()
                 means = {f"train_{k}": float(v) / count for k, v in sums.items()}
                 rate = count * batches.batch_size / (time.perf_counter() - t_epoch)
-                bar.set_postfix(loss=f"{means['train_loss']:.3f}", acc=f"{means['train_accuracy']:.3f}",
-                                img_s=f"{rate:.0f}")
+                first = sorted(means, key=lambda k: (k not in ("train_loss", "train_accuracy"), k))
+                shown = {k[len("train_"):]: f"{means[k]:.3g}" for k in first[:5]}
+                bar.set_postfix({**shown, "img_s": f"{rate:.0f}"})  # a dict keeps this order
                 writer.write(step, {**means, "images_per_second": rate, "lr_scale": plateau.scale})
             bar.update(1)
             if step % spe == 0:
@@ -134,7 +143,10 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
                 selected = val[f"val_{cfg.select_metric}"]
                 ckpt.save_best(step, state, {cfg.select_metric: selected})
                 scale = plateau.update(selected)
-                state = state.replace(lr_scale=jax.device_put(np.float32(scale), sharding.replicated(mesh)))
+                if hasattr(state, "lr_scale"):
+                    state = state.replace(lr_scale=jax.device_put(np.float32(scale), sharding.replicated(mesh)))
+                if on_epoch_end is not None:
+                    on_epoch_end(state, epoch)
                 if early.update(selected):
                     tqdm.write(f"early stopping at epoch {epoch}: no improvement in "
                                f"{early.patience} epochs (best {cfg.select_metric}={early.best:.4f})")
@@ -160,6 +172,36 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
         for s, h in previous.items():
             signal.signal(s, h)
     return state, host
+
+
+# Fields a resumed run may change: how long it runs, how often it logs and saves.
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.log_every_steps",
+                     "train.checkpoint_every_steps", "train.early_stop_patience", "data.fer2013_path",
+                     "data.tfds_data_dir", "export_to", "export_name", "export_note", "reproduce_command")
+
+
+def flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf, JSON-normalised (tuples become lists), for `run_config`."""
+    flat = {}
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            flat.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return json.loads(json.dumps(flat, default=str))
+
+
+def refuse_changed_config(saved: dict | None, current: dict | None, workdir: Path) -> None:
+    """Raises ValueError naming every field whose value differs from the checkpointed run's."""
+    if not saved or not current:
+        return
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:8])
+        raise ValueError(f"{workdir} holds a run with a different config ({detail}"
+                         f"{', ...' if len(changed) > 8 else ''}); rerun with the same settings to resume, "
+                         f"or choose a new --workdir")
 
 
 def restore_best(state: Any, workdir: str | Path, select_metric: str, mode: str = "max") -> Any:

@@ -1,0 +1,171 @@
+"""CycleGAN state and one jit-compiled, donated step that updates both generators and both
+discriminators (Zhu et al. 2017, with the paper's cycle loss and label flipping).
+
+Domain A is the source class (e.g. neutral), B the target (e.g. disgust); G: A -> B, F: B -> A.
+Images are [N,48,48,1] in [-1, 1]. The step runs over a `data` mesh (state replicated, batch
+split); with one device it is the plain single-device step.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from ferjax.train import sharding
+
+NETS = ("g", "f", "d_a", "d_b")  # G: A->B, F: B->A, D_A judges A, D_B judges B
+
+
+@flax.struct.dataclass
+class CycleGANState:
+    step: jax.Array
+    variables: dict  # NETS -> {"params": ..., "batch_stats": ...}
+    g_opt: Any  # one optimizer over both generators
+    d_opt: Any  # one optimizer over both discriminators
+    pool_a: jax.Array  # past fakes of domain A for D_A (Shrivastava et al.'s image pool)
+    pool_b: jax.Array
+    pool_filled: jax.Array  # how many pool slots hold an image
+
+
+def to_unit(images: jax.Array) -> jax.Array:
+    """uint8-range grey levels 0..255 -> [-1, 1]."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def create_state(generator: nn.Module, discriminator: nn.Module, g_tx: optax.GradientTransformation,
+                 d_tx: optax.GradientTransformation, seed: int, pool_size: int,
+                 image_shape=(48, 48, 1)) -> CycleGANState:
+    keys = jax.random.split(jax.random.key(seed), 4)
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = {}
+    for name, key in zip(NETS, keys):
+        net = generator if name in ("g", "f") else discriminator
+        v = net.init({"params": key, "dropout": key}, x, train=False)
+        variables[name] = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+    params = _params(variables)
+    pool_shape = (max(1, pool_size), *image_shape)
+    return CycleGANState(step=jnp.zeros((), jnp.int32), variables=variables,
+                         g_opt=g_tx.init({k: params[k] for k in ("g", "f")}),
+                         d_opt=d_tx.init({k: params[k] for k in ("d_a", "d_b")}),
+                         pool_a=jnp.zeros(pool_shape, jnp.float32), pool_b=jnp.zeros(pool_shape, jnp.float32),
+                         pool_filled=jnp.zeros((), jnp.int32))
+
+
+def _params(variables: dict) -> dict:
+    return {k: v["params"] for k, v in variables.items()}
+
+
+def query_pool(key: jax.Array, pool: jax.Array, filled: jax.Array, fakes: jax.Array,
+               pool_size: int) -> tuple[jax.Array, jax.Array]:
+    """(images for the discriminator, new pool): while the pool fills, fakes go in and are used;
+    then each fake is, with probability 1/2, swapped for a random stored one (which it replaces)."""
+    if pool_size == 0:
+        return fakes, pool
+
+    def one(carry, inputs):
+        pool, filled = carry
+        k, fake = inputs
+        k_coin, k_idx = jax.random.split(k)
+        idx = jax.random.randint(k_idx, (), 0, pool_size)
+        filling = filled < pool_size
+        swap = jax.random.uniform(k_coin) < 0.5
+        slot = jnp.where(filling, filled, idx)
+        out = jnp.where(~filling & swap, pool[idx], fake)
+        pool = jnp.where(filling | swap, pool.at[slot].set(fake), pool)
+        return (pool, jnp.minimum(filled + 1, pool_size)), out
+
+    keys = jax.random.split(key, fakes.shape[0])
+    (pool, _), out = jax.lax.scan(one, (pool, filled), (keys, fakes))
+    return out, pool
+
+
+def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.GradientTransformation,
+              d_tx: optax.GradientTransformation, cycle_loss: Callable, identity_loss: Callable,
+              adversarial_loss: Callable, cfg: ml_collections.ConfigDict, seed: int, mesh: Mesh):
+    """The jitted train step `(state, {"a": uint8, "b": uint8}) -> (state, metrics)`.
+
+    cfg: lambda_cycle, lambda_identity, flip_labels (discriminator target 1 for generated and 0 for
+    real images; the generators are trained against that convention), pool_size.
+    """
+    base_key = jax.random.key(seed)
+    real_t, fake_t = (0.0, 1.0) if cfg.flip_labels else (1.0, 0.0)
+
+    def apply(net, variables, x, key):
+        out, upd = net.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+        return out, {"params": variables["params"], "batch_stats": upd.get("batch_stats", {})}
+
+    def step(state: CycleGANState, batch: dict):
+        keys = jax.random.split(jax.random.fold_in(base_key, state.step), 8)
+        a, b = to_unit(batch["a"]), to_unit(batch["b"])
+        v = state.variables
+
+        def g_objective(gp):
+            vg = {**v["g"], "params": gp["g"]}
+            vf = {**v["f"], "params": gp["f"]}
+            fake_b, vg = apply(generator, vg, a, keys[0])
+            fake_a, vf = apply(generator, vf, b, keys[1])
+            rec_a, vf = apply(generator, vf, fake_b, keys[2])
+            rec_b, vg = apply(generator, vg, fake_a, keys[3])
+            same_b, vg = apply(generator, vg, b, keys[4])
+            same_a, vf = apply(generator, vf, a, keys[5])
+            # The discriminators judge in training mode; their statistics are not updated here.
+            d_fake_b = discriminator.apply(v["d_b"], fake_b, train=True, mutable=["batch_stats"])[0]
+            d_fake_a = discriminator.apply(v["d_a"], fake_a, train=True, mutable=["batch_stats"])[0]
+            adv = adversarial_loss(d_fake_b, real_t) + adversarial_loss(d_fake_a, real_t)
+            cyc = cycle_loss(rec_a, a) + cycle_loss(rec_b, b)
+            idt = identity_loss(same_a, a) + identity_loss(same_b, b)
+            total = adv + cfg.lambda_cycle * cyc + cfg.lambda_identity * idt
+            aux = {"fake_a": fake_a, "fake_b": fake_b, "g": vg, "f": vf,
+                   "metrics": {"g_adv": adv, "cycle": cyc, "identity": idt}}
+            return total, aux
+
+        gp = {k: v[k]["params"] for k in ("g", "f")}
+        (g_loss, aux), g_grads = jax.value_and_grad(g_objective, has_aux=True)(gp)
+        g_updates, g_opt = g_tx.update(g_grads, state.g_opt, gp)
+        gp = optax.apply_updates(gp, g_updates)
+
+        fake_a, pool_a = query_pool(keys[6], state.pool_a, state.pool_filled,
+                                    jax.lax.stop_gradient(aux["fake_a"]), cfg.pool_size)
+        fake_b, pool_b = query_pool(keys[7], state.pool_b, state.pool_filled,
+                                    jax.lax.stop_gradient(aux["fake_b"]), cfg.pool_size)
+
+        def d_objective(dp):
+            losses, new = {}, {}
+            for name, real, fake in (("d_a", a, fake_a), ("d_b", b, fake_b)):
+                vd = {**v[name], "params": dp[name]}
+                d_real, upd = discriminator.apply(vd, real, train=True, mutable=["batch_stats"])
+                vd = {**vd, "batch_stats": upd.get("batch_stats", {})}
+                d_fake, upd = discriminator.apply(vd, fake, train=True, mutable=["batch_stats"])
+                new[name] = {"params": dp[name], "batch_stats": upd.get("batch_stats", {})}
+                losses[name] = 0.5 * (adversarial_loss(d_real, real_t) + adversarial_loss(d_fake, fake_t))
+            return losses["d_a"] + losses["d_b"], (new, losses)
+
+        dp = {k: v[k]["params"] for k in ("d_a", "d_b")}
+        (d_loss, (new_d, d_losses)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(dp)
+        d_updates, d_opt = d_tx.update(d_grads, state.d_opt, dp)
+        dp = optax.apply_updates(dp, d_updates)
+
+        variables = {"g": {**aux["g"], "params": gp["g"]}, "f": {**aux["f"], "params": gp["f"]},
+                     "d_a": {**new_d["d_a"], "params": dp["d_a"]},
+                     "d_b": {**new_d["d_b"], "params": dp["d_b"]}}
+        new_state = state.replace(
+            step=state.step + 1, variables=variables, g_opt=g_opt, d_opt=d_opt, pool_a=pool_a,
+            pool_b=pool_b, pool_filled=jnp.minimum(state.pool_filled + a.shape[0], max(1, cfg.pool_size)))
+        metrics = {"loss": g_loss + d_loss, "g_loss": g_loss, "d_loss": d_loss, **aux["metrics"],
+                   "d_a": d_losses["d_a"], "d_b": d_losses["d_b"],
+                   "grad_norm": optax.tree.norm((g_grads, d_grads))}
+        return new_state, metrics
+
+    rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def translate(generator: nn.Module, variables: dict, images: jax.Array) -> jax.Array:
+    """Generator output for uint8-range images, in [-1, 1] (inference mode: running statistics)."""
+    return generator.apply(variables, to_unit(images), train=False)

@@ -1,0 +1,175 @@
+"""Train a CycleGAN between two FER2013 classes (Training split only), in the generic loop.
+
+An epoch is one pass over the source class in a shuffled order; each source batch is paired with
+target-class images drawn at random (with replacement), seeded by the step so a resumed run sees
+the same pairs. After each epoch a sample grid on fixed inputs is written; at the end the
+source->target generator is exported for balancing (`generator/generator.{json,msgpack}`).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import dm_pix as pix
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ferjax.data.fer2013 import EMOTIONS
+from ferjax.data.pipeline import TrainBatches
+from ferjax.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
+from ferjax.train import sharding
+from ferjax.train.cyclegan_steps import create_state, make_step, to_unit
+from ferjax.train.loop import fit, flat_config
+from ferjax.train.schedules import make_optimizer, make_schedule
+
+
+class PairedBatches:
+    """Source batches in shuffled epochs, each with random target images; resumable by step."""
+
+    def __init__(self, source: np.ndarray, target: np.ndarray, batch_size: int, seed: int):
+        self._source = TrainBatches({"a": source}, batch_size, seed)
+        self._target, self._seed = target, seed
+        self.batch_size = batch_size
+        self.steps_per_epoch = self._source.steps_per_epoch
+
+    def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        for step, batch in enumerate(self._source.iterate(start_step), start_step):
+            idx = np.random.default_rng((self._seed, step)).integers(0, len(self._target), self.batch_size)
+            yield {"a": batch["a"], "b": self._target[idx]}
+
+
+def class_index(name: str, field: str) -> int:
+    """Index of an emotion by name; unknown names list close matches."""
+    if name not in EMOTIONS:
+        close = difflib.get_close_matches(name, EMOTIONS, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"config.{field}={name!r} is not a FER2013 class.{hint} "
+                         f"Classes: {', '.join(EMOTIONS)}")
+    return EMOTIONS.index(name)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Writes a PNG atomically (temporary file, then rename)."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+
+
+def sample_grid(rows: list[np.ndarray], scale: int = 2) -> np.ndarray:
+    """Stacks rows of [N,48,48,1] images in [-1, 1] into one uint8 grid image."""
+    lines = [np.concatenate(list(np.clip((r[..., 0] + 1) * 127.5, 0, 255).round().astype(np.uint8)), 1)
+             for r in rows]
+    grid = np.concatenate(lines, 0)
+    return cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+
+def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config.generator` / `config.discriminator` from `source_class` to `target_class`."""
+    t0 = time.perf_counter()
+    print(f"{config.name}: profile {config.profile} ({config.profile_reason})", flush=True)
+    src_idx = class_index(config.source_class, "source_class")
+    tgt_idx = class_index(config.target_class, "target_class")
+    if src_idx == tgt_idx:
+        raise ValueError(f"config.source_class and config.target_class are both {config.source_class!r}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tcfg = config.train
+    data = DATASETS.create(config.dataset, cfg=config.data, protocol="original")["train"]
+    source = data["image"][data["label"] == src_idx]
+    target = data["image"][data["label"] == tgt_idx]
+    for name, imgs in ((config.source_class, source), (config.target_class, target)):
+        if len(imgs) < tcfg.batch_size:
+            raise ValueError(f"class {name!r} has {len(imgs)} Training images, fewer than "
+                             f"train.batch_size={tcfg.batch_size}; choose another class or a smaller batch")
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    generator = GENERATORS.create(config.generator, **config.generator_kwargs)
+    discriminator = DISCRIMINATORS.create(config.discriminator, **config.discriminator_kwargs)
+    batches = PairedBatches(source, target, tcfg.batch_size, tcfg.seed)
+    g_tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
+    d_tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
+    devices = tcfg.num_devices or jax.device_count()
+    mesh = sharding.data_mesh(devices if tcfg.batch_size % devices == 0 else 1)
+    state = create_state(generator, discriminator, g_tx, d_tx, tcfg.seed, config.gan.pool_size)
+    step = make_step(generator, discriminator, g_tx, d_tx, LOSSES.create(config.cycle_loss),
+                     LOSSES.create(config.identity_loss), LOSSES.create(config.adversarial_loss),
+                     config.gan, tcfg.seed, mesh)
+
+    rng = np.random.default_rng(1234)  # fixed sample inputs (Training images only)
+    fixed_a = source[rng.choice(len(source), min(8, len(source)), replace=False)]
+    fixed_b = target[rng.choice(len(target), min(8, len(target)), replace=False)]
+    probe_a = source[rng.choice(len(source), min(256, len(source)), replace=False)]
+    probe_b = target[rng.choice(len(target), min(256, len(target)), replace=False)]
+
+    @jax.jit
+    def translate_both(variables, a, b):
+        run = lambda n, x: generator.apply(variables[n], x, train=False)
+        xa, xb = to_unit(a), to_unit(b)
+        fake_b, fake_a = run("g", xa), run("f", xb)
+        return {"a": xa, "g_a": fake_b, "fg_a": run("f", fake_b), "b": xb, "f_b": fake_a,
+                "gf_b": run("g", fake_a), "id_a": run("f", xa), "id_b": run("g", xb)}
+
+    def evaluate(current) -> dict:
+        """Cycle and identity SSIM on fixed Training images (no test data)."""
+        v = jax.device_get(current.variables)
+        out = translate_both(v, probe_a, probe_b)
+        ssim = lambda x, y: float(jnp.mean(pix.ssim(x, y, max_val=2.0)))
+        return {"cycle_ssim": (ssim(out["fg_a"], out["a"]) + ssim(out["gf_b"], out["b"])) / 2,
+                "identity_ssim": (ssim(out["id_a"], out["a"]) + ssim(out["id_b"], out["b"])) / 2}
+
+    samples = workdir / "samples"
+    samples.mkdir(exist_ok=True)
+
+    def on_epoch_end(current, epoch: int) -> None:
+        out = jax.device_get(translate_both(jax.device_get(current.variables), fixed_a, fixed_b))
+        grid = sample_grid([out[k] for k in ("a", "g_a", "fg_a", "b", "f_b", "gf_b")])
+        write_png(samples / f"epoch_{epoch:03d}.png", grid)
+        write_png(samples / "latest.png", grid)
+
+    state, host = fit(state, step, batches, evaluate, tcfg, workdir, mesh, on_epoch_end=on_epoch_end,
+                      run_config=flat_config(config))
+    export_dir = export_generator(jax.device_get(state), config, workdir / "generator")
+    final = host["history"][-1] if host["history"] else {}
+    summary = {"experiment": config.name, "profile": config.profile,
+               "source_class": config.source_class, "target_class": config.target_class,
+               "source_images": int(len(source)), "target_images": int(len(target)),
+               "epochs_run": len(host["history"]), "steps": int(state.step),
+               "wall_seconds": round(time.perf_counter() - t0, 1),
+               "train_seconds": round(sum(h["epoch_seconds"] for h in host["history"]), 1),
+               "cycle_ssim": final.get("val_cycle_ssim"), "identity_ssim": final.get("val_identity_ssim"),
+               "generator": str(export_dir), "samples": str(samples / "latest.png")}
+    (workdir / "report.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def export_generator(state, config: ml_collections.ConfigDict, out: Path) -> Path:
+    """Writes the source->target generator as `generator.msgpack` + `generator.json` (atomically:
+    a temporary folder renamed into place)."""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "generator.msgpack").write_bytes(flax.serialization.to_bytes(state.variables["g"]))
+    meta = {"generator": config.generator, "generator_kwargs": config.generator_kwargs.to_dict(),
+            "source_class": config.source_class, "target_class": config.target_class,
+            "step": int(state.step), "image_size": 48, "experiment": config.name}
+    (tmp / "generator.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        os.replace(tmp, out)
+    return out
