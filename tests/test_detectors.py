@@ -131,7 +131,7 @@ layer { name: "det" type: "Convolution" bottom: "pool" top: "det" convolution_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ssd_resnet10", "yunet", "mtcnn"])
+@pytest.mark.parametrize("name", ["haar", "ssd_resnet10", "yunet", "mtcnn"])
 def test_issue_targets_on_every_frame(name):
     """The issue's targets on whole videos: face in >= 95% of frames, cartoon < 5%."""
     det = _make(name)

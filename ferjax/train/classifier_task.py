@@ -45,7 +45,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tcfg = config.train
     data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
     model = CLASSIFIERS.create_accepting(config.classifier, classifier_kwargs(config))
-    loss_fn = LOSSES.create(config.loss, **config.loss_kwargs)
+    loss_fn = LOSSES.create_accepting(config.loss, config.loss_kwargs)
     mesh = sharding.data_mesh(tcfg.num_devices or None)
     for key in ("batch_size", "eval_batch_size"):
         if tcfg[key] % mesh.size:
