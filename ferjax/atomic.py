@@ -23,6 +23,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def refuse_existing(final: Path, overwrite: bool = False) -> None:
+    """Raises FileExistsError when `final` is a file or a non-empty folder and `overwrite` is off."""
+    if final.exists() and not overwrite and (final.is_file() or any(final.iterdir())):
+        raise FileExistsError(f"{final} already exists; choose another output folder, delete it, "
+                              f"or allow overwriting it")
+
+
 @contextlib.contextmanager
 def atomic_folder(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yields a temporary folder beside `final`; on a clean exit its files are fsynced and it is
@@ -31,9 +38,7 @@ def atomic_folder(final: str | os.PathLike, overwrite: bool = False) -> Iterator
     An existing non-empty `final` without `overwrite` is refused before anything is written.
     """
     final = Path(final)
-    if final.exists() and not overwrite and (final.is_file() or any(final.iterdir())):
-        raise FileExistsError(f"{final} already exists; choose another output folder, delete it, "
-                              f"or allow overwriting it")
+    refuse_existing(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:

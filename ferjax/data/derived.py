@@ -357,6 +357,14 @@ class DerivedBuilder:
         """The derived splits as they stand (what `load` will return once written)."""
         return apply(self.base_splits, self.entries, self._added_array(), "builder")
 
+    def base_examples(self, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, images) of the base Training examples that now carry `label` (not removed, not added)."""
+        train = self.base_splits["train"]
+        position = {int(r): i for i, r in enumerate(_rows(train))}
+        rows = np.asarray([e.base_row for e in self._entries
+                           if e.action in ("kept", "relabeled") and e.label == label], np.int64)
+        return rows, np.asarray(train["image"])[[position[r] for r in rows]]
+
     def _added_array(self) -> np.ndarray:
         shape = self.base_splits["train"]["image"].shape[1:]
         return np.stack(self._added_images) if self._added_images else np.zeros((0, *shape), np.uint8)
