@@ -24,3 +24,11 @@ def cyclegan_train(config, workdir):
     from ferjax.train.cyclegan_task import cyclegan_train as run
 
     return run(config, workdir)
+
+
+@TASKS.register("balance")
+def balance(config, workdir):
+    """Translate one Training class into another with a generator and write a derived dataset."""
+    from ferjax.data.balance_task import balance as run
+
+    return run(config, workdir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import gzip
 import hashlib
 import io
@@ -40,6 +41,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CARVE_SEED, CARVE_FRACTION = 0, 0.1  # validation carved from train in image folders without one
 READER_VERSION = 2  # part of content_hash: bump when the same files would give other records
 KAGGLE_URL = "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data"
+
+
+def class_index(name: str) -> int:
+    """Index of an expression class name in `EMOTIONS` (any case); unknown names raise with close matches."""
+    key = str(name).strip().lower()
+    if key not in EMOTIONS:
+        close = difflib.get_close_matches(key, EMOTIONS, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown class {name!r}.{hint} Classes: {', '.join(EMOTIONS)}")
+    return EMOTIONS.index(key)
 
 
 class FER2013FormatError(ValueError):

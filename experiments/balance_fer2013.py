@@ -1,0 +1,33 @@
+"""Balance FER2013's Training split with a generator (CycleGAN neutral -> disgust) into a derived dataset.
+
+    python -m ferjax.run --experiment=balance_fer2013 --config.generator_checkpoint=DIR
+
+DIR holds generator.json and generator.msgpack (ferjax.train.generator_export). Source-class
+Training images, each at most once, are translated until the target class has `target_count`
+examples (0: the median Training class size). Train on the result with
+`--config.dataset=derived --config.data.derived_dir=OUT` in any classifier experiment. To balance
+a curated set, set `dataset=derived` and `data.derived_dir` to it here too.
+"""
+import ml_collections
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    if variant:
+        raise ValueError(f"balance_fer2013 has no variants (got {variant!r})")
+    c = ml_collections.ConfigDict()
+    c.name = "balance_fer2013"
+    c.task = "balance"
+    c.dataset = "fer2013"  # the base: any registered dataset (`derived` for a curated set)
+    c.protocol = "original"
+    c.data = ml_collections.ConfigDict({
+        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0,
+        "derived_dir": ""})
+    c.generator_checkpoint = ""  # folder with generator.json + generator.msgpack
+    c.source_class = "neutral"
+    c.target_class = "disgust"
+    c.target_count = 0  # examples of target_class afterwards; 0: the median Training class size
+    c.batch_size = 64  # images per generator call
+    c.seed = 0  # which source images are translated
+    c.out_dir = ""  # default: WORKDIR/dataset
+    c.overwrite = False
+    return c

@@ -1,0 +1,123 @@
+"""Balance one class of the Training split with images a generator translates from another class.
+
+Writes a derived dataset (ferjax.data.derived): the base plus `target_count - current` generated
+examples of the target class, each with `source=generated`, the base row of the image it was
+translated from and the generator checkpoint folder. Every input is checked before any image is
+translated: class names, the generator folder and its architecture, the counts.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from ferjax.atomic import refuse_existing
+from ferjax.data.derived import DerivedBuilder
+from ferjax.data.fer2013 import EMOTIONS, class_index
+from ferjax.train.generator_export import load_generator, read_meta, to_uint8, to_unit
+
+
+def _command() -> str:
+    """The `python -m ferjax.run ...` line that is running, for the manifest."""
+    if sys.argv and Path(sys.argv[0]).name in ("run.py", "ferjax"):
+        return shlex.join(["python", "-m", "ferjax.run", *sys.argv[1:]])
+    return "(called from Python: " + shlex.join(sys.argv) + ")"
+
+
+def _check_classes(config: ml_collections.ConfigDict, meta: dict) -> tuple[int, int]:
+    try:
+        src, tgt = class_index(config.source_class), class_index(config.target_class)
+    except ValueError as e:
+        raise ValueError(f"--config.source_class / --config.target_class: {e}") from None
+    if src == tgt:
+        raise ValueError(f"source_class and target_class are both {EMOTIONS[src]!r}; choose two classes")
+    have = (class_index(meta["source_class"]), class_index(meta["target_class"]))
+    if have != (src, tgt):
+        raise ValueError(
+            f"the generator in {config.generator_checkpoint} translates {EMOTIONS[have[0]]} -> "
+            f"{EMOTIONS[have[1]]}, the config asks for {EMOTIONS[src]} -> {EMOTIONS[tgt]}: pass "
+            f"--config.source_class={EMOTIONS[have[0]]} --config.target_class={EMOTIONS[have[1]]} or "
+            f"another generator checkpoint")
+    return src, tgt
+
+
+def _planned(config: ml_collections.ConfigDict, counts: np.ndarray, n_sources: int,
+             src: int, tgt: int) -> tuple[int, int]:
+    """(target_count, images to generate), refusing counts that cannot be met."""
+    median = int(round(float(np.median(counts))))
+    target = config.target_count or median
+    have = int(counts[tgt])
+    if n_sources == 0:
+        raise ValueError(f"source class {EMOTIONS[src]!r} has no Training examples in dataset "
+                         f"{config.dataset!r}; choose another --config.source_class")
+    if target < have:
+        raise ValueError(f"--config.target_count={target} is below the current count {have} of "
+                         f"{EMOTIONS[tgt]!r}; set it to at least {have} (0: the median class size, {median})")
+    if target - have > n_sources:
+        raise ValueError(f"--config.target_count={target} needs {target - have} generated images but "
+                         f"{EMOTIONS[src]!r} has {n_sources} Training images (each is translated at "
+                         f"most once); set it to at most {have + n_sources}")
+    return target, target - have
+
+
+def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Translates source-class Training images into the target class up to `target_count` and
+    writes the derived dataset to `out_dir` (default WORKDIR/dataset)."""
+    t0 = time.perf_counter()
+    if not config.generator_checkpoint:
+        raise ValueError("set --config.generator_checkpoint=DIR, a folder holding generator.json and "
+                         "generator.msgpack (exported by a CycleGAN run)")
+    meta = read_meta(config.generator_checkpoint)
+    src, tgt = _check_classes(config, meta)
+    generator = load_generator(config.generator_checkpoint)
+    out_dir = Path(config.out_dir or Path(workdir) / "dataset")
+    try:
+        refuse_existing(out_dir, config.overwrite)
+    except FileExistsError as e:
+        raise ValueError(f"{e} (--config.out_dir=DIR, --config.overwrite=True)") from None
+    builder = DerivedBuilder(config.dataset, config.data, config.protocol)
+    shape = builder.base_splits["train"]["image"].shape[1:]
+    size = meta["image_size"]
+    if shape != (size, size, 1):
+        raise ValueError(f"the generator takes {size}x{size}x1 images (generator.json image_size), the "
+                         f"dataset has {'x'.join(map(str, shape))}")
+    labels = builder.splits()["train"]["label"]
+    counts = np.bincount(labels, minlength=len(EMOTIONS))
+    rows, images = builder.base_examples(src)
+    target, need = _planned(config, counts, len(rows), src, tgt)
+
+    pick = np.sort(np.random.default_rng(config.seed).choice(len(rows), need, replace=False))
+    apply = jax.jit(lambda v, x: generator.model.apply(v, x, train=False))
+    bs = config.batch_size
+    out = []
+    t1 = time.perf_counter()
+    for start in tqdm(range(0, need, bs), desc=f"{EMOTIONS[src]} -> {EMOTIONS[tgt]}", unit="batch"):
+        batch = images[pick[start:start + bs]]
+        padded = np.concatenate([batch, np.zeros((bs - len(batch), *shape), np.uint8)])  # one shape
+        out.append(to_uint8(apply(generator.variables, to_unit(padded)))[:len(batch)])
+    translate_seconds = time.perf_counter() - t1
+    generated = np.concatenate(out) if out else np.zeros((0, *shape), np.uint8)
+    ckpt = str(generator.path.resolve())
+    builder.add(generated, [tgt] * need, source="generated", base_rows=rows[pick],
+                reason=f"{meta['generator']} generator {EMOTIONS[src]}->{EMOTIONS[tgt]} (step {meta['step']})",
+                generator_checkpoint=ckpt)
+    info = {"balance": {"source_class": EMOTIONS[src], "target_class": EMOTIONS[tgt],
+                        "target_count": target, "generated": need, "seed": config.seed,
+                        "generator_checkpoint": ckpt, "generator": meta},
+            "config": config.to_dict()}
+    builder.write(out_dir, _command(), info, overwrite=config.overwrite)
+    after = builder.counts()["train_per_class_after"]
+    return {"experiment": config.name, "output": str(out_dir), "generator_checkpoint": ckpt,
+            "source_class": EMOTIONS[src], "target_class": EMOTIONS[tgt], "target_count": target,
+            "generated": need,
+            "train_per_class_before": {n: int(c) for n, c in zip(EMOTIONS, counts)},
+            "train_per_class_after": after,
+            "translate_seconds": round(translate_seconds, 2),
+            "wall_seconds": round(time.perf_counter() - t0, 2),
+            "train_with": f"--config.dataset=derived --config.data.derived_dir={out_dir}"}

@@ -1,0 +1,142 @@
+"""A trained image-to-image generator as a folder other stages read (balancing, quality reports).
+
+The folder holds `generator.json` ({"generator": registered name, "generator_kwargs": {...},
+"source_class", "target_class", "step", "image_size"}) and `generator.msgpack`
+(`flax.serialization.to_bytes({"params": ..., "batch_stats": ...})`) of the source -> target
+generator, which maps [N, S, S, 1] float images in [-1, 1] (pixel p -> p / 127.5 - 1) to [-1, 1]
+and is applied as `model.apply(variables, x, train=False)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ferjax.atomic import atomic_folder
+from ferjax.data.fer2013 import class_index
+from ferjax.registry import GENERATORS
+
+META, WEIGHTS = "generator.json", "generator.msgpack"
+COLLECTIONS = ("params", "batch_stats")
+_FIELDS = {"generator": str, "generator_kwargs": dict, "source_class": str, "target_class": str,
+           "step": int, "image_size": int}
+
+
+class GeneratorCheckpointError(ValueError):
+    """A generator folder is missing, incomplete, or does not match its declared architecture."""
+
+
+@dataclasses.dataclass
+class Generator:
+    model: Any
+    variables: Any
+    meta: dict
+    path: Path
+
+
+def to_unit(images_uint8: np.ndarray) -> jax.Array:
+    """Pixels 0..255 -> floats in [-1, 1] (p / 127.5 - 1)."""
+    return jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(images: jax.Array) -> np.ndarray:
+    """Floats in [-1, 1] -> pixels 0..255, rounded and clipped."""
+    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def export_generator(out_dir: str | os.PathLike, generator: str, generator_kwargs: dict,
+                     variables: Any, source_class: str, target_class: str, step: int,
+                     image_size: int = 48, overwrite: bool = False) -> Path:
+    """Writes the folder atomically (both files appear together or not at all)."""
+    meta = {"generator": generator, "generator_kwargs": dict(generator_kwargs),
+            "source_class": source_class, "target_class": target_class, "step": int(step),
+            "image_size": int(image_size)}
+    _check_meta(meta, Path(out_dir) / META)
+    state = {k: v for k, v in flax.serialization.to_state_dict(jax.device_get(variables)).items()
+             if k in COLLECTIONS}
+    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
+        (tmp / WEIGHTS).write_bytes(flax.serialization.to_bytes(state))
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+    return Path(out_dir)
+
+
+def _check_meta(meta: Any, path: Path) -> dict:
+    if not isinstance(meta, dict):
+        raise GeneratorCheckpointError(f"{path}: expected a JSON object with keys {sorted(_FIELDS)}")
+    for key, kind in _FIELDS.items():
+        if key not in meta:
+            raise GeneratorCheckpointError(f"{path}: missing key {key!r}; expected keys {sorted(_FIELDS)}")
+        if not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
+            raise GeneratorCheckpointError(f"{path}: {key}={meta[key]!r} should be a {kind.__name__}")
+    for key in ("source_class", "target_class"):
+        try:
+            class_index(meta[key])
+        except ValueError as e:
+            raise GeneratorCheckpointError(f"{path}: {key}: {e}") from None
+    return meta
+
+
+def read_meta(ckpt_dir: str | os.PathLike) -> dict:
+    """The checked `generator.json` of a generator folder (cheap: no weights read)."""
+    ckpt_dir = Path(ckpt_dir).expanduser()
+    if not ckpt_dir.is_dir():
+        raise GeneratorCheckpointError(
+            f"generator checkpoint folder {ckpt_dir} does not exist; set --config.generator_checkpoint "
+            f"to a folder holding {META} and {WEIGHTS} (exported by a CycleGAN run)")
+    for name in (META, WEIGHTS):
+        if not (ckpt_dir / name).is_file():
+            raise GeneratorCheckpointError(f"{ckpt_dir} has no {name}; a generator checkpoint folder "
+                                           f"holds {META} and {WEIGHTS}")
+    try:
+        meta = json.loads((ckpt_dir / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeneratorCheckpointError(f"{ckpt_dir / META} is not valid JSON: {e}") from None
+    return _check_meta(meta, ckpt_dir / META)
+
+
+def _tree_differences(template: dict, state: dict) -> list[str]:
+    want = traverse_util.flatten_dict(template, sep="/")
+    got = traverse_util.flatten_dict(state, sep="/")
+    diffs = [f"missing {k} {list(v.shape)}" for k, v in want.items() if k not in got]
+    diffs += [f"unexpected {k} {list(np.shape(v))}" for k, v in got.items() if k not in want]
+    diffs += [f"{k}: shape {list(np.shape(got[k]))}, the architecture has {list(v.shape)}"
+              for k, v in want.items() if k in got and tuple(np.shape(got[k])) != tuple(v.shape)]
+    return diffs
+
+
+def load_generator(ckpt_dir: str | os.PathLike) -> Generator:
+    """The model and variables of a generator folder; refuses weights whose tree or shapes differ
+    from `GENERATORS.create(generator, **generator_kwargs)`, naming the first differences."""
+    ckpt_dir = Path(ckpt_dir).expanduser()
+    meta = read_meta(ckpt_dir)
+    try:
+        model = GENERATORS.create(meta["generator"], **meta["generator_kwargs"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise GeneratorCheckpointError(f"{ckpt_dir / META}: generator {meta['generator']!r} with "
+                                       f"kwargs {meta['generator_kwargs']}: {e}") from None
+    size = meta["image_size"]
+    template = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, size, size, 1), jnp.float32), train=False))
+    template = {k: v for k, v in flax.serialization.to_state_dict(template).items() if k in COLLECTIONS}
+    try:
+        state = flax.serialization.msgpack_restore((ckpt_dir / WEIGHTS).read_bytes())
+    except Exception as e:  # msgpack raises several unrelated types for damaged bytes
+        raise GeneratorCheckpointError(f"{ckpt_dir / WEIGHTS} is not a flax msgpack file: "
+                                       f"{type(e).__name__}: {e}") from None
+    diffs = _tree_differences(template, state if isinstance(state, dict) else {})
+    if diffs:
+        more = f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else ""
+        raise GeneratorCheckpointError(
+            f"{ckpt_dir / WEIGHTS} does not match generator {meta['generator']!r} with kwargs "
+            f"{meta['generator_kwargs']} from {META}: {'; '.join(diffs[:6])}{more}. Export the weights "
+            f"with the generator_kwargs they were trained with")
+    variables = jax.tree.map(jnp.asarray, flax.serialization.from_state_dict(template, state))
+    return Generator(model, variables, meta, ckpt_dir)

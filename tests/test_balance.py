@@ -1,0 +1,188 @@
+"""balance_fer2013: a tiny randomly initialised `resnet` generator exported in the checkpoint
+contract balances the synthetic FER2013; bad input fails before any work; a classifier trains on
+the result by configuration."""
+from __future__ import annotations
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from ferjax import config as cfg_lib
+from ferjax.data import balance_task
+from ferjax.data.derived import DerivedBuilder
+from ferjax.registry import DATASETS, GENERATORS
+from ferjax.train.generator_export import GeneratorCheckpointError, export_generator
+
+KWARGS = {"base": 8, "blocks": 1}
+NEUTRAL, DISGUST = 6, 1
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory):
+    model = GENERATORS.create("resnet", **KWARGS)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    return export_generator(tmp_path_factory.mktemp("gen") / "g", "resnet", KWARGS, variables,
+                            "neutral", "disgust", step=7)
+
+
+@pytest.fixture(scope="module")
+def data_args(synthetic_csv, tfds_dir):
+    return [f"data.fer2013_path={synthetic_csv}", f"data.tfds_data_dir={tfds_dir}"]
+
+
+@pytest.fixture(scope="module")
+def balanced(generator_dir, data_args, tmp_path_factory):
+    """The command line run: 160 Training rows, disgust 23, neutral 22; target_count 40."""
+    wd = tmp_path_factory.mktemp("balance")
+    proc = run_cli("--experiment=balance_fer2013", f"--config.generator_checkpoint={generator_dir}",
+                   "--config.target_count=40", "--config.batch_size=8", f"--workdir={wd}",
+                   *(f"--config.{a}" for a in data_args))
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1]), wd / "dataset"
+
+
+def test_balance_writes_generated_examples_with_provenance(balanced, generator_dir, data_args):
+    proc, summary, out = balanced
+    assert "neutral -> disgust" in proc.stderr and "batch" in proc.stderr  # the progress bar
+    assert summary["output"] == str(out) and summary["generated"] == 17
+    assert summary["train_per_class_before"]["disgust"] == 23
+    assert summary["train_per_class_after"]["disgust"] == 40
+    assert summary["train_per_class_after"]["neutral"] == summary["train_per_class_before"]["neutral"] == 22
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"].startswith("python -m ferjax.run --experiment=balance_fer2013")
+    assert manifest["info"]["balance"]["generator"]["step"] == 7
+    with open(out / "provenance.csv", newline="") as f:
+        gen = [r for r in csv.DictReader(f) if r["action"] == "added"]
+    assert len(gen) == 17 and {r["source"] for r in gen} == {"generated"}
+    assert {r["generator_checkpoint"] for r in gen} == {str(generator_dir.resolve())}
+    rows = [int(r["base_row"]) for r in gen]
+    assert len(set(rows)) == 17 and all(r % 7 == NEUTRAL and r < 160 for r in rows)  # Training neutral rows
+    assert {r["original_label"] for r in gen} == {"neutral"} and {r["label"] for r in gen} == {"disgust"}
+
+    # The images are the generator's output on those rows, computed here independently.
+    cfg = cfg_lib.build("fer2013_vgg:tiny", [*data_args, "dataset=derived", f"data.derived_dir={out}",
+                                             "data.limit_per_split=0"])
+    base = DATASETS.create("fer2013", cfg=cfg.data, protocol="original")["train"]
+    train = DATASETS.create("derived", cfg=cfg.data, protocol="original")["train"]
+    model = GENERATORS.create("resnet", **KWARGS)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    src = base["image"][np.searchsorted(base["row"], rows)].astype(np.float32) / 127.5 - 1
+    want = np.clip(np.round((np.asarray(model.apply(variables, src, train=False)) + 1) * 127.5), 0, 255)
+    got = train["image"][-17:].astype(np.float32)
+    assert np.abs(got - want).max() <= 1  # batch 8 vs 17 at once: float rounding may differ by 1
+    assert (got == want).mean() > 0.99
+
+
+@pytest.mark.slow  # ~30 s here, mostly compiling vgg_small; the data side is covered above
+def test_classifier_trains_on_derived_by_configuration(balanced, data_args, tmp_path):
+    _, _, out = balanced
+    proc = run_cli("--experiment=fer2013_vgg:tiny", "--config.dataset=derived",
+                   f"--config.data.derived_dir={out}", *(f"--config.{a}" for a in data_args),
+                   "--config.train.max_steps=2", "--config.train.epochs=1", f"--workdir={tmp_path}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["test_report"]["n"] == 64
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["derived_dir"] == str(out)
+
+
+def _config(generator_dir, data_args, tmp_path, *extra):
+    return cfg_lib.build("balance_fer2013", [f"generator_checkpoint={generator_dir}", *data_args,
+                                             f"out_dir={tmp_path / 'out'}", *extra])
+
+
+@pytest.fixture
+def no_data_loaded(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("the data were loaded before the input was checked")
+
+    monkeypatch.setattr(balance_task, "DerivedBuilder", fail)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["source_class=neutrl"], r"unknown class 'neutrl'. Did you mean: neutral"),
+    (["target_class=disgst"], r"unknown class 'disgst'. Did you mean: disgust"),
+    (["target_class=fear"], r"translates neutral -> disgust, the config asks for neutral -> fear: "
+                            r"pass --config.source_class=neutral --config.target_class=disgust"),
+])
+def test_bad_class_names_fail_before_loading_data(extra, message, generator_dir, data_args, tmp_path,
+                                                  no_data_loaded):
+    with pytest.raises(ValueError, match=message):
+        balance_task.balance(_config(generator_dir, data_args, tmp_path, *extra), str(tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_generator_checkpoints_fail_before_loading_data(generator_dir, data_args, tmp_path,
+                                                            no_data_loaded):
+    import shutil
+
+    def run(folder):
+        balance_task.balance(_config(folder, data_args, tmp_path), str(tmp_path))
+
+    with pytest.raises(GeneratorCheckpointError, match="does not exist; set --config.generator_checkpoint"):
+        run(tmp_path / "missing")
+    wrong = tmp_path / "wrong"
+    shutil.copytree(generator_dir, wrong)
+    meta = json.loads((wrong / "generator.json").read_text())
+    (wrong / "generator.json").write_text(json.dumps({**meta, "generator_kwargs": {"base": 16, "blocks": 1}}))
+    with pytest.raises(GeneratorCheckpointError,
+                       match=r"does not match generator 'resnet' with kwargs \{'base': 16, 'blocks': 1\}.*"
+                             r"BatchNorm_0/mean: shape \[8\], the architecture has \[16\]"):
+        run(wrong)
+    (wrong / "generator.json").write_text(json.dumps({**meta, "generator_kwargs": {"base": 8, "blocks": 2}}))
+    with pytest.raises(GeneratorCheckpointError, match=r"missing batch_stats/BatchNorm_7/mean \[16\]"):
+        run(wrong)
+    (wrong / "generator.json").write_text(json.dumps({**meta, "generator": "resnett"}))
+    with pytest.raises(Exception, match="Did you mean: resnet"):
+        run(wrong)
+    (wrong / "generator.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "step"}))
+    with pytest.raises(GeneratorCheckpointError, match="missing key 'step'"):
+        run(wrong)
+    (wrong / "generator.json").write_text(json.dumps(meta))
+    (wrong / "generator.msgpack").write_bytes(b"\x00not msgpack")
+    with pytest.raises(GeneratorCheckpointError, match="is not a flax msgpack file"):
+        run(wrong)
+    (wrong / "generator.msgpack").unlink()
+    with pytest.raises(GeneratorCheckpointError, match="has no generator.msgpack"):
+        run(wrong)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def no_translation(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("translation started before the counts were checked")
+
+    monkeypatch.setattr(balance_task, "tqdm", fail)
+
+
+def test_bad_counts_fail_before_translating(generator_dir, data_args, tmp_path, no_translation):
+    with pytest.raises(ValueError, match=r"target_count=5 is below the current count 23 of 'disgust'; "
+                                         r"set it to at least 23 \(0: the median class size, 23\)"):
+        balance_task.balance(_config(generator_dir, data_args, tmp_path, "target_count=5"), str(tmp_path))
+    with pytest.raises(ValueError, match=r"needs 77 generated images but 'neutral' has 22 Training images"):
+        balance_task.balance(_config(generator_dir, data_args, tmp_path, "target_count=100"), str(tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_source_class_fails_before_translating(generator_dir, data_args, tmp_path, no_translation):
+    """A curated base without neutral faces (a derived dataset with every neutral row removed)."""
+    cfg = cfg_lib.build("balance_fer2013", data_args).data
+    b = DerivedBuilder("fer2013", cfg)
+    for row in range(NEUTRAL, 160, 7):
+        b.remove(row, "test: no neutral faces")
+    curated = b.write(tmp_path / "curated", "test")
+    config = _config(generator_dir, data_args, tmp_path, "dataset=derived", f"data.derived_dir={curated}")
+    with pytest.raises(ValueError, match=r"source class 'neutral' has no Training examples in dataset "
+                                         r"'derived'; choose another --config.source_class"):
+        balance_task.balance(config, str(tmp_path))
+
+
+def test_bad_input_on_the_command_line_exits_with_the_message(generator_dir, data_args, tmp_path):
+    proc = run_cli("--experiment=balance_fer2013", f"--config.generator_checkpoint={generator_dir}",
+                   "--config.source_class=nuetral", f"--workdir={tmp_path}",
+                   *(f"--config.{a}" for a in data_args), check=False)
+    assert proc.returncode == 1 and "Did you mean: neutral" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "dataset").exists()
