@@ -33,6 +33,10 @@ flags.DEFINE_integer("cpu_devices", 0, "Devices the host CPU is split into for t
 flags.DEFINE_bool("torch", True, "Also time the PyTorch twin when PyTorch is installed.")
 flags.DEFINE_bool("torch_compile", True, "Also time torch.compile of the twin (skipped with the "
                   "reason when it fails).")
+flags.DEFINE_list("cyclegan", ["cpu", "paper"], "Profiles of cyclegan_neutral2disgust whose train step "
+                  "is timed (images per second, compile apart); empty for none.")
+flags.DEFINE_list("cyclegan_batch_sizes", [], "Batch sizes for the CycleGAN step (default: each "
+                  "profile's own).")
 flags.DEFINE_bool("input_pipeline", True, "Also measure the host input pipeline.")
 flags.DEFINE_string("json_out", "", "Also write the rows as JSON to this file.")
 flags.DEFINE_bool("augment", False, "Include on-device augmentation in the JAX train step (the "
@@ -166,6 +170,42 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
+def cyclegan_step(profile: str, batch: int | None = None) -> tuple[Callable, float, int, int]:
+    """(call, compile seconds, batch, devices) of the CycleGAN train step of a profile of
+    `cyclegan_neutral2disgust`, data parallel over the split CPU when the batch allows."""
+    import jax
+    import numpy as np
+
+    from ferjax.experiments.cyclegan_neutral2disgust import get_config
+    from ferjax.registry import DISCRIMINATORS, GENERATORS, LOSSES
+    from ferjax.train import sharding
+    from ferjax.train.cyclegan_steps import create_state, make_step
+    from ferjax.train.schedules import make_optimizer, make_schedule
+
+    c = get_config(profile)
+    b = batch or c.train.batch_size
+    gen = GENERATORS.create(c.generator, **c.generator_kwargs)
+    disc = DISCRIMINATORS.create(c.discriminator, **c.discriminator_kwargs)
+    tx = make_optimizer(c.train, make_schedule(c.train, 100))
+    devices = jax.device_count() if b % jax.device_count() == 0 else 1
+    mesh = sharding.data_mesh(devices)
+    step = make_step(gen, disc, tx, tx, LOSSES.create(c.cycle_loss), LOSSES.create(c.identity_loss),
+                     LOSSES.create(c.adversarial_loss), c.gan, 0, mesh)
+    rng = np.random.default_rng(0)
+    data = sharding.put_batch({k: rng.integers(0, 255, (b, 48, 48, 1)).astype(np.uint8) for k in "ab"}, mesh)
+    state = jax.device_put(create_state(gen, disc, tx, tx, 0, c.gan.pool_size), sharding.replicated(mesh))
+    start = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def call():
+        holder["state"], metrics = compiled(holder["state"], data)
+        return metrics["loss"]
+
+    return call, compile_s, b, devices
+
+
 def torch_contenders(name: str, batch: int, train: bool, dtype: str) -> tuple[dict, list[str]]:
     """PyTorch contenders for one row (eager channels_last, and compiled) and notes on skips."""
     from ferjax.bench_torch import make_torch_call
@@ -243,6 +283,16 @@ def main(argv):
                               f"{gflops / peak[dtype]:.2f} | {ratio} |", flush=True)
     for n in notes:
         print(n)
+    if FLAGS.cyclegan:
+        print("\n| CycleGAN profile | batch | devices | compile s | img/s (source images per second) |\n"
+              "| --- | ---: | ---: | ---: | ---: |")
+        for profile in FLAGS.cyclegan:
+            for b in [int(x) for x in FLAGS.cyclegan_batch_sizes] or [None]:
+                call, compile_s, b, nd = cyclegan_step(profile, b)
+                sec = interleaved({"step": call}, FLAGS.repeats, FLAGS.iters)["step"]
+                rows.append({"cyclegan": profile, "batch": b, "devices": nd, "compile_s": compile_s,
+                             "images_per_s": b / sec})
+                print(f"| {profile} | {b} | {nd} | {compile_s:.2f} | {b / sec:.1f} |", flush=True)
     if FLAGS.input_pipeline:
         for b in (int(s) for s in FLAGS.train_batch_sizes if s):
             rate = input_pipeline_rate(b)
