@@ -42,6 +42,9 @@ def atomic_folder(final: str | os.PathLike, overwrite: bool = False) -> Iterator
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); the result is an ordinary folder
         yield tmp
         for path in tmp.rglob("*"):
             fsync_path(path)

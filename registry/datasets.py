@@ -48,8 +48,9 @@ def fer2013(cfg: ml_collections.ConfigDict, protocol: str = "original") -> dict:
 
 @DATASETS.register("derived")
 def derived(cfg: ml_collections.ConfigDict, protocol: str = "original") -> dict:
-    """A derived dataset folder (`data.derived_dir`): a base dataset with removed, relabeled and added
-    Training examples (ferjax.data.derived); validation and test are the base's."""
+    """A base dataset plus removed, relabeled and added Training examples (folder `data.derived_dir`).
+
+    See ferjax.data.derived; validation and test are the base's arrays, untouched."""
     from ferjax.data.derived import load  # noqa: PLC0415
 
     return load(cfg, protocol)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -69,6 +70,9 @@ def test_provenance_and_manifest(written):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["base"]["dataset"] == "fer2013" and manifest["base"]["protocol"] == "original"
     assert "derived_dir" not in manifest["base"]["data"] and manifest["command"] == "test command"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not mkdtemp's 0700
     counts = manifest["counts"]
     assert (counts["base_train"], counts["kept"], counts["relabeled"], counts["removed"],
             counts["added"], counts["train"]) == (160, 158, 1, 1, 2, 161)
