@@ -20,7 +20,8 @@ from tqdm import tqdm
 from ferjax.atomic import refuse_existing
 from ferjax.data.derived import DerivedBuilder
 from ferjax.data.fer2013 import EMOTIONS, class_index
-from ferjax.train.generator_export import load_generator, read_meta, to_uint8, to_unit
+from ferjax.train.cyclegan_steps import to_unit
+from ferjax.train.generator_export import load_generator, read_meta, to_uint8
 
 
 def _command() -> str:

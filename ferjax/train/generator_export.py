@@ -42,13 +42,9 @@ class Generator:
     path: Path
 
 
-def to_unit(images_uint8: np.ndarray) -> jax.Array:
-    """Pixels 0..255 -> floats in [-1, 1] (p / 127.5 - 1)."""
-    return jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0
-
-
 def to_uint8(images: jax.Array) -> np.ndarray:
-    """Floats in [-1, 1] -> pixels 0..255, rounded and clipped."""
+    """Floats in [-1, 1] -> pixels 0..255, rounded and clipped (the inverse of
+    `cyclegan_steps.to_unit`)."""
     return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
