@@ -214,3 +214,27 @@ def test_other_base_data_or_protocol_is_refused(written, tmp_path):
         DATASETS.create("derived", cfg=bad, protocol="original")
     with pytest.raises(DerivedDatasetError, match="set --config.protocol=original"):
         derived.load(_cfg(cfg.fer2013_path, cfg.tfds_data_dir, out), protocol="ferplus")
+
+
+def test_image_folder_base_records_file_paths(tmp_path):
+    """For image-folder data the provenance names each example's file beside its row."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("val", 1), ("test", 1)):
+        for name in ("angry", "neutral"):
+            (tmp_path / "fer" / split / name).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(tmp_path / "fer" / split / name / f"{i}.png"),
+                            rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    b = DerivedBuilder("fer2013", _cfg(tmp_path / "fer", tmp_path / "tfds"))
+    rows = b.base_splits["train"]["row"].tolist()
+    b.add(b.base_splits["train"]["image"][-1:], ["disgust"], source="generated", base_rows=rows[-1:],
+          reason="test")
+    out = b.write(tmp_path / "set", "test")
+    with open(out / "provenance.csv", newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert [ln["base_path"] for ln in lines] == ["train/angry/0.png", "train/angry/1.png",
+                                                 "train/neutral/0.png", "train/neutral/1.png",
+                                                 "train/neutral/1.png"]
+    assert lines[-1]["action"] == "added" and lines[-1]["base_row"] == str(rows[-1])
