@@ -150,6 +150,15 @@ def test_bad_generator_checkpoints_fail_before_loading_data(generator_dir, data_
     assert not (tmp_path / "out").exists()
 
 
+def test_existing_output_folder_fails_before_loading_data(generator_dir, data_args, tmp_path,
+                                                          no_data_loaded):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"out already exists.*--config.overwrite=True"):
+        balance_task.balance(_config(generator_dir, data_args, tmp_path), str(tmp_path))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
 @pytest.fixture
 def no_translation(monkeypatch):
     def fail(*a, **k):
