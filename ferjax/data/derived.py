@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from ferjax.atomic import atomic_folder
-from ferjax.data.fer2013 import EMOTIONS
+from ferjax.data.fer2013 import EMOTIONS, folder_images
 
 FORMAT, VERSION = "ferjax-derived-dataset", 1
 MANIFEST, PROVENANCE, ADDED = "manifest.json", "provenance.csv", "added_images.npy"
@@ -95,16 +95,15 @@ def _row_paths(data: Mapping[str, Any]) -> dict[int, str]:
     """row -> image path (relative to the source folder) when the base reads a FER2013 image folder."""
     if "fer2013_path" not in data:
         return {}
-    from ferjax.data import fer2013, loading  # noqa: PLC0415
+    from ferjax.data.loading import resolve_source  # noqa: PLC0415  (imports TFDS)
 
-    source = loading.resolve_source(data["fer2013_path"] or None)
+    source = resolve_source(data["fer2013_path"] or None)
     if not source.is_dir():
         return {}
-    return {row: str(path.relative_to(source))
-            for row, (_, _, path) in enumerate(fer2013.folder_images(source))}
+    return {row: str(path.relative_to(source)) for row, (_, _, path) in enumerate(folder_images(source))}
 
 
-def _class_names(labels: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+def _per_class(labels: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
     return {name: int((labels == i).sum()) for i, name in enumerate(classes)}
 
 
@@ -428,8 +427,8 @@ class DerivedBuilder:
         before = np.asarray(self.base_splits["train"]["label"])
         after = np.asarray([e.label for e in self.entries if e.action != "removed"])
         return {"base_train": len(before), **actions, "train": len(after),
-                "train_per_class_before": _class_names(before, self.classes),
-                "train_per_class_after": _class_names(after, self.classes)}
+                "train_per_class_before": _per_class(before, self.classes),
+                "train_per_class_after": _per_class(after, self.classes)}
 
     def write(self, out_dir: str | os.PathLike, command: str, info: Mapping[str, Any] | None = None,
               overwrite: bool = False) -> Path:
