@@ -12,8 +12,9 @@ A derived dataset is a folder, written atomically by `DerivedBuilder.write`:
   of the base Training split and of both files above, counts, and the command that made it.
 
 `load` (the `derived` dataset) rebuilds the base from the manifest (only the file locations in
-`LOCATION_KEYS` may come from the current config), checks that it is the same base, and applies
-the entries to the Training split only: validation and test are the base's own arrays. A base
+`LOCATION_KEYS` and `CACHE_KEYS` come from the current config), checks that it is the same
+base, and applies the entries to the Training split only: validation and test are the base's own
+arrays. A base
 that is itself derived is flattened: the new folder names the root base and carries the earlier
 entries, so a curated set can be balanced and the result still loads in one step.
 """
@@ -41,7 +42,9 @@ SOURCES = ("original", "generated")
 COLUMNS = ("train_index", "source", "action", "base_row", "base_path", "original_label", "label",
            "reason", "generator_checkpoint", "added_index")
 SCORE_PREFIX = "score_"
-LOCATION_KEYS = ("fer2013_path", "tfds_data_dir")  # where the base's files are on this machine
+# Data config keys saying where files are on this machine, not which data: the current config's
+# non-empty source path replaces the manifest's; the cache folder always comes from the current config.
+LOCATION_KEYS, CACHE_KEYS = ("fer2013_path",), ("tfds_data_dir",)
 DERIVED = "derived"  # the registered name of this dataset
 
 
@@ -274,6 +277,9 @@ def load_base(base: Mapping[str, Any], cfg: Any, folder: Path) -> dict[str, dict
     for key in LOCATION_KEYS:
         if cfg is not None and cfg.get(key):
             data[key] = cfg.get(key)
+    for key in CACHE_KEYS:
+        if key in data:
+            data[key] = (cfg.get(key) if cfg is not None else None) or ""
     splits = DATASETS.create(base["dataset"], cfg=ml_collections.ConfigDict(data),
                              protocol=base["protocol"])
     got = fingerprint(splits["train"])
