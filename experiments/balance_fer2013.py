@@ -6,7 +6,8 @@ DIR holds generator.json and generator.msgpack (ferjax.train.generator_export). 
 Training images, each at most once, are translated until the target class has `target_count`
 examples (0: the median Training class size). Train on the result with
 `--config.dataset=derived --config.data.derived_dir=OUT` in any classifier experiment. To balance
-a curated set, set `dataset=derived` and `data.derived_dir` to it here too.
+a curated set, set `dataset=derived` and `data.derived_dir` to it here too. `replace_real=True`
+puts generated images in place of the real target-class ones (GAN-train).
 """
 import ml_collections
 
@@ -26,6 +27,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.source_class = "neutral"
     c.target_class = "disgust"
     c.target_count = 0  # examples of target_class afterwards; 0: the median Training class size
+    # True: remove the real target_class examples first (GAN-train: generated in place of the real);
+    # target_count 0 then means as many as were removed
+    c.replace_real = False
     c.batch_size = 64  # images per generator call
     c.seed = 0  # which source images are translated
     c.out_dir = ""  # default: WORKDIR/dataset

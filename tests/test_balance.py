@@ -159,6 +159,21 @@ def test_existing_output_folder_fails_before_loading_data(generator_dir, data_ar
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
+def test_replace_real_puts_generated_images_in_place_of_the_real(generator_dir, data_args, tmp_path):
+    """GAN-train data: every real disgust example removed, 20 generated ones added."""
+    summary = balance_task.balance(_config(generator_dir, data_args, tmp_path, "replace_real=True",
+                                           "target_count=20"), str(tmp_path))
+    assert summary["replaced_real"] == 23 and summary["generated"] == 20
+    assert summary["train_per_class_after"]["disgust"] == 20
+    with open(tmp_path / "out" / "provenance.csv", newline="") as f:
+        lines = list(csv.DictReader(f))
+    removed = [ln for ln in lines if ln["action"] == "removed"]
+    assert len(removed) == 23 and {ln["original_label"] for ln in removed} == {"disgust"}
+    assert all("replace_real" in ln["reason"] for ln in removed)
+    disgust_now = [ln for ln in lines if ln["label"] == "disgust" and ln["action"] != "removed"]
+    assert len(disgust_now) == 20 and {ln["source"] for ln in disgust_now} == {"generated"}
+
+
 @pytest.fixture
 def no_translation(monkeypatch):
     def fail(*a, **k):

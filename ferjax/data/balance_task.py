@@ -49,10 +49,11 @@ def _check_classes(config: ml_collections.ConfigDict, meta: dict) -> tuple[int, 
 
 
 def _planned(config: ml_collections.ConfigDict, counts: np.ndarray, n_sources: int,
-             src: int, tgt: int) -> tuple[int, int]:
-    """(target_count, images to generate), refusing counts that cannot be met."""
+             src: int, tgt: int, default: int | None) -> tuple[int, int]:
+    """(target_count, images to generate), refusing counts that cannot be met; `default` (None:
+    the median class size) stands for target_count 0."""
     median = int(round(float(np.median(counts))))
-    target = config.target_count or median
+    target = config.target_count or (median if default is None else default)
     have = int(counts[tgt])
     if n_sources == 0:
         raise ValueError(f"source class {EMOTIONS[src]!r} has no Training examples in dataset "
@@ -88,10 +89,16 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if shape != (size, size, 1):
         raise ValueError(f"the generator takes {size}x{size}x1 images (generator.json image_size), the "
                          f"dataset has {'x'.join(map(str, shape))}")
-    labels = builder.splits()["train"]["label"]
-    counts = np.bincount(labels, minlength=len(EMOTIONS))
+    before = np.bincount(builder.splits()["train"]["label"], minlength=len(EMOTIONS))
+    default = None
+    if config.replace_real:  # GAN-train: generated images in place of the real ones
+        real_rows, _ = builder.base_examples(tgt)
+        for row in real_rows:
+            builder.remove(row, f"replaced by generated {EMOTIONS[tgt]} images (replace_real)")
+        default = len(real_rows)
+    counts = np.bincount(builder.splits()["train"]["label"], minlength=len(EMOTIONS))
     rows, images = builder.base_examples(src)
-    target, need = _planned(config, counts, len(rows), src, tgt)
+    target, need = _planned(config, counts, len(rows), src, tgt, default)
 
     pick = np.sort(np.random.default_rng(config.seed).choice(len(rows), need, replace=False))
     apply = jax.jit(lambda v, x: generator.model.apply(v, x, train=False))
@@ -110,14 +117,15 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 generator_checkpoint=ckpt)
     info = {"balance": {"source_class": EMOTIONS[src], "target_class": EMOTIONS[tgt],
                         "target_count": target, "generated": need, "seed": config.seed,
+                        "replace_real": config.replace_real,
                         "generator_checkpoint": ckpt, "generator": meta},
             "config": config.to_dict()}
     builder.write(out_dir, _command(), info, overwrite=config.overwrite)
     after = builder.counts()["train_per_class_after"]
     return {"experiment": config.name, "output": str(out_dir), "generator_checkpoint": ckpt,
             "source_class": EMOTIONS[src], "target_class": EMOTIONS[tgt], "target_count": target,
-            "generated": need,
-            "train_per_class_before": {n: int(c) for n, c in zip(EMOTIONS, counts)},
+            "generated": need, "replaced_real": int(before[tgt] - counts[tgt]),
+            "train_per_class_before": {n: int(c) for n, c in zip(EMOTIONS, before)},
             "train_per_class_after": after,
             "translate_seconds": round(translate_seconds, 2),
             "wall_seconds": round(time.perf_counter() - t0, 2),
