@@ -63,8 +63,13 @@ def test_plateau_and_early_stopping():
 def _final_state(workdir):
     latest = workdir / "checkpoints" / "latest"
     step = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
-    tree = ocp.StandardCheckpointer().restore(latest / str(step) / "state")
-    return step, tree
+    path = latest / str(step) / "state"
+    ckptr = ocp.PyTreeCheckpointer()  # restored as numpy: the run may have used more devices
+    meta = ckptr.metadata(path)
+    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+    args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta,
+                        is_leaf=lambda m: hasattr(m, "shape"))
+    return step, ckptr.restore(path, restore_args=args)
 
 
 def _assert_same_state(a, b):

@@ -22,7 +22,7 @@ tx = make_optimizer(c.train, make_schedule(c.train, 10))
 rng = np.random.default_rng(0)
 batch = {"image": rng.integers(0, 255, (8, 48, 48, 1)).astype(np.uint8), "label": rng.integers(0, 7, 8).astype(np.int32)}
 mesh = sharding.data_mesh()
-train, ev = make_steps(model, tx, loss, c.augment, 0, mesh)
+train, ev = make_steps(model, tx, loss, c.augment, 0, mesh, sync_batch_norm=True)  # exact vs one process
 variables = jax.tree.map(lambda a: a.astype(np.float64), model.init(jax.random.key(0), np.zeros((1, 48, 48, 1)), train=False))
 state = jax.device_put(create_state(model, tx, 0, variables=variables), sharding.replicated(mesh))
 for _ in range(2):
