@@ -7,7 +7,6 @@ source->target generator is exported for balancing (`generator/generator.{json,m
 """
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import time
@@ -16,17 +15,17 @@ from typing import Iterator
 
 import cv2
 import dm_pix as pix
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ferjax.data.fer2013 import EMOTIONS
+from ferjax.data import fer2013
 from ferjax.data.pipeline import TrainBatches
 from ferjax.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.cyclegan_steps import create_state, make_step, to_unit
+from ferjax.train.generator_export import export_generator
 from ferjax.train.loop import fit, flat_config
 from ferjax.train.schedules import make_optimizer, make_schedule
 
@@ -47,13 +46,11 @@ class PairedBatches:
 
 
 def class_index(name: str, field: str) -> int:
-    """Index of an emotion by name; unknown names list close matches."""
-    if name not in EMOTIONS:
-        close = difflib.get_close_matches(name, EMOTIONS, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"config.{field}={name!r} is not a FER2013 class.{hint} "
-                         f"Classes: {', '.join(EMOTIONS)}")
-    return EMOTIONS.index(name)
+    """Index of an emotion by name; the error names the config field."""
+    try:
+        return fer2013.class_index(name)
+    except ValueError as e:
+        raise ValueError(f"config.{field}: {e}") from None
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -139,7 +136,9 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     state, host = fit(state, step, batches, evaluate, tcfg, workdir, mesh, on_epoch_end=on_epoch_end,
                       run_config=flat_config(config))
-    export_dir = export_generator(jax.device_get(state), config, workdir / "generator")
+    export_dir = export_generator(workdir / "generator", config.generator, config.generator_kwargs.to_dict(),
+                                  jax.device_get(state.variables["g"]), config.source_class,
+                                  config.target_class, int(state.step), overwrite=True)
     final = host["history"][-1] if host["history"] else {}
     summary = {"experiment": config.name, "profile": config.profile,
                "source_class": config.source_class, "target_class": config.target_class,
@@ -151,25 +150,3 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "generator": str(export_dir), "samples": str(samples / "latest.png")}
     (workdir / "report.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def export_generator(state, config: ml_collections.ConfigDict, out: Path) -> Path:
-    """Writes the source->target generator as `generator.msgpack` + `generator.json` (atomically:
-    a temporary folder renamed into place)."""
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "generator.msgpack").write_bytes(flax.serialization.to_bytes(state.variables["g"]))
-    meta = {"generator": config.generator, "generator_kwargs": config.generator_kwargs.to_dict(),
-            "source_class": config.source_class, "target_class": config.target_class,
-            "step": int(state.step), "image_size": 48, "experiment": config.name}
-    (tmp / "generator.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        os.replace(tmp, out)
-    return out

@@ -1,0 +1,117 @@
+"""CycleGAN: the user's command end to end on small data, exact resume, refusals, the image pool."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+from ferjax.train.cyclegan_steps import query_pool
+from ferjax.train.generator_export import load_generator
+
+TINY = ("--experiment=cyclegan_neutral2disgust:tiny",)
+
+
+def _args(csv_dir, workdir, *extra):
+    return (*TINY, f"--config.data.fer2013_path={csv_dir}", f"--workdir={workdir}", *extra)
+
+
+def _weights(workdir):
+    g = load_generator(workdir / "generator")
+    return g, jax.tree.leaves(g.variables)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_csv, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("cyclegan_full")
+    proc = run_cli(*_args(synthetic_csv, wd))
+    return wd, proc
+
+
+def test_tiny_run_writes_grids_report_and_a_loadable_generator(uninterrupted):
+    wd, proc = uninterrupted
+    out = proc.stdout + proc.stderr
+    assert "profile tiny (forced by :tiny)" in out.splitlines()[0] or "profile tiny (forced by :tiny)" in out
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["epochs_run"] == 2 and summary["steps"] == 10  # 22 neutral faces / batch 4, 2 epochs
+    assert summary["source_images"] == 22 and summary["target_images"] == 23
+    for name in ("epoch_001.png", "epoch_002.png", "latest.png"):
+        assert (wd / "samples" / name).stat().st_size > 0
+    import cv2
+
+    grid = cv2.imread(str(wd / "samples" / "latest.png"), cv2.IMREAD_GRAYSCALE)
+    assert grid.shape == (6 * 48 * 2, 8 * 48 * 2)  # rows A, G(A), F(G(A)), B, F(B), G(F(B)); 8 each
+    lines = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    epochs = [x for x in lines if "epoch" in x]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for key in ("train_g_loss", "train_d_loss", "train_cycle", "train_identity", "val_cycle_ssim"):
+        assert np.isfinite(epochs[-1][key])
+    g, leaves = _weights(wd)
+    assert g.meta["source_class"] == "neutral" and g.meta["target_class"] == "disgust"
+    assert g.meta["step"] == 10
+    x = jnp.zeros((2, 48, 48, 1))
+    y = g.model.apply(g.variables, x, train=False)
+    assert y.shape == (2, 48, 48, 1) and float(jnp.abs(y).max()) <= 1.0
+
+
+def test_interrupted_run_resumes_exactly(synthetic_csv, tmp_path, uninterrupted):
+    run_cli(*_args(synthetic_csv, tmp_path, "--config.train.max_steps=3"))
+    proc = run_cli(*_args(synthetic_csv, tmp_path))
+    assert "resumed from step 3" in proc.stdout + proc.stderr
+    _, got = _weights(tmp_path)
+    _, want = _weights(uninterrupted[0])
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_restart_with_a_changed_config_is_refused_naming_the_field(synthetic_csv, uninterrupted):
+    wd, _ = uninterrupted
+    proc = run_cli(*_args(synthetic_csv, wd, "--config.gan.lambda_cycle=3.0"), check=False)
+    assert proc.returncode != 0
+    assert "gan.lambda_cycle: 5.0 -> 3.0" in proc.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.target_class=disgusted", "Did you mean: disgust"),
+    ("--config.source_class=disgust", "both 'disgust'"),
+    ("--config.train.batch_size=64", "fewer than train.batch_size=64"),
+])
+def test_bad_classes_fail_before_training(synthetic_csv, tmp_path, override, message):
+    proc = run_cli(*_args(synthetic_csv, tmp_path, override), check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_bare_name_picks_the_cpu_profile_without_an_accelerator_and_says_why():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    code = ("from ferjax.experiments.cyclegan_neutral2disgust import get_config; c = get_config(None); "
+            "print(c.profile, '|', c.profile_reason, '|', c.train.batch_size)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.strip()
+    assert out == "cpu | auto: JAX_PLATFORMS=cpu | 8"
+
+
+def test_image_pool_fills_then_swaps_half_the_time():
+    size = 4
+    pool = jnp.zeros((size, 2, 2, 1))
+    fakes = jnp.arange(1, 5, dtype=jnp.float32).reshape(4, 1, 1, 1) * jnp.ones((4, 2, 2, 1))
+    out, pool = query_pool(jax.random.key(0), pool, jnp.int32(0), fakes, size)
+    np.testing.assert_array_equal(out, fakes)  # while filling, the new fakes are used...
+    np.testing.assert_array_equal(pool, fakes)  # ...and stored
+    swapped = 0
+    for i in range(50):
+        new = jnp.full((1, 2, 2, 1), 100.0 + i)
+        before = pool
+        out, pool = query_pool(jax.random.key(i + 1), pool, jnp.int32(size), new, size)
+        if float(out[0, 0, 0, 0]) != 100.0 + i:  # an old fake came back: the new one took its slot
+            swapped += 1
+            assert float(out[0, 0, 0, 0]) in set(np.asarray(before[:, 0, 0, 0]).tolist())
+            assert float(jnp.sum(pool == 100.0 + i)) == 4
+        else:
+            np.testing.assert_array_equal(pool, before)
+    assert 15 <= swapped <= 35  # probability 1/2 over 50 draws
