@@ -43,6 +43,9 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
     c.adversarial_loss = "lsgan"
     c.gan = ml_collections.ConfigDict({"lambda_cycle": 5.0, "lambda_identity": 2.0,
                                        "flip_labels": True, "pool_size": 50})
+    # Quality report after training (KID/FID on this classifier's features, GAN-test); '' skips it.
+    c.quality = ml_collections.ConfigDict({"model": "fer2013_vgg_small", "num_images": 1000, "seed": 0,
+                                           "kid_subset_size": 100, "kid_subsets": 100})
     t = c.train = ml_collections.ConfigDict()
     t.seed = 0
     t.batch_size = 1

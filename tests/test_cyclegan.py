@@ -98,6 +98,7 @@ def test_bare_name_picks_the_cpu_profile_without_an_accelerator_and_says_why():
 
 def test_image_pool_fills_then_swaps_half_the_time():
     size = 4
+    pool_query = jax.jit(query_pool, static_argnums=4)
     pool = jnp.zeros((size, 2, 2, 1))
     fakes = jnp.arange(1, 5, dtype=jnp.float32).reshape(4, 1, 1, 1) * jnp.ones((4, 2, 2, 1))
     out, pool = query_pool(jax.random.key(0), pool, jnp.int32(0), fakes, size)
@@ -107,7 +108,7 @@ def test_image_pool_fills_then_swaps_half_the_time():
     for i in range(50):
         new = jnp.full((1, 2, 2, 1), 100.0 + i)
         before = pool
-        out, pool = query_pool(jax.random.key(i + 1), pool, jnp.int32(size), new, size)
+        out, pool = pool_query(jax.random.key(i + 1), pool, jnp.int32(size), new, size)
         if float(out[0, 0, 0, 0]) != 100.0 + i:  # an old fake came back: the new one took its slot
             swapped += 1
             assert float(out[0, 0, 0, 0]) in set(np.asarray(before[:, 0, 0, 0]).tolist())
@@ -115,3 +116,19 @@ def test_image_pool_fills_then_swaps_half_the_time():
         else:
             np.testing.assert_array_equal(pool, before)
     assert 15 <= swapped <= 35  # probability 1/2 over 50 draws
+
+
+def test_kid_and_fid_against_closed_forms():
+    from ferjax.eval.gan_quality import fid, kid
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 8))
+    b = rng.normal(size=(400, 8))
+    shifted = b + 1.0
+    same_mean, same_sd = kid(a, b, subset_size=100, subsets=50)
+    far_mean, _ = kid(a, shifted, subset_size=100, subsets=50)
+    assert abs(same_mean) < 3 * same_sd + 1e-3  # unbiased: centred on 0 for one distribution
+    assert far_mean > 10 * max(abs(same_mean), same_sd)
+    # Same covariance, means 1 apart in each of 8 dimensions: FID = ||mu1 - mu2||^2 = 8 (+ sampling noise).
+    assert fid(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert fid(a, a + 1.0) == pytest.approx(8.0, rel=1e-6)

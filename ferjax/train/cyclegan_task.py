@@ -82,7 +82,8 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tcfg = config.train
-    data = DATASETS.create(config.dataset, cfg=config.data, protocol="original")["train"]
+    splits = DATASETS.create(config.dataset, cfg=config.data, protocol="original")
+    data = splits["train"]
     source = data["image"][data["label"] == src_idx]
     target = data["image"][data["label"] == tgt_idx]
     for name, imgs in ((config.source_class, source), (config.target_class, target)):
@@ -140,6 +141,11 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   jax.device_get(state.variables["g"]), config.source_class,
                                   config.target_class, int(state.step), overwrite=True)
     final = host["history"][-1] if host["history"] else {}
+    quality = {}
+    if config.quality.model:
+        quality = generator_quality(config, jax.device_get(state.variables["g"]), generator, source,
+                                    target, splits.get("test"), tgt_idx, evaluate(state))
+        (workdir / "quality.json").write_text(json.dumps(quality, indent=2))
     summary = {"experiment": config.name, "profile": config.profile,
                "source_class": config.source_class, "target_class": config.target_class,
                "source_images": int(len(source)), "target_images": int(len(target)),
@@ -147,6 +153,47 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "wall_seconds": round(time.perf_counter() - t0, 1),
                "train_seconds": round(sum(h["epoch_seconds"] for h in host["history"]), 1),
                "cycle_ssim": final.get("val_cycle_ssim"), "identity_ssim": final.get("val_identity_ssim"),
-               "generator": str(export_dir), "samples": str(samples / "latest.png")}
+               "generator": str(export_dir), "samples": str(samples / "latest.png"), "quality": quality}
     (workdir / "report.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def generator_quality(config, g_variables, generator, source: np.ndarray, target: np.ndarray,
+                      test: dict | None, tgt_idx: int, ssim: dict) -> dict:
+    """KID/FID against real Training target images and GAN-test, on `config.quality.model`'s
+    features (a classifier trained on real data); cycle/identity SSIM from the final evaluation."""
+    from ferjax import pretrained
+    from ferjax.eval.gan_quality import FEATURE_LAYER, feature_fn, fid, kid
+    from ferjax.train.generator_export import to_uint8
+
+    q = config.quality
+    model, variables, _ = pretrained.load(q.model)
+    features = feature_fn(model, variables, FEATURE_LAYER)
+    rng = np.random.default_rng(q.seed)
+    inputs = source[rng.choice(len(source), min(q.num_images, len(source)), replace=False)]
+    translate = jax.jit(lambda x: generator.apply(g_variables, to_unit(x), train=False))
+    fake = np.concatenate([to_uint8(translate(inputs[i:i + 256]))
+                           for i in range(0, len(inputs), 256)])
+    f_real, _ = features(target)
+    f_fake, p_fake = features(fake)
+    _, p_src = features(inputs)
+    kid_mean, kid_sd = kid(f_real, f_fake, q.kid_subset_size, q.kid_subsets, q.seed)
+    report = {"classifier": q.model, "feature_layer": FEATURE_LAYER,
+              "generated": int(len(fake)), "real_target_training_images": int(len(target)),
+              "kid_mean": kid_mean, "kid_sd": kid_sd, "kid_subset_size": min(q.kid_subset_size, len(target)),
+              "fid": fid(f_real, f_fake),
+              "gan_test_target_rate": float(np.mean(p_fake.argmax(1) == tgt_idx)),
+              "target_rate_on_real_source_inputs": float(np.mean(p_src.argmax(1) == tgt_idx)),
+              "cycle_ssim": ssim["cycle_ssim"], "identity_ssim": ssim["identity_ssim"]}
+    if test is not None:
+        real_test = test["image"][test["label"] == tgt_idx]
+        _, p_test = features(real_test)
+        report["target_recall_on_real_test"] = float(np.mean(p_test.argmax(1) == tgt_idx))
+        report["real_test_images"] = int(len(real_test))
+    report["targets"] = {
+        "gan_test_at_least_5x_source_rate":
+            report["gan_test_target_rate"] >= 5 * report["target_rate_on_real_source_inputs"],
+        "gan_test_at_least_test_recall":
+            report["gan_test_target_rate"] >= report.get("target_recall_on_real_test", 1.0),
+        "cycle_ssim_at_least_0.7": report["cycle_ssim"] >= 0.7}
+    return report

@@ -195,8 +195,9 @@ def refuse_changed_config(saved: dict | None, current: dict | None, workdir: Pat
     """Raises ValueError naming every field whose value differs from the checkpointed run's."""
     if not saved or not current:
         return
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    # Fields only one side has come from a newer or older ferjax (a new option at its default).
+    changed = sorted(k for k in set(saved) & set(current)
+                     if k not in RESUMABLE_CHANGES and saved[k] != current[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:8])
         raise ValueError(f"{workdir} holds a run with a different config ({detail}"
