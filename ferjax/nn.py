@@ -1,10 +1,12 @@
 """Layers shared by registered models.
 
-`Conv3x3` is a 3x3 'SAME' convolution whose backward pass is written by hand: the input
-gradient is a forward convolution with the flipped kernel and the kernel gradient a single
-matmul over image patches. XLA's CPU backend runs its own convolution gradients several times
-slower than forward convolutions; this rule makes a CPU train step about 1.4x faster and is
-exact (tests compare it with `jax.grad` of `lax.conv_general_dilated`).
+`Conv3x3` is a 3x3 'SAME' convolution. Its backward pass is XLA's own by default; with
+`fast_grad=True` it is written by hand instead: the input gradient is a forward convolution with
+the flipped kernel and the kernel gradient a single matmul over image patches (exact: tests
+compare it with `jax.grad` of `lax.conv_general_dilated`). The hand-written rule was 1.36x faster
+with an earlier jaxlib on one device; with jaxlib 0.10.2 on the 2-core VM XLA's gradients are
+faster (vgg_small train step at batch 128: 108 vs 95 img/s on one device, 153 vs 108 on the CPU
+split into 2 devices, same run; see BENCHMARKS.md), so the rule is kept as an option.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ class Conv3x3(nn.Module):
 
     features: int
     use_bias: bool = True
-    fast_grad: bool = True
+    fast_grad: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
