@@ -191,8 +191,8 @@ def generator_quality(config, g_variables, generator, source: np.ndarray, target
         report["target_recall_on_real_test"] = float(np.mean(p_test.argmax(1) == tgt_idx))
         report["real_test_images"] = int(len(real_test))
     report["targets"] = {
-        "gan_test_at_least_5x_source_rate":
-            report["gan_test_target_rate"] >= 5 * report["target_rate_on_real_source_inputs"],
+        "gan_test_at_least_5x_source_rate": report["gan_test_target_rate"] > 0
+            and report["gan_test_target_rate"] >= 5 * report["target_rate_on_real_source_inputs"],
         "gan_test_at_least_test_recall":
             report["gan_test_target_rate"] >= report.get("target_recall_on_real_test", 1.0),
         "cycle_ssim_at_least_0.7": report["cycle_ssim"] >= 0.7}
