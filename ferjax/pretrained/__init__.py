@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import importlib_resources
 import jax
 import jax.numpy as jnp
 
+from ferjax.atomic import atomic_write_bytes
 from ferjax.registry import CLASSIFIERS, PRETRAINED
 
 DEFAULT = "fer2013_vgg_small"
@@ -61,14 +61,5 @@ def load(name: str | None = None) -> tuple[Any, Any, dict]:
 def export(variables: Any, card: dict, weights_path: str | os.PathLike) -> None:
     """Writes `variables` (params + batch_stats) and the card beside them, each atomically."""
     weights_path = Path(weights_path)
-    _atomic_write(weights_path, flax.serialization.to_bytes(jax.device_get(variables)))
-    _atomic_write(weights_path.with_suffix(".json"), json.dumps(card, indent=2).encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_bytes(weights_path, flax.serialization.to_bytes(jax.device_get(variables)))
+    atomic_write_bytes(weights_path.with_suffix(".json"), json.dumps(card, indent=2).encode())

@@ -25,8 +25,6 @@ def classifier_kwargs(config: ml_collections.ConfigDict) -> dict:
     float32 (a classifier that takes no `dtype` cannot honour it: refused before any work)."""
     kwargs = dict(config.classifier_kwargs)
     dtype = config.train.compute_dtype
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"train.compute_dtype={dtype!r}: expected 'float32' or 'bfloat16'")
     if dtype != "float32":
         accepted = CLASSIFIERS.accepted(config.classifier)
         if accepted is not None and "dtype" not in accepted:

@@ -8,7 +8,6 @@ source->target generator is exported for balancing (`generator/generator.{json,m
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -20,12 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ferjax.atomic import atomic_write_bytes
 from ferjax.data import fer2013
 from ferjax.data.pipeline import TrainBatches
 from ferjax.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.cyclegan_steps import create_state, make_step, to_unit
-from ferjax.train.generator_export import export_generator
+from ferjax.train.generator_export import export_generator, to_uint8
 from ferjax.train.loop import fit, flat_config
 from ferjax.train.schedules import make_optimizer, make_schedule
 
@@ -54,19 +54,16 @@ def class_index(name: str, field: str) -> int:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """Writes a PNG atomically (temporary file, then rename)."""
+    """Writes a PNG atomically."""
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"could not encode {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def sample_grid(rows: list[np.ndarray], scale: int = 2) -> np.ndarray:
     """Stacks rows of [N,48,48,1] images in [-1, 1] into one uint8 grid image."""
-    lines = [np.concatenate(list(np.clip((r[..., 0] + 1) * 127.5, 0, 255).round().astype(np.uint8)), 1)
-             for r in rows]
+    lines = [np.concatenate(list(to_uint8(r)[..., 0]), 1) for r in rows]
     grid = np.concatenate(lines, 0)
     return cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
@@ -164,7 +161,6 @@ def generator_quality(config, g_variables, generator, source: np.ndarray, target
     features (a classifier trained on real data); cycle/identity SSIM from the final evaluation."""
     from ferjax import pretrained
     from ferjax.eval.gan_quality import FEATURE_LAYER, feature_fn, fid, kid
-    from ferjax.train.generator_export import to_uint8
 
     q = config.quality
     model, variables, _ = pretrained.load(q.model)
