@@ -32,7 +32,8 @@ def evaluate_split(logits_fn: Callable[[dict], np.ndarray], split: dict, batch_s
                    class_names: Sequence[str], protocol: str, split_name: str,
                    out_dir: str | Path | None = None, title: str = "") -> dict:
     """Metrics (and mean cross-entropy `loss`) for one split; with `out_dir`, also a normalized
-    confusion-matrix PNG."""
+    confusion-matrix PNG and `predictions_{split}.npz` (float32 logits, labels and, where the split
+    has them, source rows), which multi-seed comparisons bootstrap over."""
     logits = predict_logits(logits_fn, split["image"], batch_size)
     report = classification_report(split["label"], logits.argmax(-1), class_names)
     report.update(loss=mean_cross_entropy(logits, split["label"]), protocol=protocol, split=split_name)
@@ -41,4 +42,11 @@ def evaluate_split(logits_fn: Callable[[dict], np.ndarray], split: dict, batch_s
         plot_confusion(np.asarray(report["confusion_matrix"]), class_names, path,
                        f"{title} {split_name} ({protocol}): acc {report['accuracy']:.3f}")
         report["confusion_png"] = str(path)
+        saved = {"logits": logits.astype(np.float32), "label": np.asarray(split["label"])}
+        if "row" in split:
+            saved["row"] = np.asarray(split["row"])
+        predictions = Path(out_dir) / f"predictions_{split_name}.npz"
+        with open(predictions, "wb") as f:  # np.savez on a path would append ".npz" to a temp name
+            np.savez_compressed(f, **saved)
+        report["predictions"] = str(predictions)
     return report
