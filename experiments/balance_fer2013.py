@@ -5,7 +5,9 @@
 DIR holds generator.json and generator.msgpack (ferjax.train.generator_export). Source-class
 Training images, each at most once, are translated until the target class has `target_count`
 examples (0: the median Training class size). Train on the result with
-`--config.dataset=derived --config.data.derived_dir=OUT` in any classifier experiment. To balance
+`--config.dataset=derived --config.data.derived_dir=OUT` in any classifier experiment.
+`--config.method=oversample` instead adds seeded copies of the real target-class images up to the
+same count (random oversampling; no generator). To balance
 a curated set, set `dataset=derived` and `data.derived_dir` to it here too. `replace_real=True`
 puts generated images in place of the real target-class ones (GAN-train).
 """
@@ -23,6 +25,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({
         "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0,
         "derived_dir": ""})
+    # "generator": translate source_class images with generator_checkpoint; "oversample": add copies
+    # of the real target_class images (random oversampling, the baseline CycleGAN balancing must beat)
+    c.method = "generator"
     c.generator_checkpoint = ""  # folder with generator.json + generator.msgpack
     c.source_class = "neutral"
     c.target_class = "disgust"

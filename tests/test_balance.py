@@ -210,3 +210,30 @@ def test_bad_input_on_the_command_line_exits_with_the_message(generator_dir, dat
                    *(f"--config.{a}" for a in data_args), check=False)
     assert proc.returncode == 1 and "Did you mean: neutral" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "dataset").exists()
+
+
+def test_oversample_adds_copies_of_real_target_images(data_args, tmp_path):
+    """method=oversample (the baseline): 17 seeded copies of the 23 real disgust images, each
+    image at most once per round, provenance naming the copied row; no generator needed."""
+    cfg = cfg_lib.build("balance_fer2013", [*data_args, "method=oversample", "target_count=40",
+                                            f"out_dir={tmp_path / 'out'}"])
+    summary = balance_task.balance(cfg, str(tmp_path))
+    assert summary["added"] == 17 and summary["train_per_class_after"]["disgust"] == 40
+    assert summary["train_per_class_after"]["neutral"] == summary["train_per_class_before"]["neutral"]
+    with open(tmp_path / "out" / "provenance.csv", newline="") as f:
+        added = [r for r in csv.DictReader(f) if r["action"] == "added"]
+    rows = [int(r["base_row"]) for r in added]
+    assert len(added) == 17 and len(set(rows)) == 17  # one round: no image copied twice
+    assert {r["source"] for r in added} == {"original"} and {r["label"] for r in added} == {"disgust"}
+    data = DATASETS.create("derived", cfg=cfg_lib.build(
+        "fer2013_vgg:tiny", [*data_args, "dataset=derived", f"data.derived_dir={tmp_path / 'out'}",
+                             "data.limit_per_split=0"]).data)
+    base = DATASETS.create("fer2013", cfg=cfg.data)
+    by_row = {int(r): i for i, r in enumerate(base["train"]["row"])}
+    copies = data["train"]["image"][-17:]
+    assert all(np.array_equal(copies[i], base["train"]["image"][by_row[r]]) for i, r in enumerate(rows))
+    with pytest.raises(ValueError, match="replace_real needs --config.method=generator"):
+        balance_task.balance(cfg_lib.build("balance_fer2013", [*data_args, "method=oversample",
+                                                               "replace_real=True"]), str(tmp_path))
+    with pytest.raises(ValueError, match=r"method='copy': expected one of \['generator', 'oversample'\]"):
+        balance_task.balance(cfg_lib.build("balance_fer2013", [*data_args, "method=copy"]), str(tmp_path))

@@ -48,19 +48,26 @@ def _check_classes(config: ml_collections.ConfigDict, meta: dict) -> tuple[int, 
     return src, tgt
 
 
-def _planned(config: ml_collections.ConfigDict, counts: np.ndarray, n_sources: int,
-             src: int, tgt: int, default: int | None) -> tuple[int, int]:
-    """(target_count, images to generate), refusing counts that cannot be met; `default` (None:
-    the median class size) stands for target_count 0."""
+def _target(config: ml_collections.ConfigDict, counts: np.ndarray, tgt: int,
+            default: int | None = None) -> tuple[int, int]:
+    """(target_count, current count of the target class); `default` (None: the median class
+    size) stands for target_count 0; a target below the current count is refused."""
     median = int(round(float(np.median(counts))))
     target = config.target_count or (median if default is None else default)
     have = int(counts[tgt])
-    if n_sources == 0:
-        raise ValueError(f"source class {EMOTIONS[src]!r} has no Training examples in dataset "
-                         f"{config.dataset!r}; choose another --config.source_class")
     if target < have:
         raise ValueError(f"--config.target_count={target} is below the current count {have} of "
                          f"{EMOTIONS[tgt]!r}; set it to at least {have} (0: the median class size, {median})")
+    return target, have
+
+
+def _planned(config: ml_collections.ConfigDict, counts: np.ndarray, n_sources: int,
+             src: int, tgt: int, default: int | None) -> tuple[int, int]:
+    """(target_count, images to generate), refusing counts that cannot be met."""
+    if n_sources == 0:
+        raise ValueError(f"source class {EMOTIONS[src]!r} has no Training examples in dataset "
+                         f"{config.dataset!r}; choose another --config.source_class")
+    target, have = _target(config, counts, tgt, default)
     if target - have > n_sources:
         raise ValueError(f"--config.target_count={target} needs {target - have} generated images but "
                          f"{EMOTIONS[src]!r} has {n_sources} Training images (each is translated at "
@@ -68,21 +75,71 @@ def _planned(config: ml_collections.ConfigDict, counts: np.ndarray, n_sources: i
     return target, target - have
 
 
+def _out_dir(config: ml_collections.ConfigDict, workdir: str) -> Path:
+    """`out_dir` (default WORKDIR/dataset), refused when it exists unless `overwrite`."""
+    out_dir = Path(config.out_dir or Path(workdir) / "dataset")
+    try:
+        refuse_existing(out_dir, config.overwrite)
+    except FileExistsError as e:
+        raise ValueError(f"{e} (--config.out_dir=DIR, --config.overwrite=True)") from None
+    return out_dir
+
+
+METHODS = ("generator", "oversample")
+
+
+def _oversample(builder: DerivedBuilder, config: ml_collections.ConfigDict, tgt: int) -> dict:
+    """Adds seeded copies of the real target-class Training images (each image once per round of
+    a fresh permutation) until the class has `target_count` examples."""
+    rows, images = builder.base_examples(tgt)
+    if len(rows) == 0:
+        raise ValueError(f"class {EMOTIONS[tgt]!r} has no Training examples to oversample")
+    counts = np.bincount(builder.splits()["train"]["label"], minlength=len(EMOTIONS))
+    target, have = _target(config, counts, tgt)
+    need = target - have
+    rng = np.random.default_rng(config.seed)
+    rounds = -(-need // len(rows))
+    pick = np.concatenate([rng.permutation(len(rows)) for _ in range(rounds)])[:need] if need else \
+        np.zeros(0, np.int64)
+    builder.add(images[pick], [tgt] * need, source="original", base_rows=rows[pick],
+                reason=f"random oversampling: a copy of a real {EMOTIONS[tgt]} image")
+    return {"target_count": target, "added": need}
+
+
 def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Translates source-class Training images into the target class up to `target_count` and
-    writes the derived dataset to `out_dir` (default WORKDIR/dataset)."""
+    """Brings the target class to `target_count` Training examples and writes the derived dataset
+    to `out_dir` (default WORKDIR/dataset): `method=generator` translates source-class images,
+    `method=oversample` adds copies of the real target-class images (the baseline to beat)."""
     t0 = time.perf_counter()
+    if config.method not in METHODS:
+        raise ValueError(f"--config.method={config.method!r}: expected one of {list(METHODS)}")
+    if config.method == "oversample":
+        if config.replace_real:
+            raise ValueError("--config.replace_real needs --config.method=generator (oversampling "
+                             "copies the real images it would remove)")
+        try:
+            tgt = class_index(config.target_class)
+        except ValueError as e:
+            raise ValueError(f"--config.target_class: {e}") from None
+        out_dir = _out_dir(config, workdir)
+        builder = DerivedBuilder(config.dataset, config.data, config.protocol)
+        before = builder.counts()["train_per_class_before"]
+        done = _oversample(builder, config, tgt)
+        builder.write(out_dir, _command(), {"balance": {"method": "oversample", "target_class": EMOTIONS[tgt],
+                                                        **done, "seed": config.seed},
+                                            "config": config.to_dict()}, overwrite=config.overwrite)
+        return {"experiment": config.name, "method": "oversample", "output": str(out_dir),
+                "target_class": EMOTIONS[tgt], **done, "train_per_class_before": before,
+                "train_per_class_after": builder.counts()["train_per_class_after"],
+                "wall_seconds": round(time.perf_counter() - t0, 2),
+                "train_with": f"--config.dataset=derived --config.data.derived_dir={out_dir}"}
     if not config.generator_checkpoint:
         raise ValueError("set --config.generator_checkpoint=DIR, a folder holding generator.json and "
                          "generator.msgpack (exported by a CycleGAN run)")
     meta = read_meta(config.generator_checkpoint)
     src, tgt = _check_classes(config, meta)
     generator = load_generator(config.generator_checkpoint)
-    out_dir = Path(config.out_dir or Path(workdir) / "dataset")
-    try:
-        refuse_existing(out_dir, config.overwrite)
-    except FileExistsError as e:
-        raise ValueError(f"{e} (--config.out_dir=DIR, --config.overwrite=True)") from None
+    out_dir = _out_dir(config, workdir)
     builder = DerivedBuilder(config.dataset, config.data, config.protocol)
     shape = builder.base_splits["train"]["image"].shape[1:]
     size = meta["image_size"]
@@ -122,7 +179,8 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "config": config.to_dict()}
     builder.write(out_dir, _command(), info, overwrite=config.overwrite)
     after = builder.counts()["train_per_class_after"]
-    return {"experiment": config.name, "output": str(out_dir), "generator_checkpoint": ckpt,
+    return {"experiment": config.name, "method": "generator", "output": str(out_dir),
+            "generator_checkpoint": ckpt,
             "source_class": EMOTIONS[src], "target_class": EMOTIONS[tgt], "target_count": target,
             "generated": need, "replaced_real": int(before[tgt] - counts[tgt]),
             "train_per_class_before": {n: int(c) for n, c in zip(EMOTIONS, before)},
