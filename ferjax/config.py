@@ -51,6 +51,7 @@ FIELD_RULES: dict[str, registry.Check] = {
     "learning_rate": registry.greater(0.0), "select_mode": registry.one_of("max", "min"),
     "display": registry.one_of("auto", "yes", "no"),
     "compute_dtype": registry.one_of("float32", "bfloat16"),
+    "class_weighting": registry.one_of("none", "balanced"),
     "video_out": registry.Check(lambda v: v == "" or str(v).lower().endswith(VIDEO_SUFFIXES),
                                 f"'' (no video) or a file name ending in {' or '.join(VIDEO_SUFFIXES)}"),
     "buckets": registry.Check(lambda v: len(v) > 0 and all(_POSITIVE_INT(b) for b in v),

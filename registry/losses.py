@@ -12,12 +12,22 @@ from ferjax.registry import LOSSES
 
 
 @LOSSES.register("cross_entropy")
-def cross_entropy(num_classes: int = 7, label_smoothing: float = 0.0) -> Callable:
-    """Softmax cross-entropy on integer labels, with optional label smoothing."""
+def cross_entropy(num_classes: int = 7, label_smoothing: float = 0.0,
+                  class_weights: tuple = ()) -> Callable:
+    """Softmax cross-entropy on integer labels, with optional label smoothing; with
+    `class_weights` (one per class) the weighted mean, normalised by the batch's total weight
+    (PyTorch's `CrossEntropyLoss(weight=...)` convention)."""
+    if class_weights and len(class_weights) != num_classes:
+        raise ValueError(f"cross_entropy: {len(class_weights)} class_weights for {num_classes} classes")
+    weights = jnp.asarray(class_weights, jnp.float32) if class_weights else None
 
     def loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
         targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-        return optax.softmax_cross_entropy(logits, targets).mean()
+        per_example = optax.softmax_cross_entropy(logits, targets)
+        if weights is None:
+            return per_example.mean()
+        w = weights[labels].astype(per_example.dtype)
+        return (w * per_example).sum() / w.sum()
 
     return loss
 

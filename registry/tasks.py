@@ -32,3 +32,11 @@ def balance(config, workdir):
     from ferjax.data.balance_task import balance as run
 
     return run(config, workdir)
+
+
+@TASKS.register("compare_balancing")
+def compare_balancing(config, workdir):
+    """Train one recipe as is, CycleGAN-balanced, oversampled and class-weighted, several seeds each."""
+    from ferjax.eval.balancing_study import compare_balancing as run
+
+    return run(config, workdir)

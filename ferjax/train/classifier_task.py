@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 from ferjax import pretrained
 from ferjax.data.fer2013 import EMOTIONS
@@ -34,16 +35,28 @@ def classifier_kwargs(config: ml_collections.ConfigDict) -> dict:
     return kwargs
 
 
-def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config.classifier` on `config.dataset` and reports on the protocol's test split."""
+def balanced_class_weights(labels, num_classes: int) -> tuple[float, ...]:
+    """n / (K * n_c) per class (scikit-learn's "balanced"): every class weighs the same in total;
+    a class absent from `labels` gets weight 0."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    return tuple(float(len(labels) / (num_classes * c)) if c else 0.0 for c in counts)
+
+
+def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict | None = None) -> dict:
+    """Trains `config.classifier` on `config.dataset` (or on `data`, splits made by the caller such
+    as a cross-validation fold) and reports on the protocol's test split."""
     t0 = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     tcfg = config.train
-    data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
+    if data is None:
+        data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
     model = CLASSIFIERS.create_accepting(config.classifier, classifier_kwargs(config))
-    loss_fn = LOSSES.create_accepting(config.loss, config.loss_kwargs)
+    loss_kwargs = dict(config.loss_kwargs)
+    if config.train.get("class_weighting") == "balanced":  # values checked by config.FIELD_RULES
+        loss_kwargs["class_weights"] = balanced_class_weights(data["train"]["label"], len(EMOTIONS))
+    loss_fn = LOSSES.create_accepting(config.loss, loss_kwargs)
     mesh = sharding.data_mesh(tcfg.num_devices or None)
     for key in ("batch_size", "eval_batch_size"):
         if tcfg[key] % mesh.size:

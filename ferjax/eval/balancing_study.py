@@ -1,0 +1,95 @@
+"""Does CycleGAN balancing help? One recipe trained four ways, several seeds each (`compare_balancing`).
+
+Arms: `as_is` (the original Training split), `cyclegan` (target class topped up with images the
+generator translated from the source class), `oversample` (topped up with copies of the real
+target-class images, to the same count) and `class_weighted` (the original data, loss weights
+n / (K n_class)). The two balanced datasets are derived datasets written by the `balance` task
+into WORKDIR/data/ARM and reused on a rerun. Scores: the untouched test split (PrivateTest) with
+the original labels, and with the FER+ majority labels where fer2013new.csv is present.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from ferjax import config as cfg_lib
+from ferjax.data.balance_task import balance
+from ferjax.data.fer2013 import class_index
+from ferjax.eval import study
+from ferjax.registry import DATASETS
+from ferjax.components.datasets import ferplus_majority
+
+ARMS = ("as_is", "cyclegan", "oversample", "class_weighted")
+BALANCED = {"cyclegan": "generator", "oversample": "oversample"}  # arm -> balance method
+
+
+def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path:
+    """The arm's derived dataset (made once; a rerun with another generator is refused)."""
+    out = workdir / "data" / arm
+    method = BALANCED[arm]
+    overrides = [*study.data_overrides(config.data), f"method={method}", f"out_dir={out}",
+                 f"source_class={config.source_class}", f"target_class={config.target_class}",
+                 f"target_count={config.target_count}", f"seed={config.balance_seed}"]
+    if method == "generator":
+        if not config.generator_checkpoint:
+            raise ValueError("the cyclegan arm needs --config.generator_checkpoint=DIR (the `generator` "
+                             "folder of a cyclegan_neutral2disgust run), or leave it out with "
+                             "--config.arms=as_is,oversample,class_weighted")
+        overrides.append(f"generator_checkpoint={config.generator_checkpoint}")
+    if (out / "manifest.json").exists():
+        made = json.loads((out / "manifest.json").read_text())["info"]["balance"]
+        wanted = str(Path(config.generator_checkpoint).resolve()) if method == "generator" else None
+        if method == "generator" and made.get("generator_checkpoint") != wanted:
+            raise ValueError(f"{out} was made with the generator {made.get('generator_checkpoint')}, not "
+                             f"{wanted}: delete {out} and {workdir / arm} to redo the arm, or use another --workdir")
+        print(f"{arm}: balanced data made before, kept ({out})", flush=True)
+        return out
+    summary = balance(cfg_lib.build("balance_fer2013", overrides), str(workdir / "data"))
+    print(f"{arm}: {json.dumps({k: summary[k] for k in ('train_per_class_after', 'wall_seconds')})}", flush=True)
+    return out
+
+
+def compare_balancing(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains every arm x seed, scores them and writes comparison.md/.json with confusion PNGs."""
+    t0 = time.perf_counter()
+    workdir = Path(workdir)
+    arms = [a.strip() for a in config.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or "as_is" not in arms:
+        raise ValueError(f"--config.arms={config.arms!r}: choose from {', '.join(ARMS)}, including as_is "
+                         f"(the baseline)")
+    try:
+        focus = class_index(config.target_class)
+        class_index(config.source_class)
+    except ValueError as e:
+        raise ValueError(f"--config.source_class / --config.target_class: {e}") from None
+    overrides = {"as_is": [], "class_weighted": ["train.class_weighting=balanced"]}
+    for arm in BALANCED:
+        if arm in arms:
+            overrides[arm] = ["dataset=derived", f"data.derived_dir={_prepare(config, arm, workdir)}"]
+    arm_overrides = {a: overrides[a] for a in arms}
+    common = [*study.data_overrides(config.data), *config.recipe_overrides]
+    runs = study.run_arms(config.recipe, arm_overrides, range(config.seeds), common, workdir)
+
+    test = DATASETS.create("fer2013", cfg=cfg_lib.build(config.recipe, common).data,
+                           protocol="original")["test"]
+    everything = np.ones(len(test["label"]), bool)
+    scores = {"original": study.score(runs, test["label"], test["row"], everything, "as_is", focus,
+                                      config.bootstrap, config.balance_seed)}
+    ferplus = ferplus_majority(test["ferplus_votes"])
+    if (ferplus >= 0).any():
+        scores["ferplus"] = study.score(runs, ferplus, test["row"], ferplus >= 0, "as_is", focus,
+                                        config.bootstrap, config.balance_seed)
+    header = (f"Recipe `{config.recipe}`, {config.seeds} seeds per arm, trained on FER2013 Training "
+              f"(arms: {', '.join(arms)}), tested on PrivateTest (never balanced). Bootstrap: "
+              f"{config.bootstrap} resamples of the test images. Made by "
+              f"`{config.reproduce_command}`.")
+    report = study.write_report(scores, focus, workdir, "Balancing study", header)
+    table = {ls: {arm: {m: round(e[m]["mean"], 4) for m in (*study.METRICS, "focus_recall")}
+                  for arm, e in s.items()} for ls, s in scores.items()}
+    return {"experiment": config.name, "report": str(report), "mean_over_seeds": table,
+            "wall_seconds": round(time.perf_counter() - t0, 1)}

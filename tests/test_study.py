@@ -1,0 +1,85 @@
+"""Multi-seed studies (ferjax.eval.study) and the balancing study on the synthetic FER2013."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from ferjax.data.fer2013 import EMOTIONS
+from ferjax.eval import study
+from ferjax.eval.metrics import classification_report
+
+
+def test_bootstrap_metrics_equal_the_report_on_each_resample():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 300)
+    preds = np.stack([np.where(rng.random(300) < 0.6, y, rng.integers(0, 7, 300)) for _ in range(3)])
+    idx = rng.integers(0, 300, (5, 300))
+    boot = study._bootstrap_metrics(y, preds, idx, focus=1)
+    for b in range(5):
+        for r in range(3):
+            report = classification_report(y[idx[b]], preds[r, idx[b]], EMOTIONS)
+            for m in study.METRICS:
+                assert boot[m][b, r] == pytest.approx(report[m], abs=1e-12)
+            assert boot["focus_recall"][b, r] == pytest.approx(report["per_class_recall"]["disgust"])
+
+
+def _fake_runs(tmp_path, preds: dict, rows):
+    runs = {}
+    for arm, per_seed in preds.items():
+        runs[arm] = []
+        for s, p in enumerate(per_seed):
+            d = tmp_path / arm / f"seed{s}"
+            d.mkdir(parents=True)
+            np.savez(d / "predictions_test.npz", logits=np.eye(7, dtype=np.float32)[p], row=rows,
+                     label=np.zeros(len(p)))
+            runs[arm].append(d)
+    return runs
+
+
+def test_score_means_sds_and_intervals(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 7, 400)
+    rows = np.arange(400) + 1000
+    noisy = [np.where(rng.random(400) < 0.5, y, (y + 1) % 7) for _ in range(2)]
+    runs = _fake_runs(tmp_path, {"base": noisy, "same": noisy, "perfect": [y, y]}, rows)
+    out = study.score(runs, y, rows, np.ones(400, bool), "base", focus=1, n_boot=300)
+    assert "diff" not in out["base"]["accuracy"]
+    acc = [float((p == y).mean()) for p in noisy]
+    assert out["base"]["accuracy"]["mean"] == pytest.approx(np.mean(acc))
+    assert out["base"]["accuracy"]["sd"] == pytest.approx(np.std(acc, ddof=1))
+    assert out["same"]["accuracy"]["diff_ci95"] == [0.0, 0.0]
+    assert not out["same"]["accuracy"]["ci_excludes_zero"]
+    assert out["perfect"]["accuracy"]["mean"] == 1.0 and out["perfect"]["accuracy"]["ci_excludes_zero"]
+    lo, hi = out["perfect"]["accuracy"]["diff_ci95"]
+    assert lo < 1 - np.mean(acc) < hi
+    assert np.asarray(out["perfect"]["confusion_matrix"]).trace() == 800
+    with pytest.raises(ValueError, match="test rows differ"):
+        study.score(runs, y, rows + 1, np.ones(400, bool), "base", focus=1, n_boot=10)
+
+
+def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(synthetic_csv, tfds_dir, tmp_path):
+    """compare_balancing:tiny: 3 arms x 2 seeds of fer2013_vgg:tiny; oversampled data made by the
+    balance task; report, tables and confusion PNGs; a rerun trains nothing."""
+    args = ["--experiment=compare_balancing:tiny", f"--workdir={tmp_path}",
+            f"--config.data.fer2013_path={synthetic_csv}", f"--config.data.tfds_data_dir={tfds_dir}",
+            "--config.target_count=30"]
+    proc = run_cli(*args)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    table = summary["mean_over_seeds"]["original"]
+    assert set(table) == {"as_is", "oversample", "class_weighted"}
+    assert "[6/6] class_weighted seed 1: training fer2013_vgg:tiny" in proc.stdout
+    manifest = json.loads((tmp_path / "data" / "oversample" / "manifest.json").read_text())
+    assert manifest["counts"]["train_per_class_after"]["disgust"] == 30
+    saved = json.loads((tmp_path / "comparison.json").read_text())["original"]
+    assert len(saved["oversample"]["per_seed"]) == 2 and "diff_ci95" in saved["oversample"]["macro_f1"]
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| oversample (n=64, 2 seeds) |" in md and (tmp_path / "confusion_original_as_is.png").exists()
+    cfg = json.loads((tmp_path / "class_weighted" / "seed1" / "config.json").read_text())
+    assert cfg["train"]["class_weighting"] == "balanced" and cfg["train"]["seed"] == 1
+    again = run_cli(*args)
+    assert again.stdout.count("done before, kept") == 6 and "training" not in again.stdout
+    changed = run_cli(*args, "--config.recipe_overrides=('train.epochs=3',)", check=False)
+    assert changed.returncode == 1 and "train.epochs: 2 -> 3" in changed.stderr
