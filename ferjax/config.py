@@ -34,6 +34,7 @@ COMPONENT_KEYS = {
     "discriminator": registry.DISCRIMINATORS, "loss": registry.LOSSES,
     "detector": registry.DETECTORS, "dataset": registry.DATASETS, "task": registry.TASKS,
     "pretrained": registry.PRETRAINED, "model": registry.PRETRAINED,
+    "curation_signal": registry.CURATION_SIGNALS,
 }
 
 

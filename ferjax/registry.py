@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "ferjax.components.tasks",
     "ferjax.components.pretrained",
     "ferjax.components.realtime_tasks",
+    "ferjax.components.curation_signals",
 )
 _log = logging.getLogger(__name__)
 _state = "unloaded"  # "loading" while the component modules import, then "loaded"
@@ -168,8 +169,9 @@ DETECTORS = Registry("detector")
 DATASETS = Registry("dataset")
 TASKS = Registry("task")
 PRETRAINED = Registry("pretrained model")
+CURATION_SIGNALS = Registry("curation signal")
 ALL = {r.kind: r for r in (CLASSIFIERS, GENERATORS, DISCRIMINATORS, LOSSES, DETECTORS,
-                            DATASETS, TASKS, PRETRAINED)}
+                            DATASETS, TASKS, PRETRAINED, CURATION_SIGNALS)}
 
 
 def _origin(obj: Any) -> str:

@@ -40,3 +40,11 @@ def compare_balancing(config, workdir):
     from ferjax.eval.balancing_study import compare_balancing as run
 
     return run(config, workdir)
+
+
+@TASKS.register("curate")
+def curate(config, workdir):
+    """Curate a dataset's Training split (removal signals, confident-learning relabels) into a derived dataset."""
+    from ferjax.curation.task import curate as run
+
+    return run(config, workdir)

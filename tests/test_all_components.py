@@ -16,8 +16,8 @@ import pytest
 
 from ferjax import config as cfg_lib
 from ferjax import pretrained
-from ferjax.registry import (CLASSIFIERS, DATASETS, DETECTORS, DISCRIMINATORS, GENERATORS, LOSSES,
-                             PRETRAINED)
+from ferjax.registry import (CLASSIFIERS, CURATION_SIGNALS, DATASETS, DETECTORS, DISCRIMINATORS,
+                             GENERATORS, LOSSES, PRETRAINED)
 from conftest import MEDIA, MODELS, require_detector, require_files
 
 SMALL_IMAGE = 32  # input side for classifiers that resize internally (VGG-Face's 224 costs ~50x more)
@@ -207,6 +207,32 @@ def test_detector_on_a_real_frame_and_a_blank_one(name, face_frame):
     x1, y1, x2, y2 = found[0].box
     assert np.isfinite(found[0].box).all() and 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
     assert det(np.zeros_like(face_frame)) == []
+
+
+# ------------------------------------------------------------------------------ curation signals
+@pytest.mark.parametrize("name", CURATION_SIGNALS.names())
+def test_curation_signal_on_a_real_face_and_a_blank_image(name, face_frame):
+    """Training = [a real face cropped to 48x48 grey, a blank image, that face again]; a test split
+    holding the face once more. One result per Training row, flagged rows have reasons, the real
+    face is never flagged as not a face, the blank image never as a face problem of another group."""
+    from ferjax.curation.signals import GROUPS, SignalResult
+
+    require_detector("yunet")
+    box = DETECTORS.create_accepting("yunet", {"models_dir": str(MODELS)})(face_frame)[0].box
+    x1, y1, x2, y2 = (int(v) for v in box)
+    face = cv2.resize(cv2.cvtColor(face_frame[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY), (48, 48))[..., None]
+    images = np.stack([face, np.full_like(face, 128), face])
+    splits = {"train": {"image": images, "label": np.array([3, 3, 3]), "row": np.arange(3)},
+              "test": {"image": face[None], "label": np.array([3]), "row": np.array([9])}}
+    signal = CURATION_SIGNALS.create_accepting(name, {"models_dir": str(MODELS)})
+    res = signal(splits, None)
+    assert isinstance(res, SignalResult) and res.group in GROUPS
+    assert res.score.shape == res.flagged.shape == (3,) and len(res.reason) == 3
+    assert all(bool(r) == f for r, f in zip(res.reason, res.flagged)), res.reason
+    if res.group == "non_face":
+        assert not res.flagged[0], f"{name} flags a real face: {res.reason[0]}"
+    if res.group == "duplicate":  # both copies of the face leak the test image
+        assert res.flagged[0] and res.flagged[2]
 
 
 # ------------------------------------------------------------------------------ datasets

@@ -395,6 +395,10 @@ class DerivedBuilder:
         e.action, e.label, e.reason = "removed", e.original_label, reason
         e.scores.update(scores or {})
 
+    def annotate(self, row: int, scores: Mapping[str, float]) -> None:
+        """Records `score_*` values for base row `row` without changing its action."""
+        self._base_entry(row).scores.update(scores)
+
     def relabel(self, row: int, label: int | str, reason: str,
                 scores: Mapping[str, float] | None = None) -> None:
         """Gives base row `row` another label (its original label: refused)."""

@@ -1,0 +1,257 @@
+"""FER2013 curation (experiment curate_fer2013): signals, k-fold out-of-fold probabilities, confident
+learning, FER+ scoring, and the rule that no decision reads the FER+ votes."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+
+from ferjax import config as cfg_lib
+from ferjax.curation import scoring
+from ferjax.curation.kfold import out_of_fold_probabilities, stratified_folds
+from ferjax.curation.relabel import confident_relabeling
+from ferjax.curation.signals import (BlankSignal, DuplicatesSignal, TextGraphicsSignal, curation_view,
+                                     yaw_ratio)
+from conftest import synthetic_rows, write_csv
+
+NO_DETECTOR_SIGNALS = "blank,text_graphics,duplicates"  # synthetic bands hold no faces
+
+
+def _splits(train_images, train_labels, others=None):
+    out = {"train": {"image": train_images, "label": np.asarray(train_labels, np.int32),
+                     "row": np.arange(len(train_labels))}}
+    for name, (img, lab) in (others or {}).items():
+        out[name] = {"image": img, "label": np.asarray(lab, np.int32),
+                     "row": 1000 + np.arange(len(lab))}
+    return out
+
+
+def _noise(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48, 1), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------- signals
+def test_blank_and_text_signals_flag_flat_images_only():
+    images = _noise(6)
+    images[0] = 0  # blank
+    images[1] = 128 + (np.arange(48) % 2)[None, :, None]  # near-constant (std 0.5)
+    images[2] = 255
+    images[2, 20:28, 5:40] = 0  # black text on white: saturated and flat
+    view = _splits(images, [0] * 6)
+    blank = BlankSignal(max_std=2.0)(view)
+    assert blank.flagged.tolist() == [True, True, False, False, False, False]
+    assert blank.reason[0].startswith("near-constant") and blank.reason[3] == ""
+    text = TextGraphicsSignal()(view)
+    assert text.flagged[2] and not text.flagged[3:].any() and text.group == "non_face"
+
+
+def test_duplicates_leaks_repeats_and_conflicts():
+    train = _noise(6)
+    train[1] = train[0]  # repeat, same label: keep row 0, remove row 1
+    train[3] = train[2]  # conflicting labels: both removed
+    train[5] = np.clip(train[4].astype(int) + 1, 0, 255).astype(np.uint8)  # near duplicate, same label
+    test = _noise(2, seed=1)
+    test[0] = train[4]  # leak: row 4 (and its near twin 5) sit in the test split
+    view = _splits(train, [0, 0, 1, 2, 3, 3], {"test": (test, [3, 4])})
+    res = DuplicatesSignal(max_distance=4)(view)
+    assert res.flagged.tolist() == [False, True, True, True, True, True]
+    assert res.reason[4].startswith("leak: same image as test row 1000")
+    assert res.info["exact_groups"] == 3 and res.info["exact_conflicting_groups"] == 1
+    assert res.info["exact_cross_split_groups"] == 1
+    exact_only = DuplicatesSignal(max_distance=0)(view)
+    assert not exact_only.flagged[5] or exact_only.score[5] == 0  # the near twin needs distance > 0
+
+
+def test_yaw_ratio_frontal_and_turned():
+    frontal = np.array([[[10, 10], [30, 10], [20, 20], [12, 30], [28, 30]]], float)
+    turned = frontal.copy()
+    turned[0, 2, 0] = 32  # nose beyond the right eye
+    assert yaw_ratio(frontal)[0] == pytest.approx(0.0)
+    assert yaw_ratio(turned)[0] == pytest.approx(0.6)
+    assert np.isnan(yaw_ratio(np.full((1, 5, 2), np.nan)))[0]
+
+
+def test_curation_view_strips_ferplus_votes():
+    splits = {"train": {"image": _noise(2), "label": np.zeros(2), "row": np.arange(2),
+                        "ferplus_votes": np.zeros((2, 10))}}
+    assert set(curation_view(splits)["train"]) == {"image", "label", "row"}
+
+
+# ------------------------------------------------------------------------------------- k-fold and relabeling
+def test_stratified_folds_balanced_and_deterministic():
+    labels = np.repeat(np.arange(7), [40, 5, 41, 70, 48, 31, 49])
+    folds = stratified_folds(labels, 5, seed=3)
+    np.testing.assert_array_equal(folds, stratified_folds(labels, 5, seed=3))
+    assert np.ptp(np.bincount(folds)) <= 1
+    for c in range(7):
+        assert np.ptp(np.bincount(folds[labels == c], minlength=5)) <= 1
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        stratified_folds(labels, 1, 0)
+
+
+def test_confident_learning_relabels_to_the_confident_class_or_removes():
+    pytest.importorskip("cleanlab", reason="the optional extra 'curate' (cleanlab) is not installed")
+    rng = np.random.default_rng(0)
+    n, k = 700, 7
+    truth = np.arange(n) % k
+    probs = np.full((n, k), 0.02)
+    probs[np.arange(n), truth] = 0.88
+    probs += rng.uniform(0, 0.01, probs.shape)
+    labels = truth.copy()
+    wrong = np.arange(0, 70, 7)  # truth 0, labelled 3: the model is sure of class 0
+    labels[wrong] = 3
+    probs[wrong, 0] = 0.97
+    unsure = np.arange(1, 71, 7)[:5]  # labelled 4, the model spreads its mass: no class is confident
+    probs[unsure] = [0.2, 0.16, 0.16, 0.16, 0.05, 0.135, 0.135]
+    labels[unsure] = 4
+    probs /= probs.sum(1, keepdims=True)
+    rel = confident_relabeling(labels, probs)
+    assert rel.issue[wrong].all() and (rel.new_label[wrong] == 0).all()
+    clean = np.setdiff1d(np.arange(n), np.r_[wrong, unsure])
+    assert not rel.issue[clean].any() and (rel.new_label[clean] == labels[clean]).all()
+    argmax = confident_relabeling(labels, probs, "predicted_neq_given")  # flags the unsure rows too
+    assert argmax.issue[unsure].all() and (argmax.new_label[unsure] == -1).all()
+    assert np.isnan(argmax.confident_prob[unsure]).all()
+    masked = confident_relabeling(labels, probs, candidates=np.zeros(n, bool))
+    assert not masked.issue.any()
+
+
+def test_missing_cleanlab_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cleanlab", None)
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    monkeypatch.setitem(sys.modules, "cleanlab.count", None)
+    with pytest.raises(ImportError, match=r"ferjax\[curate\]"):
+        confident_relabeling(np.zeros(3, int), np.full((3, 7), 1 / 7))
+
+
+# ------------------------------------------------------------------------------------- FER+ scoring
+def test_scoring_precision_recall_and_fixed_row_agreement():
+    votes = np.zeros((6, 10), np.int16)
+    votes[[0, 1], 9] = 10  # not a face
+    votes[2, 3] = 6  # FER+ sad -> FER2013 4 (sad)
+    votes[3, 1] = 7  # happiness -> 3
+    votes[4, 0] = 5  # neutral -> 6
+    votes[5] = -1  # no votes
+    original = np.array([0, 0, 0, 3, 6, 2])
+    curated = np.array([0, 0, 4, 3, 2, 2])
+    action = np.array(["removed", "kept", "relabeled", "kept", "relabeled", "kept"])
+    flags = {"blank": np.array([1, 0, 0, 0, 0, 0], bool), "text_graphics": np.array([0, 0, 1, 0, 0, 0], bool)}
+    s = scoring.score(votes, original, curated, action, flags, [str(i) for i in range(7)])
+    assert s["ferplus_not_a_face"] == 2
+    assert s["removal"]["blank"] == {"flagged": 1, "true_positives": 1, "precision": 1.0, "recall": 0.5}
+    assert s["removal"]["combined"]["precision"] == 0.5
+    r = s["relabel"]
+    assert r["fixed_rows"] == 3 and r["original_agreement"] == pytest.approx(2 / 3)
+    assert r["curated_agreement"] == pytest.approx(2 / 3)  # row 2 fixed, row 4 broken
+    assert r["relabeled_old_agreement"] == 0.5 and r["relabeled_new_agreement"] == 0.5
+    assert s["old_to_new"]["counts"][0][4] == 1 and s["old_to_new"]["counts"][6][2] == 1
+    skipped = scoring.score(np.full((6, 10), -1), original, curated, action, flags, ["a"] * 7)
+    assert skipped["skipped"] and "fer2013new.csv" in skipped["reason"]
+
+
+# ------------------------------------------------------------------------------------- the task
+def _config(csv_dir: Path, tfds_dir: Path, *overrides: str) -> ml_collections.ConfigDict:
+    return cfg_lib.build("curate_fer2013:tiny", [f"data.fer2013_path={csv_dir}", f"data.tfds_data_dir={tfds_dir}",
+                                                 *overrides])
+
+
+def _with_ferplus(folder: Path, rows) -> Path:
+    """Writes fer2013new.csv beside the CSV: 10 NF votes on the first Training row, sadness elsewhere."""
+    lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    for i, (_, _, usage) in enumerate(rows):
+        votes = [0] * 9 + [10] if i == 0 else [2, 0, 0, 8, 0, 0, 0, 0, 0, 0]
+        lines.append(f"{usage},fer{i:07d}.png," + ",".join(map(str, votes)))
+    (folder / "fer2013new.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory):
+    """The same synthetic FER2013 CSV twice, with and without fer2013new.csv, plus a blank and a
+    repeated Training image so that signals fire."""
+    rows = synthetic_rows((120, 24, 24), seed=5)
+    rows[0] = (rows[0][0], np.zeros((48, 48), np.uint8), rows[0][2])
+    rows[3] = (rows[2][0], rows[2][1].copy(), rows[3][2])
+    with_votes = tmp_path_factory.mktemp("with_ferplus")
+    without = tmp_path_factory.mktemp("without_ferplus")
+    for d in (with_votes, without):
+        write_csv(d / "fer2013.csv", rows)
+    _with_ferplus(with_votes, rows)
+    return with_votes, without
+
+
+def _run(src: Path, tfds: Path, workdir: Path, *overrides: str) -> dict:
+    from ferjax.curation.task import curate
+
+    return curate(_config(src, tfds, *overrides), str(workdir))
+
+
+def test_curation_identical_with_and_without_ferplus(two_sources, tmp_path):
+    """Signals only (no fold models): provenance byte-identical; scoring runs only with the votes."""
+    with_votes, without = two_sources
+    args = (f"curation_signals={NO_DETECTOR_SIGNALS}", "kfold.folds=0")
+    a = _run(with_votes, tmp_path / "tfds_a", tmp_path / "a", *args)
+    b = _run(without, tmp_path / "tfds_b", tmp_path / "b", *args)
+    prov_a = (Path(a["output"]) / "provenance.csv").read_bytes()
+    assert prov_a == (Path(b["output"]) / "provenance.csv").read_bytes()
+    assert a["actions"] == b["actions"] and a["actions"]["removed"] == 2  # the blank row and the repeat
+    assert not a["ferplus"]["skipped"] and a["ferplus"]["removal"]["blank"]["true_positives"] == 1
+    assert b["ferplus"]["skipped"] and "fer2013new.csv" in b["ferplus"]["reason"]
+    report = Path(b["report"]).read_text()
+    assert "Skipped: no FER+ votes" in report
+    header = prov_a.decode().splitlines()[0]
+    assert "score_blank" in header and "score_duplicates" in header
+
+
+@pytest.mark.slow
+def test_kfold_curation_end_to_end_cached_and_ferplus_blind(two_sources, tmp_path):
+    """curate_fer2013:tiny with 2 fold classifiers: out-of-fold probabilities for every Training row,
+    relabels and removals in provenance, a rerun reads the cache (no training), and the same run
+    without fer2013new.csv writes the same provenance."""
+    pytest.importorskip("cleanlab", reason="the optional extra 'curate' (cleanlab) is not installed")
+    with_votes, without = two_sources
+    args = (f"curation_signals={NO_DETECTOR_SIGNALS}", "kfold.recipe_overrides=train.epochs=3")
+    first = _run(with_votes, tmp_path / "tfds_a", tmp_path / "a", *args)
+    provenance = (Path(first["output"]) / "provenance.csv").read_bytes()
+    rel = first["relabeling"]
+    assert not rel["cached"] and len(rel["per_fold"]) == 2
+    assert sum(f["held_out"] for f in rel["per_fold"]) == 120
+    oof = np.load(Path(rel["cache"]) / "oof.npz")
+    assert oof["probs"].shape == (120, 7) and np.allclose(oof["probs"].sum(1), 1, atol=1e-5)
+    again = _run(with_votes, tmp_path / "tfds_a", tmp_path / "a", *args, "relabel.filter_by=both")
+    assert again["relabeling"]["cached"] and again["wall_seconds"] < 30
+    blind = _run(without, tmp_path / "tfds_b", tmp_path / "b", *args)
+    assert provenance == (Path(blind["output"]) / "provenance.csv").read_bytes()
+    assert "relabeled" in provenance.decode() or "confident learning" in provenance.decode()
+    summary = json.loads((tmp_path / "a" / "report" / "summary.json").read_text())
+    assert summary["relabeling"]["filter_by"] == "both"
+    assert (tmp_path / "a" / "report" / "report.md").is_file()
+
+
+def test_finished_folds_are_not_retrained(tmp_path):
+    """A fold with its oof.npz is read, not retrained (the kill-and-rerun path): here every fold is
+    pre-written, so no classifier is built at all."""
+    labels = np.arange(20) % 2
+    train = {"image": _noise(20), "label": labels, "row": np.arange(20) + 7}
+    recipe = cfg_lib.build("fer2013_vgg:tiny")
+    folds = stratified_folds(labels, 2, 0)
+    from ferjax.curation import kfold
+
+    key = kfold.cache_key(recipe, train, 2, 0, 0.1)
+    for f in range(2):
+        held = folds == f
+        p = np.zeros((held.sum(), 7))
+        p[:, f] = 1
+        kfold._write_npz(tmp_path / "folds" / key / str(f) / "oof.npz", probs=p, row=train["row"][held],
+                         info=np.asarray(json.dumps({"fold": f})))
+    probs, info = out_of_fold_probabilities(recipe, train, 2, 0, 0.1, tmp_path)
+    assert not info["cached"] and (probs.argmax(1) == folds).all()
+    probs2, info2 = out_of_fold_probabilities(recipe, train, 2, 0, 0.1, tmp_path)
+    assert info2["cached"] and np.array_equal(probs, probs2)
+    shutil.rmtree(tmp_path / "folds" / key / "0")
+    assert out_of_fold_probabilities(recipe, train, 2, 0, 0.1, tmp_path)[1]["cached"]  # assembled file wins
