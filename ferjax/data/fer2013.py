@@ -1,4 +1,5 @@
-"""Reading FER2013 from its Kaggle CSV (plain or gzipped) or the common image-folder layout.
+"""Reading FER2013 from its Kaggle CSV (plain or gzipped), the common image-folder layout, or a
+compact array file (`*.npz.xz`, see ferjax.data.compact).
 
 Every record keeps its source row index. Malformed input stops with an error that names the
 file, the row and the problem, unless `skip_bad_rows` is set: then bad rows are counted and
@@ -32,6 +33,8 @@ FOLDER_SPLITS = {"train": "train", "training": "train", "val": "validation", "va
                  "validation": "validation", "publictest": "validation", "test": "test",
                  "privatetest": "test"}
 FERPLUS_FILE = "fer2013new.csv"
+COMPACT_SUFFIX = ".npz.xz"  # a compact array file (ferjax.data.compact); FER+ votes are inside
+COMPACT_FILE = "fer2013" + COMPACT_SUFFIX  # its default name
 FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
                    "contempt", "unknown", "NF")
 # Rows whose FER+ votes belong to another image (see shared/data/fer2013/README.md).
@@ -80,12 +83,13 @@ class ReadReport:
 
 
 def find_source(path: str | os.PathLike) -> Path:
-    """Resolves a user path (CSV file, gzipped CSV, or a folder holding either / an image tree)."""
+    """Resolves a user path (CSV file, gzipped CSV, compact `.npz.xz`, or a folder holding one of
+    them / an image tree)."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
     if p.is_dir():
-        for name in ("fer2013.csv", "fer2013.csv.gz"):
+        for name in ("fer2013.csv", "fer2013.csv.gz", COMPACT_FILE):
             if (p / name).is_file():
                 return p / name
         if any((p / d).is_dir() for d in FOLDER_SPLITS) or any(
@@ -103,10 +107,15 @@ def missing_message(where: str) -> str:
 
 def iter_records(source: Path, skip_bad_rows: bool = False,
                  report: ReadReport | None = None) -> Iterator[Record]:
-    """Yields Records from a CSV, a gzipped CSV, or an image folder tree."""
+    """Yields Records from a CSV, a gzipped CSV, a compact file, or an image folder tree."""
     report = report if report is not None else ReadReport(str(source))
     if source.is_dir():
         yield from _iter_folder(source, skip_bad_rows, report)
+        return
+    if source.name.endswith(COMPACT_SUFFIX):
+        from ferjax.data import compact  # noqa: PLC0415  (it imports this module)
+
+        yield from compact.iter_records(source, report)
         return
     votes = read_ferplus(source.parent / FERPLUS_FILE)
     for rec in _iter_csv(source, skip_bad_rows, report):
@@ -223,9 +232,12 @@ def _carved(key: str) -> bool:
 
 
 def source_files(source: Path) -> list[Path]:
-    """Every file `iter_records(source)` reads: the CSV (+ fer2013new.csv beside it), or the images."""
+    """Every file `iter_records(source)` reads: the CSV (+ fer2013new.csv beside it), the compact
+    file, or the images."""
     if source.is_dir():
         return [path for _, _, path in folder_images(source)]
+    if source.name.endswith(COMPACT_SUFFIX):
+        return [source]
     return [source] + [p for p in [source.parent / FERPLUS_FILE] if p.is_file()]
 
 

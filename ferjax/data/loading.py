@@ -34,8 +34,10 @@ def builder_for(source: Path, data_dir: str | None = None, skip_bad_rows: bool =
     content of every file it reads (`fer2013.content_hash`): any change to them rebuilds."""
     from ferjax.data.fer2013_tfds import Fer2013
 
-    if source.is_file() and not source.name.startswith("fer2013.csv"):
-        raise fer.FER2013FormatError(f"{source}: the CSV must be named fer2013.csv or fer2013.csv.gz")
+    if source.is_file() and not (source.name.startswith("fer2013.csv")
+                                 or source.name.endswith(fer.COMPACT_SUFFIX)):
+        raise fer.FER2013FormatError(f"{source}: the CSV must be named fer2013.csv or fer2013.csv.gz "
+                                     f"(a compact array file: NAME{fer.COMPACT_SUFFIX})")
     base = Path(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
     builder = Fer2013(source=source, data_dir=str(base / f"src-{fer.content_hash(source)}"),
                       config="skip_bad_rows" if skip_bad_rows else "strict")
