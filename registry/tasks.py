@@ -48,3 +48,11 @@ def curate(config, workdir):
     from ferjax.curation.task import curate as run
 
     return run(config, workdir)
+
+
+@TASKS.register("compare_curation")
+def compare_curation(config, workdir):
+    """Train one recipe on original and curated Training data, several seeds each; score on PrivateTest."""
+    from ferjax.eval.curation_study import compare_curation as run
+
+    return run(config, workdir)

@@ -60,26 +60,57 @@ def test_score_means_sds_and_intervals(tmp_path):
         study.score(runs, y, rows + 1, np.ones(400, bool), "base", focus=1, n_boot=10)
 
 
-def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(synthetic_csv, tfds_dir, tmp_path):
-    """compare_balancing:tiny: 3 arms x 2 seeds of fer2013_vgg:tiny; oversampled data made by the
-    balance task; report, tables and confusion PNGs; a rerun trains nothing."""
-    args = ["--experiment=compare_balancing:tiny", f"--workdir={tmp_path}",
+@pytest.fixture(scope="module")
+def balancing(synthetic_csv, tfds_dir, tmp_path_factory):
+    """compare_balancing:tiny run once: 3 arms x 2 seeds of fer2013_vgg:tiny on the synthetic CSV."""
+    wd = tmp_path_factory.mktemp("balancing")
+    args = ["--experiment=compare_balancing:tiny", f"--workdir={wd}",
             f"--config.data.fer2013_path={synthetic_csv}", f"--config.data.tfds_data_dir={tfds_dir}",
             "--config.target_count=30"]
-    proc = run_cli(*args)
+    return args, wd, run_cli(*args)
+
+
+def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(balancing):
+    """Oversampled data made by the balance task; report, tables and confusion PNGs; a rerun
+    trains nothing; a changed recipe is refused naming the field."""
+    args, wd, proc = balancing
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     table = summary["mean_over_seeds"]["original"]
     assert set(table) == {"as_is", "oversample", "class_weighted"}
     assert "[6/6] class_weighted seed 1: training fer2013_vgg:tiny" in proc.stdout
-    manifest = json.loads((tmp_path / "data" / "oversample" / "manifest.json").read_text())
+    assert "FER+ scoring skipped: no fer2013new.csv votes" in proc.stdout
+    manifest = json.loads((wd / "data" / "oversample" / "manifest.json").read_text())
     assert manifest["counts"]["train_per_class_after"]["disgust"] == 30
-    saved = json.loads((tmp_path / "comparison.json").read_text())["original"]
+    saved = json.loads((wd / "comparison.json").read_text())["original"]
     assert len(saved["oversample"]["per_seed"]) == 2 and "diff_ci95" in saved["oversample"]["macro_f1"]
-    md = (tmp_path / "comparison.md").read_text()
-    assert "| oversample (n=64, 2 seeds) |" in md and (tmp_path / "confusion_original_as_is.png").exists()
-    cfg = json.loads((tmp_path / "class_weighted" / "seed1" / "config.json").read_text())
+    md = (wd / "comparison.md").read_text()
+    assert "| oversample (n=64, 2 seeds) |" in md and (wd / "confusion_original_as_is.png").exists()
+    cfg = json.loads((wd / "class_weighted" / "seed1" / "config.json").read_text())
     assert cfg["train"]["class_weighting"] == "balanced" and cfg["train"]["seed"] == 1
     again = run_cli(*args)
     assert again.stdout.count("done before, kept") == 6 and "training" not in again.stdout
     changed = run_cli(*args, "--config.recipe_overrides=('train.epochs=3',)", check=False)
     assert changed.returncode == 1 and "train.epochs: 2 -> 3" in changed.stderr
+
+
+def test_curation_study_reuses_the_balancing_baseline(balancing, synthetic_csv, tfds_dir, tmp_path):
+    """compare_curation:tiny trains only the curated arm; as_is comes from the balancing study."""
+    from ferjax import config as cfg_lib
+    from ferjax.data.derived import DerivedBuilder
+
+    _, balancing_wd, _ = balancing
+    data = [f"data.fer2013_path={synthetic_csv}", f"data.tfds_data_dir={tfds_dir}"]
+    builder = DerivedBuilder("fer2013", cfg_lib.build("fer2013_vgg:tiny", data).data)
+    for row in range(0, 40, 3):
+        builder.remove(row, "test: pretend non-face")
+    curated = builder.write(tmp_path / "curated", "test")
+    proc = run_cli("--experiment=compare_curation:tiny", f"--workdir={tmp_path / 'study'}",
+                   f"--config.curated_dir={curated}", f"--config.reuse_baseline_from={balancing_wd}",
+                   *(f"--config.{d}" for d in data))
+    assert proc.stdout.count("done before, kept") == 2 and proc.stdout.count(": training") == 2
+    assert f"({balancing_wd / 'as_is' / 'seed0'})" in proc.stdout
+    scores = json.loads((tmp_path / "study" / "comparison.json").read_text())["original"]
+    assert set(scores) == {"as_is", "curated"} and "diff_ci95" in scores["curated"]["accuracy"]
+    missing = run_cli("--experiment=compare_curation:tiny", f"--workdir={tmp_path / 'x'}",
+                      f"--config.curated_dir={tmp_path}", check=False)
+    assert missing.returncode == 1 and "holds no derived dataset (no manifest.json)" in missing.stderr

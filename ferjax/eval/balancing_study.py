@@ -14,14 +14,11 @@ import time
 from pathlib import Path
 
 import ml_collections
-import numpy as np
 
 from ferjax import config as cfg_lib
 from ferjax.data.balance_task import balance
 from ferjax.data.fer2013 import class_index
 from ferjax.eval import study
-from ferjax.registry import DATASETS
-from ferjax.components.datasets import ferplus_majority
 
 ARMS = ("as_is", "cyclegan", "oversample", "class_weighted")
 BALANCED = {"cyclegan": "generator", "oversample": "oversample"}  # arm -> balance method
@@ -75,21 +72,12 @@ def compare_balancing(config: ml_collections.ConfigDict, workdir: str) -> dict:
     common = [*study.data_overrides(config.data), *config.recipe_overrides]
     runs = study.run_arms(config.recipe, arm_overrides, range(config.seeds), common, workdir)
 
-    test = DATASETS.create("fer2013", cfg=cfg_lib.build(config.recipe, common).data,
-                           protocol="original")["test"]
-    everything = np.ones(len(test["label"]), bool)
-    scores = {"original": study.score(runs, test["label"], test["row"], everything, "as_is", focus,
-                                      config.bootstrap, config.balance_seed)}
-    ferplus = ferplus_majority(test["ferplus_votes"])
-    if (ferplus >= 0).any():
-        scores["ferplus"] = study.score(runs, ferplus, test["row"], ferplus >= 0, "as_is", focus,
-                                        config.bootstrap, config.balance_seed)
+    scores = study.score_test_labels(runs, config.recipe, common, "as_is", focus, config.bootstrap,
+                                     config.balance_seed)
     header = (f"Recipe `{config.recipe}`, {config.seeds} seeds per arm, trained on FER2013 Training "
               f"(arms: {', '.join(arms)}), tested on PrivateTest (never balanced). Bootstrap: "
               f"{config.bootstrap} resamples of the test images. Made by "
               f"`{config.reproduce_command}`.")
     report = study.write_report(scores, focus, workdir, "Balancing study", header)
-    table = {ls: {arm: {m: round(e[m]["mean"], 4) for m in (*study.METRICS, "focus_recall")}
-                  for arm, e in s.items()} for ls, s in scores.items()}
-    return {"experiment": config.name, "report": str(report), "mean_over_seeds": table,
+    return {"experiment": config.name, "report": str(report), "mean_over_seeds": study.mean_table(scores),
             "wall_seconds": round(time.perf_counter() - t0, 1)}

@@ -49,24 +49,32 @@ def _refuse_stale(run_dir: Path, config: ml_collections.ConfigDict) -> None:
 
 
 def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int],
-             common: Sequence[str], workdir: str | Path) -> dict[str, list[Path]]:
+             common: Sequence[str], workdir: str | Path,
+             reuse: Mapping[str, str | Path] | None = None) -> dict[str, list[Path]]:
     """Trains `recipe` with each arm's overrides (after `common`) and `train.seed=S` for every
-    seed into WORKDIR/ARM/seedS; returns the run folders per arm."""
+    seed into WORKDIR/ARM/seedS; returns the run folders per arm. `reuse` maps an arm to another
+    study's folder of that arm (FOLDER/seedS): its finished runs stand in for training, when their
+    config is the one this study would train (e.g. the shared `as_is` baseline)."""
     from ferjax.train.classifier_task import train_classifier  # noqa: PLC0415
 
     workdir = Path(workdir)
     plan = [(arm, seed) for arm in arms for seed in seeds]
     configs = {(arm, seed): cfg_lib.build(recipe, [*common, *arms[arm], f"train.seed={seed}"])
                for arm, seed in plan}  # every config checked before the first run starts
+    runs: dict[str, list[Path]] = {arm: [] for arm in arms}
     for i, (arm, seed) in enumerate(plan, 1):
         run_dir = workdir / arm / f"seed{seed}"
+        shared = Path((reuse or {}).get(arm, "")) / f"seed{seed}" if (reuse or {}).get(arm) else None
+        if shared is not None and (shared / "report.json").exists() and not (run_dir / "report.json").exists():
+            run_dir = shared
+        runs[arm].append(run_dir)
         if (run_dir / "report.json").exists():
             _refuse_stale(run_dir, configs[arm, seed])
             print(f"[{i}/{len(plan)}] {arm} seed {seed}: done before, kept ({run_dir})", flush=True)
             continue
         print(f"[{i}/{len(plan)}] {arm} seed {seed}: training {recipe} -> {run_dir}", flush=True)
         train_classifier(configs[arm, seed], str(run_dir))
-    return {arm: [workdir / arm / f"seed{s}" for s in seeds] for arm in arms}
+    return runs
 
 
 def _load_predictions(run_dir: Path, rows: np.ndarray) -> np.ndarray:
@@ -132,6 +140,31 @@ def score(runs: Mapping[str, Sequence[Path]], y: np.ndarray, rows: np.ndarray, k
                                 ci_excludes_zero=bool(lo > 0 or hi < 0))
         out[arm] = entry
     return out
+
+
+def score_test_labels(runs: Mapping[str, Sequence[Path]], recipe: str, common: Sequence[str],
+                      baseline: str, focus: int, n_boot: int, seed: int) -> dict[str, dict]:
+    """`score` on the recipe's untouched FER2013 test split with its original labels and, where
+    fer2013new.csv gives them, the FER+ majority labels (only the rows that have one)."""
+    from ferjax.components.datasets import ferplus_majority  # noqa: PLC0415
+    from ferjax.registry import DATASETS  # noqa: PLC0415
+
+    data_cfg = cfg_lib.build(recipe, common).data
+    test = DATASETS.create("fer2013", cfg=data_cfg, protocol="original")["test"]
+    every = np.ones(len(test["label"]), bool)
+    scores = {"original": score(runs, test["label"], test["row"], every, baseline, focus, n_boot, seed)}
+    ferplus = ferplus_majority(test["ferplus_votes"])
+    if (ferplus >= 0).any():
+        scores["ferplus"] = score(runs, ferplus, test["row"], ferplus >= 0, baseline, focus, n_boot, seed)
+    else:
+        print("FER+ scoring skipped: no fer2013new.csv votes beside the FER2013 source", flush=True)
+    return scores
+
+
+def mean_table(scores: Mapping[str, Mapping[str, dict]]) -> dict:
+    """{label set: {arm: {metric: seed mean}}} for the printed summary."""
+    return {ls: {arm: {m: round(e[m]["mean"], 4) for m in (*METRICS, "focus_recall")} for arm, e in s.items()}
+            for ls, s in scores.items()}
 
 
 def markdown_table(scores: Mapping[str, dict], focus_name: str, label_set: str) -> str:
