@@ -1,0 +1,110 @@
+"""tools/gpu_check.py: what it carries, its arguments, and its refusals (no GPU, no data, no wheels).
+
+The end-to-end path (wheels installed offline into a fresh Python 3.12 environment, compact data,
+training, benchmark) is the `--allow-cpu` dry run recorded in README "GPU check"; it installs
+packages, so it is not part of the test suite.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import synthetic_rows, write_csv
+
+from ferjax.data import compact
+from ferjax.data import fer2013 as fer
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+_spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
+
+
+def test_parser_defaults_and_bad_arguments(capsys, monkeypatch):
+    monkeypatch.setenv("OUT", "/tmp/some_out")
+    args = gpu_check.build_parser().parse_args(["run"])
+    assert (args.experiment, args.epochs, args.allow_cpu, args.bench, args.out) == (
+        "fer2013_vgg:gpu", gpu_check.GPU_EPOCHS, False, True, "/tmp/some_out")
+    args = gpu_check.build_parser().parse_args(["run", "--allow-cpu", "--no-bench", "--epochs=3"])
+    assert (args.allow_cpu, args.bench, args.epochs) == (True, False, 3)
+    for bad in (["run", "--epochs=-1"], ["run", "--epochs=x"], ["fly"], []):
+        with pytest.raises(SystemExit) as e:
+            gpu_check.build_parser().parse_args(bad)
+        assert e.value.code == 2
+    assert "expected an integer >= 0, got -1" in capsys.readouterr().err
+
+
+def test_carried_wheels_never_include_the_machines_jax_or_its_preinstalled_packages():
+    closure = gpu_check.dependency_closure()  # ferjax's real run-time closure in this environment
+    for needed in ("jax", "flax", "tensorflow-datasets", "grain", "dm-pix", "ml-collections", "array-record"):
+        assert needed in closure, needed
+    pins = gpu_check.carried_requirements(closure, ["setuptools>=77", "wheel"])
+    assert pins[-2:] == ["setuptools>=77", "wheel"]
+    pins = pins[:-2]
+    names = {p.split("==")[0] for p in pins}
+    assert {"tensorflow-datasets", "grain", "dm-pix", "ml-collections", "array-record"} <= names
+    assert not names & {"jax", "jaxlib", "flax", "optax", "numpy", "opencv-python-headless", "torch", "ferjax"}
+    assert all(p.count("==") == 1 and p.split("==")[1] for p in pins)
+
+
+def test_names_and_last_json():
+    assert gpu_check.wheel_name(Path("dm_pix-0.4.5-py3-none-any.whl")) == "dm-pix"
+    assert gpu_check.wheel_name(Path("ml_collections-1.1.0-py3-none-any.whl")) == "ml-collections"
+    assert gpu_check.normalize("Array_Record") == "array-record"
+    text = 'log\n{"a": 1}\nnot json {\n{"test": {"accuracy": 0.5}}\ntrailing\n'
+    assert gpu_check.last_json(text) == {"test": {"accuracy": 0.5}}
+    assert gpu_check.last_json("nothing here") is None
+
+
+@pytest.fixture
+def small_compact(tmp_path):
+    write_csv(tmp_path / "src" / "fer2013.csv", synthetic_rows((7, 2, 2)))
+    return compact.write(tmp_path / "fer2013.npz.xz", fer.iter_records(tmp_path / "src" / "fer2013.csv"))
+
+
+def test_run_refuses_without_data_or_installed_packages(tmp_path, small_compact, capsys):
+    out = tmp_path / "out"
+    common = ["--bundle", str(tmp_path / "bundle"), "--site", str(tmp_path / "site"), "--out", str(out)]
+    assert gpu_check.main(["run", *common, "--data", str(tmp_path / "none.npz.xz")]) == 2
+    assert f"no compact FER2013 file at {tmp_path / 'none.npz.xz'}" in capsys.readouterr().out
+    assert json.loads((out / "gpu_check.json").read_text())["ok"] is False
+    assert gpu_check.main(["run", *common, "--data", str(small_compact)]) == 2
+    said = capsys.readouterr().out
+    assert "not installed yet" in said and "tools/gpu_check.py install" in said
+    assert gpu_check.main(["install", *common]) == 2
+    assert f"no wheels in {tmp_path / 'bundle' / 'install' / 'wheels'}" in capsys.readouterr().out
+    assert gpu_check.main(["run", *common]) == 2  # neither --data nor carried parts
+    assert "carry .gpu_check/run in this call" in capsys.readouterr().out
+
+
+def test_data_parts_split_and_join_with_checks(tmp_path, small_compact):
+    first, second, stage = tmp_path / "install", tmp_path / "run", tmp_path / "stage"
+    manifest = gpu_check.split_file(small_compact, 1000, first, second)
+    assert [p["bytes"] for p in manifest["parts"]] == [1000, small_compact.stat().st_size - 1000]
+    joined = gpu_check.join_parts([second, first], stage / "fer2013.npz.xz")
+    assert joined.read_bytes() == small_compact.read_bytes()
+    assert compact.summary(joined)["rows"] == 11
+    joined.unlink()
+    (first / "fer2013.npz.xz.part1").unlink()  # the install call's part did not arrive
+    with pytest.raises(FileNotFoundError, match="data part fer2013.npz.xz.part1 not found .* back to back"):
+        gpu_check.join_parts([second, stage], stage / "fer2013.npz.xz")
+    (first / "fer2013.npz.xz.part1").write_bytes(b"x" * 1000)  # same size, other bytes
+    with pytest.raises(ValueError, match="part1: 1000 bytes, not the 1000 with the sha256"):
+        gpu_check.join_parts([second, first], stage / "fer2013.npz.xz")
+
+
+def test_run_refuses_when_jax_sees_no_gpu(tmp_path, small_compact, capsys, monkeypatch):
+    """With ferjax 'installed' (here: this environment's, via the marker), JAX on this CPU machine is
+    asked for its backend in a child process, and the run stops before training."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / gpu_check.MARKER).write_text(json.dumps({"source": gpu_check.source_digest()}))
+    code = gpu_check.main(["run", "--site", str(site), "--out", str(tmp_path / "out"),
+                           "--data", str(small_compact), "--workdir", str(tmp_path / "work")])
+    said = capsys.readouterr().out
+    assert code == 2, said
+    assert "no GPU visible to JAX (backend cpu)" in said and "--allow-cpu" in said
+    assert not (tmp_path / "work" / "run").exists()
