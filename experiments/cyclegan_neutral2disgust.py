@@ -42,7 +42,10 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
     c.identity_loss = "cycle_l1_l2_ssim"
     c.adversarial_loss = "lsgan"
     c.gan = ml_collections.ConfigDict({"lambda_cycle": 5.0, "lambda_identity": 2.0,
-                                       "flip_labels": True, "pool_size": 50})
+                                       "flip_labels": True, "pool_size": 50,
+                                       # DiffAugment policy for every discriminator input, e.g.
+                                       # "brightness,contrast,translation,cutout" ("": off, the paper)
+                                       "diff_augment": ""})
     # Quality report after training (KID/FID on this classifier's features, GAN-test); '' skips it.
     c.quality = ml_collections.ConfigDict({"model": "fer2013_vgg_small", "num_images": 1000, "seed": 0,
                                            "kid_subset_size": 100, "kid_subsets": 100})
@@ -82,6 +85,7 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
         c.discriminator_kwargs.update(base=4, layers=2)
         c.data.limit_per_split = 0
         c.gan.pool_size = 4
+        c.gan.diff_augment = "brightness,contrast,translation,cutout"  # the tests cover it
         t.batch_size = 4
         t.epochs = 2
         t.decay_start_epoch = 1

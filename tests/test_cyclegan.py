@@ -132,3 +132,26 @@ def test_kid_and_fid_against_closed_forms():
     # Same covariance, means 1 apart in each of 8 dimensions: FID = ||mu1 - mu2||^2 = 8 (+ sampling noise).
     assert fid(a, a) == pytest.approx(0.0, abs=1e-6)
     assert fid(a, a + 1.0) == pytest.approx(8.0, rel=1e-6)
+
+
+def test_diff_augment_moves_content_cuts_a_square_and_passes_gradients():
+    from ferjax.train.cyclegan_steps import diff_augment, parse_augment_policy
+
+    x = jnp.zeros((3, 48, 48, 1)).at[:, 20:28, 20:28, :].set(1.0)  # a bright 8x8 square
+    key = jax.random.key(3)
+    shifted = diff_augment(x, key, ("translation",))
+    assert shifted.shape == x.shape
+    assert np.allclose(np.asarray(shifted).sum((1, 2, 3)), 64.0)  # moved by <= 6 px: still inside
+    assert not np.array_equal(np.asarray(shifted), np.asarray(x))
+    assert np.array_equal(np.asarray(diff_augment(x, key, ("translation",))), np.asarray(shifted))
+    ones = jnp.ones((4, 48, 48, 1))
+    cut = np.asarray(diff_augment(ones, key, ("cutout",)))
+    zeros = (cut == 0).sum((1, 2, 3))
+    assert set(np.unique(cut)) <= {0.0, 1.0} and all(0 < z <= 24 * 24 for z in zeros)
+    bright = np.asarray(diff_augment(ones, key, ("brightness",)))
+    assert np.allclose(bright.std((1, 2, 3)), 0, atol=1e-6) and np.all(np.abs(bright - 1) <= 0.5)
+    grad = jax.grad(lambda v: diff_augment(v, key, parse_augment_policy(
+        "brightness,contrast,translation,cutout")).sum())(x)
+    assert float(jnp.abs(grad).sum()) > 0
+    with pytest.raises(ValueError, match=r"unknown \['flip'\]"):
+        parse_augment_policy("translation,flip")

@@ -85,15 +85,63 @@ def query_pool(key: jax.Array, pool: jax.Array, filled: jax.Array, fakes: jax.Ar
     return out, pool
 
 
+AUGMENTS = ("brightness", "contrast", "translation", "cutout")
+
+
+def parse_augment_policy(policy: str) -> tuple[str, ...]:
+    """"translation,cutout" -> ("translation", "cutout"); unknown names are refused."""
+    names = tuple(p.strip() for p in policy.split(",") if p.strip())
+    unknown = [n for n in names if n not in AUGMENTS]
+    if unknown:
+        raise ValueError(f"gan.diff_augment={policy!r}: unknown {unknown}; choose from {', '.join(AUGMENTS)}")
+    return names
+
+
+def diff_augment(x: jax.Array, key: jax.Array, policy: tuple[str, ...]) -> jax.Array:
+    """Differentiable augmentation of discriminator inputs (Zhao et al. 2020, "DiffAugment"), the
+    same random family for real and generated images, so a discriminator trained on a few hundred
+    real images cannot simply memorise them. Images in [-1, 1], one draw per image: brightness
+    +-0.5, contrast x0.5..1.5 about the image mean, translation by up to 1/8 of the size (zero
+    padded), a cutout square of half the size set to 0."""
+    n, h, w, c = x.shape
+    k_bright, k_contrast, k_shift, k_cut = jax.random.split(key, 4)
+    if "brightness" in policy:
+        x = x + jax.random.uniform(k_bright, (n, 1, 1, 1), x.dtype, -0.5, 0.5)
+    if "contrast" in policy:
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        x = (x - mean) * jax.random.uniform(k_contrast, (n, 1, 1, 1), x.dtype, 0.5, 1.5) + mean
+    if "translation" in policy:
+        pad_h, pad_w = h // 8, w // 8
+        padded = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+        starts = jax.random.randint(k_shift, (n, 2), 0, jnp.array([2 * pad_h + 1, 2 * pad_w + 1]))
+        x = jax.vmap(lambda img, s: jax.lax.dynamic_slice(img, (s[0], s[1], 0), (h, w, c)))(padded, starts)
+    if "cutout" in policy:
+        centre = jax.random.randint(k_cut, (n, 2), 0, jnp.array([h, w]))
+        rows, cols = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
+        inside = (jnp.abs(rows - centre[:, 0, None, None]) < h // 4) & \
+                 (jnp.abs(cols - centre[:, 1, None, None]) < w // 4)
+        x = jnp.where(inside[..., None], 0.0, x)
+    return x
+
+
 def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.GradientTransformation,
               d_tx: optax.GradientTransformation, cycle_loss: Callable, identity_loss: Callable,
               adversarial_loss: Callable, cfg: ml_collections.ConfigDict, seed: int, mesh: Mesh):
     """The jitted train step `(state, {"a": uint8, "b": uint8}) -> (state, metrics)`.
 
     cfg: lambda_cycle, lambda_identity, flip_labels (discriminator target 1 for generated and 0 for
-    real images; the generators are trained against that convention), pool_size.
+    real images; the generators are trained against that convention), pool_size, and optionally
+    diff_augment (a `parse_augment_policy` string; every discriminator input is augmented).
     """
     base_key = jax.random.key(seed)
+    policy = parse_augment_policy(cfg.get("diff_augment", ""))
+    augment_key = jax.random.fold_in(base_key, 0xD1FF)
+
+    def judge(vd, x, key):
+        """Discriminator output on (augmented) `x` in training mode, with its batch statistics."""
+        x = diff_augment(x, key, policy) if policy else x
+        out, upd = discriminator.apply(vd, x, train=True, mutable=["batch_stats"])
+        return out, upd.get("batch_stats", {})
     real_t, fake_t = (0.0, 1.0) if cfg.flip_labels else (1.0, 0.0)
 
     def apply(net, variables, x, key):
@@ -102,6 +150,7 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
 
     def step(state: CycleGANState, batch: dict):
         keys = jax.random.split(jax.random.fold_in(base_key, state.step), 8)
+        aug = jax.random.split(jax.random.fold_in(augment_key, state.step), 6)  # its own stream
         a, b = to_unit(batch["a"]), to_unit(batch["b"])
         v = state.variables
 
@@ -115,8 +164,8 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
             same_b, vg = apply(generator, vg, b, keys[4])
             same_a, vf = apply(generator, vf, a, keys[5])
             # The discriminators judge in training mode; their statistics are not updated here.
-            d_fake_b = discriminator.apply(v["d_b"], fake_b, train=True, mutable=["batch_stats"])[0]
-            d_fake_a = discriminator.apply(v["d_a"], fake_a, train=True, mutable=["batch_stats"])[0]
+            d_fake_b = judge(v["d_b"], fake_b, aug[0])[0]
+            d_fake_a = judge(v["d_a"], fake_a, aug[1])[0]
             adv = adversarial_loss(d_fake_b, real_t) + adversarial_loss(d_fake_a, real_t)
             cyc = cycle_loss(rec_a, a) + cycle_loss(rec_b, b)
             idt = identity_loss(same_a, a) + identity_loss(same_b, b)
@@ -137,12 +186,11 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
 
         def d_objective(dp):
             losses, new = {}, {}
-            for name, real, fake in (("d_a", a, fake_a), ("d_b", b, fake_b)):
+            for name, real, fake, k in (("d_a", a, fake_a, 2), ("d_b", b, fake_b, 4)):
                 vd = {**v[name], "params": dp[name]}
-                d_real, upd = discriminator.apply(vd, real, train=True, mutable=["batch_stats"])
-                vd = {**vd, "batch_stats": upd.get("batch_stats", {})}
-                d_fake, upd = discriminator.apply(vd, fake, train=True, mutable=["batch_stats"])
-                new[name] = {"params": dp[name], "batch_stats": upd.get("batch_stats", {})}
+                d_real, stats = judge(vd, real, aug[k])
+                d_fake, stats = judge({**vd, "batch_stats": stats}, fake, aug[k + 1])
+                new[name] = {"params": dp[name], "batch_stats": stats}
                 losses[name] = 0.5 * (adversarial_loss(d_real, real_t) + adversarial_loss(d_fake, fake_t))
             return losses["d_a"] + losses["d_b"], (new, losses)
 
