@@ -14,9 +14,10 @@ from ferjax.registry import LOSSES
 @LOSSES.register("cross_entropy")
 def cross_entropy(num_classes: int = 7, label_smoothing: float = 0.0,
                   class_weights: tuple = ()) -> Callable:
-    """Softmax cross-entropy on integer labels, with optional label smoothing; with
-    `class_weights` (one per class) the weighted mean, normalised by the batch's total weight
-    (PyTorch's `CrossEntropyLoss(weight=...)` convention)."""
+    """Softmax cross-entropy on integer labels, with optional label smoothing and class weights.
+
+    With `class_weights` (one per class) it is the weighted mean, normalised by the batch's total
+    weight (PyTorch's `CrossEntropyLoss(weight=...)` convention)."""
     if class_weights and len(class_weights) != num_classes:
         raise ValueError(f"cross_entropy: {len(class_weights)} class_weights for {num_classes} classes")
     weights = jnp.asarray(class_weights, jnp.float32) if class_weights else None
