@@ -4,7 +4,9 @@
         --config.generator_checkpoint=runs/cyclegan_neutral2disgust/cpu/generator
 
 Arms: as_is, cyclegan (disgust topped up to the median class size with generated images),
-oversample (topped up with copies of the real disgust images), class_weighted (loss weights).
+oversample (topped up with copies of the real disgust images), class_weighted (loss weights);
+add `gan_train` to --config.arms for GAN-train (the real disgust images replaced by as many
+generated ones).
 Writes WORKDIR/comparison.md (tables: mean +- sd over seeds; bootstrap 95% intervals of the
 difference from as_is over PrivateTest images) with confusion PNGs; rerun to resume.
 Variant `tiny`: 2 arms x 2 seeds of a few steps on a few hundred images (tests).
@@ -20,7 +22,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.task = "compare_balancing"
     c.recipe = "fer2013_vgg:quick"  # any classifier experiment
     c.recipe_overrides = ()  # extra overrides for every run, e.g. ("train.epochs=3",)
-    c.arms = "as_is,cyclegan,oversample,class_weighted"
+    c.arms = "as_is,cyclegan,oversample,class_weighted"  # and optionally gan_train
     c.seeds = 3  # seeds 0 .. seeds-1 of every arm
     c.generator_checkpoint = ""  # the cyclegan arm's generator folder
     c.source_class = "neutral"

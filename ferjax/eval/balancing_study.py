@@ -3,8 +3,9 @@
 Arms: `as_is` (the original Training split), `cyclegan` (target class topped up with images the
 generator translated from the source class), `oversample` (topped up with copies of the real
 target-class images, to the same count) and `class_weighted` (the original data, loss weights
-n / (K n_class)). The two balanced datasets are derived datasets written by the `balance` task
-into WORKDIR/data/ARM and reused on a rerun. Scores: the untouched test split (PrivateTest) with
+n / (K n_class)); optionally `gan_train` (GAN-train: the real target-class images replaced by as
+many generated ones). The arms' datasets are derived datasets written by the `balance` task into
+WORKDIR/data/ARM and reused on a rerun. Scores: the untouched test split (PrivateTest) with
 the original labels, and with the FER+ majority labels where fer2013new.csv is present.
 """
 from __future__ import annotations
@@ -20,27 +21,30 @@ from ferjax.data.balance_task import balance
 from ferjax.data.fer2013 import class_index
 from ferjax.eval import study
 
-ARMS = ("as_is", "cyclegan", "oversample", "class_weighted")
-BALANCED = {"cyclegan": "generator", "oversample": "oversample"}  # arm -> balance method
+ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train")
+# arm -> balance_fer2013 overrides of its derived dataset
+BALANCED = {"cyclegan": ("method=generator",), "oversample": ("method=oversample",),
+            "gan_train": ("method=generator", "replace_real=True")}
 
 
 def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path:
     """The arm's derived dataset (made once; a rerun with another generator is refused)."""
     out = workdir / "data" / arm
-    method = BALANCED[arm]
-    overrides = [*study.data_overrides(config.data), f"method={method}", f"out_dir={out}",
+    generated = "method=generator" in BALANCED[arm]
+    target_count = 0 if arm == "gan_train" else config.target_count  # gan_train: as many as the real
+    overrides = [*study.data_overrides(config.data), *BALANCED[arm], f"out_dir={out}",
                  f"source_class={config.source_class}", f"target_class={config.target_class}",
-                 f"target_count={config.target_count}", f"seed={config.balance_seed}"]
-    if method == "generator":
+                 f"target_count={target_count}", f"seed={config.balance_seed}"]
+    if generated:
         if not config.generator_checkpoint:
-            raise ValueError("the cyclegan arm needs --config.generator_checkpoint=DIR (the `generator` "
+            raise ValueError(f"the {arm} arm needs --config.generator_checkpoint=DIR (the `generator` "
                              "folder of a cyclegan_neutral2disgust run), or leave it out with "
                              "--config.arms=as_is,oversample,class_weighted")
         overrides.append(f"generator_checkpoint={config.generator_checkpoint}")
     if (out / "manifest.json").exists():
         made = json.loads((out / "manifest.json").read_text())["info"]["balance"]
-        wanted = str(Path(config.generator_checkpoint).resolve()) if method == "generator" else None
-        if method == "generator" and made.get("generator_checkpoint") != wanted:
+        wanted = str(Path(config.generator_checkpoint).resolve()) if generated else None
+        if generated and made.get("generator_checkpoint") != wanted:
             raise ValueError(f"{out} was made with the generator {made.get('generator_checkpoint')}, not "
                              f"{wanted}: delete {out} and {workdir / arm} to redo the arm, or use another --workdir")
         print(f"{arm}: balanced data made before, kept ({out})", flush=True)
@@ -66,7 +70,7 @@ def compare_balancing(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"--config.source_class / --config.target_class: {e}") from None
     overrides = {"as_is": [], "class_weighted": ["train.class_weighting=balanced"]}
     for arm in BALANCED:
-        if arm in arms:
+        if arm in arms:  # made in ARMS order
             overrides[arm] = ["dataset=derived", f"data.derived_dir={_prepare(config, arm, workdir)}"]
     arm_overrides = {a: overrides[a] for a in arms}
     common = [*study.data_overrides(config.data), *config.recipe_overrides]
