@@ -237,3 +237,23 @@ def test_oversample_adds_copies_of_real_target_images(data_args, tmp_path):
                                                                "replace_real=True"]), str(tmp_path))
     with pytest.raises(ValueError, match=r"method='copy': expected one of \['generator', 'oversample'\]"):
         balance_task.balance(cfg_lib.build("balance_fer2013", [*data_args, "method=copy"]), str(tmp_path))
+
+
+def test_study_arms_get_their_datasets(generator_dir, data_args, tmp_path):
+    """compare_balancing's gan_train arm: the real disgust examples replaced by as many generated
+    ones (sad -> disgust here: the synthetic file has 22 neutral rows for its 23 disgust ones); a
+    rerun with another generator is refused."""
+    from ferjax.eval.balancing_study import _prepare
+
+    cfg = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
+                                              "source_class=sad"])
+    with pytest.raises(ValueError, match="translates neutral -> disgust, the config asks for sad"):
+        _prepare(cfg, "gan_train", tmp_path)
+    cfg = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}"])
+    with pytest.raises(ValueError, match="needs 23 generated images but 'neutral' has 22"):
+        _prepare(cfg, "gan_train", tmp_path)
+    out = _prepare(cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
+                                                        "arms=as_is,oversample"]), "oversample", tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["train_per_class_after"]["disgust"] == 23  # median class size: no copies
+    assert _prepare(cfg, "oversample", tmp_path) == out  # made before: reused
