@@ -171,12 +171,16 @@ def prepare(args: argparse.Namespace) -> int:
             shutil.rmtree(folder)
     wheels.mkdir(parents=True)
     second.mkdir(parents=True)
-    download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+    download = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-q",
                 "--python-version", args.python_version, "--implementation", "cp", "-d", str(wheels),
                 *[a for p in PLATFORMS for a in ("--platform", p)]]
+    build = _build_requires()
     for pin in pins:
         print(f"wheel: {pin}", flush=True)
-        if subprocess.run([*download, pin], capture_output=True).returncode == 0:
+        # build requirements with their own (pure-Python) dependencies: pip's build isolation
+        # installs them from these wheels there (wheel needs packaging)
+        deps = [] if pin in build else ["--no-deps"]
+        if subprocess.run([*download, *deps, pin], capture_output=True).returncode == 0:
             continue
         # no wheel published (an sdist only, e.g. promise 2.3): build it here, if it is pure Python
         before = set(wheels.glob("*.whl"))
@@ -370,17 +374,18 @@ def install(args: argparse.Namespace, log) -> int:
         log(f"error: pip install failed ({proc.returncode}); see above")
         return 1
     log(f"installed {len(runtime)} wheels and ferjax into {site} in {time.perf_counter() - start:.1f} s")
-    check = _py(site, "import json, jax, flax, optax, orbax.checkpoint, tensorflow_datasets, grain, "
-                      "dm_pix, ml_collections, tensorboardX, ferjax.run, ferjax.bench, ferjax.data.compact; "
-                      "from ferjax import registry; registry.load_components(); import importlib.metadata as m; print(json.dumps({k: m.version(k) for k in "
-                      "('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', "
-                      "'tensorflow-datasets', 'grain', 'ferjax')}))")
+    check = _py(site, "import json, importlib.metadata as m, ferjax, jax, flax, optax, orbax.checkpoint, "
+                      "tensorflow_datasets, grain, dm_pix, ml_collections, tensorboardX, ferjax.run, "
+                      "ferjax.data.compact\nfrom ferjax import registry\nregistry.load_components()\n"
+                      "print(json.dumps({k: m.version(k) for k in ('jax', 'jaxlib', 'flax', 'optax', "
+                      "'orbax-checkpoint', 'numpy', 'tensorflow-datasets', 'grain', 'ferjax')} "
+                      "| {'ferjax_at': ferjax.__file__}))")
     log("import check: " + (check.stdout.strip() or check.stderr.strip()[-3000:]))
     if check.returncode:
         log("error: the installed packages do not import; see above")
         return 1
     listing = subprocess.run([sys.executable, "-m", "ferjax.run", "--list"], capture_output=True,
-                             text=True, env=_env(site))
+                             text=True, env=_env(site), cwd=site)
     if listing.returncode:
         log(f"error: `python -m ferjax.run --list` failed:\n{listing.stderr[-3000:]}")
         return 1
@@ -390,6 +395,8 @@ def install(args: argparse.Namespace, log) -> int:
 
 
 def _env(site: Path, **extra: str) -> dict:
+    """The children's environment: `site` first on the path. They also run in `site` (cwd), so
+    that the checkout's own ferjax/ folder (no ferjax.components there) is not imported instead."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
     env["PYTHONPATH"] = os.pathsep.join([str(site)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return env
@@ -397,7 +404,7 @@ def _env(site: Path, **extra: str) -> dict:
 
 def _py(site: Path, code: str, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=_env(site, **extra))
+                          env=_env(site, **extra), cwd=site)
 
 
 def jax_backend(site: Path) -> dict:
@@ -416,17 +423,18 @@ def config_values(site: Path, experiment: str, keys: Sequence[str]) -> dict:
             "        value = value.get(part) if hasattr(value, 'get') else None\n"
             "    out[key] = value\nprint(json.dumps(out, default=str))")
     proc = subprocess.run([sys.executable, "-c", code, experiment, *keys], capture_output=True, text=True,
-                          env=_env(site))
+                          env=_env(site), cwd=site)
     if proc.returncode:
         raise RuntimeError(f"experiment {experiment!r} does not build: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_limited(cmd: list[str], env: dict, log_path: Path, timeout: float) -> tuple[int | None, str]:
+def run_limited(cmd: list[str], env: dict, log_path: Path, timeout: float,
+                cwd: Path | None = None) -> tuple[int | None, str]:
     """Runs `cmd`, its output to `log_path`; past `timeout` it gets SIGTERM (ferjax checkpoints and
     stops), then SIGKILL 60 s later. Returns (exit code or None on timeout, stdout)."""
     with open(log_path, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=cwd)
         try:
             out, _ = proc.communicate(timeout=max(1.0, timeout))
             return proc.returncode, out
@@ -527,7 +535,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     bench_reserve = args.bench_reserve_s if args.bench else 0
     code, stdout = run_limited(cmd, _env(site), out / "train.log",
-                               args.budget_s - bench_reserve - (time.perf_counter() - t0))
+                               args.budget_s - bench_reserve - (time.perf_counter() - t0), cwd=site)
     result["phases_s"]["train_and_evaluate"] = round(time.perf_counter() - start, 1)
     summary = last_json(stdout)
     with open(out / "train.log", "a") as f:
@@ -542,15 +550,20 @@ def run(args: argparse.Namespace) -> int:
     result["evaluation"] = summary
     (out / "eval.json").write_text(json.dumps(summary, indent=2, default=str))
     log("EVALUATION " + json.dumps(summary, default=str))
-    if (workdir / "report.json").is_file():
-        shutil.copy2(workdir / "report.json", out / "report.json")
+    test = summary.get("test_report") or {}
+    log(f"test (PrivateTest): accuracy {test.get('accuracy')}, balanced accuracy "
+        f"{test.get('balanced_accuracy')}, n {test.get('n')}; {summary.get('epochs_run')} epochs, "
+        f"training {summary.get('wall_seconds')} s")
+    for name in ("confusion_test.png", "curves.png"):  # $OUT takes at most 8 files
+        if (workdir / name).is_file():
+            shutil.copy2(workdir / name, out / name)
     if args.bench:
         flags = (args.bench_flags or (GPU_BENCH if on_gpu else CPU_BENCH)).split()
         cmd = [sys.executable, "-m", "ferjax.bench", *flags, f"--json_out={out / 'bench.json'}"]
         log("bench: " + " ".join(cmd[1:]))
         start = time.perf_counter()
         code, stdout = run_limited(cmd, _env(site), out / "bench.log",
-                                   max(30.0, args.budget_s - (time.perf_counter() - t0)))
+                                   max(30.0, args.budget_s - (time.perf_counter() - t0)), cwd=site)
         result["phases_s"]["bench"] = round(time.perf_counter() - start, 1)
         with open(out / "bench.log", "a") as f:
             f.write("\n--- stdout ---\n" + stdout)
