@@ -108,3 +108,37 @@ def test_run_refuses_when_jax_sees_no_gpu(tmp_path, small_compact, capsys, monke
     assert code == 2, said
     assert "no GPU visible to JAX (backend cpu)" in said and "--allow-cpu" in said
     assert not (tmp_path / "work" / "run").exists()
+
+
+def _fake_wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
+    import zipfile
+
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{name}-{version}.dist-info/METADATA", "Metadata-Version: 2.1\nName: "
+                   f"{name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    return path
+
+
+def test_preinstalled_packages_are_kept_unless_a_carried_wheel_needs_a_newer_one(tmp_path):
+    from packaging.requirements import Requirement
+
+    protos = _fake_wheel(tmp_path, "googleapis_common_protos", "1.76.0",
+                         ["protobuf<8,>=6.33.5", "grpcio>=1; extra == 'grpc'", "colorama; sys_platform == 'win32'"])
+    tfds = _fake_wheel(tmp_path, "tensorflow_datasets", "4.9.10", ["absl-py", "etils[epath]>=1.9.1"])
+    protobuf = _fake_wheel(tmp_path, "protobuf", "7.36.2", [])
+    absl = _fake_wheel(tmp_path, "absl_py", "2.5.1", [])
+    assert [str(r) for r in gpu_check.wheel_requirements(protos)] == ["protobuf<8,>=6.33.5"]
+    closure = {"protobuf": "7.36.2", "absl-py": "2.5.1", "etils": "1.15.0", "numpy": "2.4.6"}
+    assert gpu_check.fallback_requirements([protos, tfds], closure) == ["etils==1.15.0", "protobuf==7.36.2"]
+    requires = [Requirement("absl-py>=2.1")]
+    old = {"protobuf": "5.29.3", "absl-py": "2.3.0"}
+    chosen, notes = gpu_check.choose_wheels([protos, tfds, protobuf, absl], old, requires)
+    assert chosen == [protos, tfds, protobuf]
+    assert any("installed protobuf 5.29.3 does not satisfy" in n for n in notes)
+    assert any("using the installed absl-py 2.3.0" in n for n in notes)
+    new = {"protobuf": "7.1.0", "absl-py": "2.3.0", "tensorflow-datasets": "4.9.10"}
+    chosen, _ = gpu_check.choose_wheels([protos, tfds, protobuf, absl], new, requires)
+    assert chosen == [protos]  # tfds already there: its needs are not checked
+    chosen, _ = gpu_check.choose_wheels([protos, absl], {"absl-py": "1.4.0"}, requires)
+    assert chosen == [protos, absl]  # ferjax itself needs absl-py >= 2.1

@@ -73,7 +73,7 @@ simplejson six sortedcontainers statsmodels sympy tabulate tensorboard tensorboa
 threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric
 torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3
 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp""".split())
-NEVER_CARRIED = re.compile(r"^(jax|jaxlib|jax-cuda.*|nvidia-.*|torch|tensorflow)$")  # the machine's own
+NEVER_CARRIED = re.compile(r"^(jax|jaxlib|jax-cuda.*|nvidia-.*|torch|tensorflow|numpy|chex)$")  # JAX's stack there
 # GPU run: the :gpu profile's epochs cut so that install + data + compile + training + evaluation +
 # benchmark stay within --budget_s on one H200 (a guess until the first GPU run: see README).
 GPU_EPOCHS = 12
@@ -140,6 +140,54 @@ def carried_requirements(closure: dict[str, str], build: Sequence[str]) -> list[
     return pins + list(build)
 
 
+def wheel_requirements(whl: Path) -> list:
+    """The run-time requirements (packaging Requirements) a wheel's METADATA names for Linux and
+    Python 3.12, extras left out."""
+    import zipfile
+
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(whl) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode("utf-8").splitlines()
+    reqs = [Requirement(line.split(":", 1)[1].strip()) for line in lines if line.startswith("Requires-Dist:")]
+    return [r for r in reqs if r.marker is None or r.marker.evaluate(_marker_env(""))]
+
+
+def fallback_requirements(wheels: Sequence[Path], closure: dict[str, str]) -> list[str]:
+    """Pins of preinstalled packages that carried wheels constrain (protobuf >= 6.33.5, say): carried
+    too, and installed there only when the machine's version does not satisfy the constraint."""
+    names = {normalize(r.name) for w in wheels for r in wheel_requirements(w) if str(r.specifier)}
+    return [f"{n}=={closure[n]}" for n in sorted(names)
+            if n in PREINSTALLED and n in closure and not NEVER_CARRIED.match(n)]
+
+
+def download_wheels(pins: Sequence[str], wheels: Path, python_version: str, with_deps: Sequence[str] = ()) -> bool:
+    """Downloads a Python `python_version` x86-64 wheel of each pin into `wheels` (the pins in
+    `with_deps` with their dependencies); a pin with no wheel published (an sdist only, e.g.
+    promise 2.3) is built here when it is pure Python. False, with the reason, on failure."""
+    download = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-q",
+                "--python-version", python_version, "--implementation", "cp", "-d", str(wheels),
+                *[a for p in PLATFORMS for a in ("--platform", p)]]
+    for pin in pins:
+        print(f"wheel: {pin}", flush=True)
+        deps = [] if pin in with_deps else ["--no-deps"]
+        if subprocess.run([*download, *deps, pin], capture_output=True).returncode == 0:
+            continue
+        before = set(wheels.glob("*.whl"))
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), pin],
+                              capture_output=True, text=True)
+        built = set(wheels.glob("*.whl")) - before
+        if proc.returncode or not built or not all(w.name.endswith("-none-any.whl") for w in built):
+            for w in built:
+                w.unlink()
+            print(f"error: no Python {python_version} x86-64 wheel of {pin}, and it does not build "
+                  f"as a pure-Python wheel here:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return False
+        print(f"  built {', '.join(w.name for w in built)} from its source distribution", flush=True)
+    return True
+
+
 def _build_requires() -> list[str]:
     import tomllib
 
@@ -165,37 +213,22 @@ def prepare(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle)
     first, second = bundle / "install", bundle / "run"
     wheels = first / "wheels"
-    pins = carried_requirements(dependency_closure(), _build_requires())
+    closure = dependency_closure()
+    pins = carried_requirements(closure, _build_requires())
     for folder in (first, second):
         if folder.exists():
             shutil.rmtree(folder)
     wheels.mkdir(parents=True)
     second.mkdir(parents=True)
-    download = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-q",
-                "--python-version", args.python_version, "--implementation", "cp", "-d", str(wheels),
-                *[a for p in PLATFORMS for a in ("--platform", p)]]
-    build = _build_requires()
-    for pin in pins:
-        print(f"wheel: {pin}", flush=True)
-        # build requirements with their own (pure-Python) dependencies: pip's build isolation
-        # installs them from these wheels there (wheel needs packaging)
-        deps = [] if pin in build else ["--no-deps"]
-        if subprocess.run([*download, *deps, pin], capture_output=True).returncode == 0:
-            continue
-        # no wheel published (an sdist only, e.g. promise 2.3): build it here, if it is pure Python
-        before = set(wheels.glob("*.whl"))
-        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), pin],
-                              capture_output=True, text=True)
-        built = set(wheels.glob("*.whl")) - before
-        if proc.returncode or not built or not all(w.name.endswith("-none-any.whl") for w in built):
-            for w in built:
-                w.unlink()
-            print(f"error: no Python {args.python_version} x86-64 wheel of {pin}, and it does not build "
-                  f"as a pure-Python wheel here:\n{proc.stderr[-2000:]}", file=sys.stderr)
-            return 1
-        print(f"  built {', '.join(w.name for w in built)} from its source distribution", flush=True)
+    # build requirements come with their own dependencies (wheel needs packaging): pip's build
+    # isolation installs them from these wheels there
+    if not download_wheels(pins, wheels, args.python_version, with_deps=_build_requires()):
+        return 1
+    fallback = fallback_requirements(sorted(wheels.glob("*.whl")), closure)
+    if not download_wheels(fallback, wheels, args.python_version):
+        return 1
     (wheels / "manifest.json").write_text(json.dumps({
-        "python": args.python_version, "pins": pins, "made": _now(),
+        "python": args.python_version, "pins": pins, "fallback_if_too_old": fallback, "made": _now(),
         "commit": _git("rev-parse", "HEAD"), "preinstalled_not_carried": sorted(PREINSTALLED)}, indent=1))
     data_file = bundle / DATA_NAME
     if not data_file.is_file() or args.force_data:
@@ -316,6 +349,30 @@ def _installed_elsewhere(site: Path) -> dict[str, str]:
             if d.metadata["Name"]}
 
 
+def choose_wheels(carried: Sequence[Path], have: dict[str, str], requires: Sequence) -> tuple[list[Path], list[str]]:
+    """The carried wheels to install: each one the machine lacks, and each one whose installed
+    version fails a constraint of ferjax (`requires`) or of the wheels installed; (wheels, notes)."""
+    from packaging.specifiers import SpecifierSet
+
+    missing = [w for w in carried if wheel_name(w) not in have]
+    specs: dict[str, SpecifierSet] = {}
+    for req in [*requires, *(r for w in missing for r in wheel_requirements(w))]:
+        specs[normalize(req.name)] = specs.get(normalize(req.name), SpecifierSet()) & req.specifier
+    chosen, notes = list(missing), []
+    for whl in carried:
+        name = wheel_name(whl)
+        if name not in have:
+            continue
+        spec = specs.get(name, SpecifierSet())
+        if spec.contains(have[name], prereleases=True):
+            notes.append(f"using the installed {name} {have[name]} (carried: {whl.name})")
+        else:
+            notes.append(f"the installed {name} {have[name]} does not satisfy '{spec}': ferjax's processes "
+                         f"use the carried {whl.name} (the machine's own stays installed)")
+            chosen.append(whl)
+    return chosen, notes
+
+
 def _staged_source(dest: Path) -> Path:
     """A copy of what building ferjax reads (pyproject, README, package folders), so the build
     writes nothing into the checkout."""
@@ -347,16 +404,15 @@ def install(args: argparse.Namespace, log) -> int:
         shutil.copy2(Path(args.bundle) / "install" / PARTS_MANIFEST, stage / PARTS_MANIFEST)
     from packaging.requirements import Requirement
 
+    import tomllib
+
     build = {normalize(Requirement(r).name) for r in _build_requires()}  # used by pip's build isolation
-    have = _installed_elsewhere(site)
-    runtime = []
-    for whl in carried:
-        if wheel_name(whl) in build:
-            continue
-        if wheel_name(whl) in have:
-            log(f"using the installed {wheel_name(whl)} {have[wheel_name(whl)]} (carried: {whl.name})")
-        else:
-            runtime.append(whl)
+    with open(REPO / "pyproject.toml", "rb") as f:
+        ferjax_requires = [Requirement(r) for r in tomllib.load(f)["project"]["dependencies"]]
+    runtime, notes = choose_wheels([w for w in carried if wheel_name(w) not in build],
+                                   _installed_elsewhere(site), ferjax_requires)
+    for note in notes:
+        log(note)
     if site.exists():
         shutil.rmtree(site)
     site.mkdir(parents=True)
