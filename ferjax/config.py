@@ -19,8 +19,12 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import os
 import pkgutil
+import shlex
+import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Iterable
 
 import ml_collections
@@ -215,6 +219,15 @@ def _validate_names(reg: registry.Registry, names: list[str], path: str) -> None
             reg.get(name)
         except registry.RegistryError as e:
             raise ConfigError(f"config.{path}: {e}") from None
+
+
+def invoked_command() -> str:
+    """The `python -m ferjax.run ...` line that is running (with `FER2013_PATH=...` in front when
+    that variable is set), for manifests and model cards."""
+    if not (sys.argv and Path(sys.argv[0]).name in ("run.py", "ferjax")):
+        return "(called from Python: " + shlex.join(sys.argv) + ")"
+    env = f"FER2013_PATH={shlex.quote(os.environ['FER2013_PATH'])} " if os.environ.get("FER2013_PATH") else ""
+    return env + shlex.join(["python", "-m", "ferjax.run", *sys.argv[1:]])
 
 
 def build(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:

@@ -103,11 +103,23 @@ def uninterrupted(tmp_path_factory, tiny_env):
 def test_preempt_and_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrupted):
     run_cli(*ARGS, "--config.train.max_steps=7", f"--workdir={tmp_path}", env_extra=tiny_env)
     assert _final_state(tmp_path)[0] == 7
-    proc = run_cli(*ARGS, f"--workdir={tmp_path}", env_extra=tiny_env)
+    host_file = tmp_path / "checkpoints" / "latest" / "7" / "host" / "metadata"
+    first_session = json.loads(host_file.read_text())["train_seconds"]
+    weights = tmp_path / "export" / "tiny.msgpack"
+    proc = run_cli(*ARGS, f"--workdir={tmp_path}", f"--config.export_to={weights}", env_extra=tiny_env)
     assert "resumed from step 7" in proc.stdout + proc.stderr
     step, state = _final_state(tmp_path)
     assert step == uninterrupted[0] == 15
     _assert_same_state(state, uninterrupted[1])
+    # The model card: the command as run (data path, export flag) and the wall time of both
+    # sessions, more than the epochs' own times (the interrupted epoch restarted its clock).
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["command"].startswith(f"FER2013_PATH={tiny_env['FER2013_PATH']} python -m ferjax.run "
+                                      f"--experiment=fer2013_vgg:tiny")
+    assert f"--config.export_to={weights}" in card["command"]
+    records = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epochs_after_resume = sum(r["epoch_seconds"] for r in records if r.get("epoch", 0) >= 2)
+    assert card["epochs_run"] == 3 and card["train_seconds"] > first_session + epochs_after_resume > 0
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrupted):

@@ -7,8 +7,6 @@ translated: class names, the generator folder and its architecture, the counts.
 """
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -18,17 +16,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ferjax.atomic import refuse_existing
+from ferjax.config import invoked_command as _command  # noqa: F401 (also imported by ferjax.curation)
 from ferjax.data.derived import DerivedBuilder
 from ferjax.data.fer2013 import EMOTIONS, class_index
 from ferjax.train.cyclegan_steps import to_unit
 from ferjax.train.generator_export import load_generator, read_meta, to_uint8
-
-
-def _command() -> str:
-    """The `python -m ferjax.run ...` line that is running, for the manifest."""
-    if sys.argv and Path(sys.argv[0]).name in ("run.py", "ferjax"):
-        return shlex.join(["python", "-m", "ferjax.run", *sys.argv[1:]])
-    return "(called from Python: " + shlex.join(sys.argv) + ")"
 
 
 def _check_classes(config: ml_collections.ConfigDict, meta: dict) -> tuple[int, int]:

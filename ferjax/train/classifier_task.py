@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from ferjax import pretrained
+from ferjax.config import invoked_command
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.data.pipeline import TrainBatches
 from ferjax.eval.plots import plot_curves
@@ -102,8 +103,11 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                 **{k: test.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1",
                                              "per_class_recall")},
                 "epochs_run": len(host["history"]),
-                "train_seconds": round(sum(h["epoch_seconds"] for h in host["history"]), 1),
-                "command": config.reproduce_command,
+                # every session of the run, interrupted epochs included (older runs: epochs only)
+                "train_seconds": round(host.get("train_seconds")
+                                       or sum(h["epoch_seconds"] for h in host["history"]), 1),
+                "command": invoked_command(),
+                "reproduce_command": config.reproduce_command,
                 "note": config.export_note}
         pretrained.export(best.variables, card, config.export_to)
         summary["exported"] = str(config.export_to)

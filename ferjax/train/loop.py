@@ -73,6 +73,8 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
         early = EarlyStopping(**host["early"])
         print(f"resumed from step {int(state.step)} in {workdir / 'checkpoints'}", flush=True)
     state = jax.device_put(state, sharding.replicated(mesh))
+    # Wall time over every session of this run up to its last checkpoint, interrupted ones included.
+    session_start, earlier_seconds = time.perf_counter(), float(host.get("train_seconds", 0.0))
 
     spe = batches.steps_per_epoch
     total = cfg.epochs * spe
@@ -109,7 +111,8 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
 
     def save_latest():
         check_finite()
-        host.update(plateau=dataclasses.asdict(plateau), early=dataclasses.asdict(early))
+        host.update(plateau=dataclasses.asdict(plateau), early=dataclasses.asdict(early),
+                    train_seconds=earlier_seconds + time.perf_counter() - session_start)
         ckpt.save_latest(step, state, host)
 
     try:
