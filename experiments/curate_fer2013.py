@@ -29,13 +29,15 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0,
         "derived_dir": ""})
     c.curation_signals = "blank,text_graphics,no_face,non_frontal,duplicates"
+    # Thresholds chosen on Training against FER+ (README "Curation" gives the figures and how)
     c.curation_signal_args = ml_collections.ConfigDict({
         "blank": {"max_std": 2.0},
-        "text_graphics": {"min_mode_fraction": 0.3, "min_saturated_fraction": 0.45},
-        "no_face": {"detector": "yunet", "size": 160, "pad": 0.25, "min_score": 0.5, "models_dir": ""},
-        "non_frontal": {"detector": "yunet", "size": 160, "pad": 0.25, "max_yaw_ratio": 0.6,
-                        "min_score": 0.5, "models_dir": ""},
-        "duplicates": {"max_distance": 4, "min_std": 2.0, "conflicts": "remove"},
+        "text_graphics": {"min_mode_fraction": 0.5, "min_saturated_fraction": 0.75},
+        "no_face": {"detector": "yunet", "detector_kwargs": {"threshold": 0.05}, "size": 160, "pad": 0.0,
+                    "min_score": 0.1, "sideways_margin": 0.3, "sideways_max_score": 0.3, "models_dir": ""},
+        "non_frontal": {"detector": "yunet", "detector_kwargs": {"threshold": 0.05}, "size": 160, "pad": 0.0,
+                        "max_yaw_ratio": 0.6, "min_score": 0.5, "models_dir": ""},
+        "duplicates": {"max_distance": 2, "min_std": 2.0, "conflicts": "remove"},
     })
     c.kfold = ml_collections.ConfigDict({
         "folds": 5,  # 0: no relabeling (removal signals only)

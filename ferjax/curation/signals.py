@@ -103,7 +103,7 @@ class TextGraphicsSignal:
 
     group = "non_face"
 
-    def __init__(self, min_mode_fraction: float = 0.3, min_saturated_fraction: float = 0.45,
+    def __init__(self, min_mode_fraction: float = 0.5, min_saturated_fraction: float = 0.75,
                  saturation_margin: int = 5):
         self.min_mode, self.min_sat, self.margin = float(min_mode_fraction), float(min_saturated_fraction), \
             int(saturation_margin)
@@ -136,15 +136,21 @@ def _save_npz(path: Path | None, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+ROTATIONS = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
 def detector_pass(images: np.ndarray, detector: str, size: int, pad: float, detector_kwargs: Mapping,
-                  models_dir: str = "", cache_dir: Path | None = None) -> dict[str, np.ndarray]:
-    """The best detection of each image upscaled to `size` pixels after padding each side by
-    `pad` of the side (edge pixels replicated): {score [N] (0: none), box [N,4], landmarks
-    [N,5,2] (NaN: none)} in upscaled pixels. Cached per data fingerprint and settings."""
+                  models_dir: str = "", cache_dir: Path | None = None, rotate: int = 0) -> dict[str, np.ndarray]:
+    """The best detection of each image padded by `pad` of its side (edge pixels replicated),
+    upscaled to `size` pixels and turned `rotate` degrees clockwise (0, 90, 270): {score [N]
+    (0: none), box [N,4], landmarks [N,5,2] (NaN: none)} in those pixels. Cached per data
+    fingerprint and settings."""
     from ferjax.registry import DETECTORS  # noqa: PLC0415
 
+    if rotate not in ROTATIONS:
+        raise ValueError(f"rotate={rotate}; expected one of {sorted(ROTATIONS)}")
     key = {"data": fingerprint({"image": images}), "detector": detector, "size": size, "pad": pad,
-           "kwargs": dict(detector_kwargs)}
+           "kwargs": dict(detector_kwargs), "rotate": rotate, "models_dir": models_dir}
     path = _cache_path(cache_dir, f"detect_{detector}", key)
     if path is not None and path.is_file():
         with np.load(path) as z:
@@ -156,10 +162,11 @@ def detector_pass(images: np.ndarray, detector: str, size: int, pad: float, dete
     score, box, lms = np.zeros(n), np.full((n, 4), np.nan), np.full((n, 5, 2), np.nan)
     border = int(round(pad * grey.shape[1]))
     for i, g in enumerate(grey):
-        padded = cv2.copyMakeBorder(g, border, border, border, border, cv2.BORDER_REPLICATE)
-        frame = cv2.cvtColor(cv2.resize(padded, (size, size), interpolation=cv2.INTER_CUBIC),
-                             cv2.COLOR_GRAY2BGR)
-        found = det(frame)
+        padded = cv2.copyMakeBorder(g, border, border, border, border, cv2.BORDER_REPLICATE) if border else g
+        big = cv2.resize(padded, (size, size), interpolation=cv2.INTER_CUBIC)
+        if ROTATIONS[rotate] is not None:
+            big = cv2.rotate(big, ROTATIONS[rotate])
+        found = det(cv2.cvtColor(big, cv2.COLOR_GRAY2BGR))
         if found:
             best = max(found, key=lambda d: d.score * d.width * d.height)
             score[i], box[i] = best.score, best.box
@@ -170,26 +177,51 @@ def detector_pass(images: np.ndarray, detector: str, size: int, pad: float, dete
     return out
 
 
-class NoFaceSignal:
-    """No face found by a registered detector on the image upscaled to `size` pixels (with `pad`
-    of replicated border). Score: the best detection's score (0: none); flagged below
-    `min_score`."""
+class _DetectorSettings:
+    """Shared settings of the detector-based signals (equal settings share one cached pass)."""
+
+    def __init__(self, detector: str, size: int, pad: float, detector_kwargs: Mapping | None, models_dir: str):
+        self.detector, self.size, self.pad = detector, int(size), float(pad)
+        self.detector_kwargs = dict(detector_kwargs or {"threshold": 0.05})
+        self.models_dir = models_dir
+
+    def _pass(self, images: np.ndarray, cache_dir: Path | None, rotate: int = 0) -> dict[str, np.ndarray]:
+        return detector_pass(images, self.detector, self.size, self.pad, self.detector_kwargs,
+                             self.models_dir, cache_dir, rotate)
+
+
+class NoFaceSignal(_DetectorSettings):
+    """No upright face: a registered detector on the image upscaled to `size` pixels (after `pad`
+    of replicated border) finds none scoring `min_score` or more, or (`sideways_margin` > 0) its
+    upright score stays below `sideways_max_score` while a copy turned 90 degrees either way scores
+    `sideways_margin` more (a face lying on its side). Score: the upright detection score (0: none)."""
 
     group = "non_face"
 
-    def __init__(self, detector: str = "yunet", size: int = 160, pad: float = 0.25,
-                 min_score: float = 0.5, detector_kwargs: Mapping | None = None, models_dir: str = ""):
-        self.detector, self.size, self.pad, self.min_score = detector, int(size), float(pad), float(min_score)
-        self.detector_kwargs = dict(detector_kwargs or {"threshold": 0.3})
-        self.models_dir = models_dir
+    def __init__(self, detector: str = "yunet", size: int = 160, pad: float = 0.0, min_score: float = 0.1,
+                 sideways_margin: float = 0.3, sideways_max_score: float = 0.3,
+                 detector_kwargs: Mapping | None = None, models_dir: str = ""):
+        super().__init__(detector, size, pad, detector_kwargs, models_dir)
+        self.min_score, self.sideways_margin = float(min_score), float(sideways_margin)
+        self.sideways_max_score = float(sideways_max_score)
 
     def __call__(self, splits: Mapping, cache_dir: Path | None = None) -> SignalResult:
-        found = detector_pass(splits["train"]["image"], self.detector, self.size, self.pad,
-                              self.detector_kwargs, self.models_dir, cache_dir)
-        score = found["score"]
-        why = f"no face found by {self.detector} at {self.size}px (best score {{score:.2f}})"
-        return _result("no_face", self.group, score, score < self.min_score, why,
-                       {"detector": self.detector, "size": self.size, "min_score": self.min_score})
+        images = splits["train"]["image"]
+        upright = self._pass(images, cache_dir)["score"]
+        none = upright < self.min_score
+        sideways = np.zeros(len(upright), bool)
+        turned = np.zeros(len(upright))
+        if self.sideways_margin > 0:
+            candidates = (upright < self.sideways_max_score) & ~none
+            turned = np.maximum(self._pass(images, cache_dir, 90)["score"],
+                                self._pass(images, cache_dir, 270)["score"])
+            sideways = candidates & (turned >= upright + self.sideways_margin)
+        reason = [f"no face found by {self.detector} at {self.size}px (best score {u:.2f})" if n else
+                  f"face on its side: {self.detector} scores {t:.2f} turned 90 degrees, {u:.2f} upright"
+                  if sw else "" for u, t, n, sw in zip(upright, turned, none, sideways)]
+        return SignalResult("no_face", self.group, upright, none | sideways, reason,
+                            {"detector": self.detector, "size": self.size, "min_score": self.min_score,
+                             "no_face": int(none.sum()), "sideways": int(sideways.sum())})
 
 
 def yaw_ratio(landmarks: np.ndarray) -> np.ndarray:
@@ -201,27 +233,24 @@ def yaw_ratio(landmarks: np.ndarray) -> np.ndarray:
         return np.abs(landmarks[:, 2, 0] - eyes_mid) / np.maximum(eye_dist, 1e-6)
 
 
-class NonFrontalSignal:
-    """Strongly non-frontal faces, from a landmark detector's 5 points (YuNet). Score:
-    `yaw_ratio` (NaN where no face was found); flagged above `max_yaw_ratio`."""
+class NonFrontalSignal(_DetectorSettings):
+    """Strongly non-frontal faces, from a landmark detector's 5 points (YuNet, MTCNN) on the upright
+    image. Score: `yaw_ratio` (NaN where no face scores `min_score`); flagged above `max_yaw_ratio`."""
 
     group = "non_frontal"
 
-    def __init__(self, detector: str = "yunet", size: int = 160, pad: float = 0.25,
+    def __init__(self, detector: str = "yunet", size: int = 160, pad: float = 0.0,
                  max_yaw_ratio: float = 0.6, min_score: float = 0.5,
                  detector_kwargs: Mapping | None = None, models_dir: str = ""):
-        self.detector, self.size, self.pad = detector, int(size), float(pad)
+        super().__init__(detector, size, pad, detector_kwargs, models_dir)
         self.max_yaw, self.min_score = float(max_yaw_ratio), float(min_score)
-        self.detector_kwargs = dict(detector_kwargs or {"threshold": 0.3})
-        self.models_dir = models_dir
 
     def __call__(self, splits: Mapping, cache_dir: Path | None = None) -> SignalResult:
-        found = detector_pass(splits["train"]["image"], self.detector, self.size, self.pad,
-                              self.detector_kwargs, self.models_dir, cache_dir)
-        yaw = np.where(found["score"] >= self.min_score, yaw_ratio(found["landmarks"]), np.nan)
+        found = self._pass(splits["train"]["image"], cache_dir)
         if np.isnan(found["landmarks"]).all() and (found["score"] > 0).any():
             raise ValueError(f"non_frontal needs a detector with landmarks (yunet, mtcnn); "
                              f"{self.detector!r} gives none")
+        yaw = np.where(found["score"] >= self.min_score, yaw_ratio(found["landmarks"]), np.nan)
         flagged = np.nan_to_num(yaw, nan=0.0) > self.max_yaw
         return _result("non_frontal", self.group, yaw, flagged, "non-frontal face (yaw ratio {score:.2f})",
                        {"detector": self.detector, "max_yaw_ratio": self.max_yaw})
@@ -297,7 +326,7 @@ class DuplicatesSignal:
 
     group = "duplicate"
 
-    def __init__(self, max_distance: int = 4, min_std: float = 2.0, conflicts: str = "remove"):
+    def __init__(self, max_distance: int = 2, min_std: float = 2.0, conflicts: str = "remove"):
         if conflicts not in ("remove", "keep"):
             raise ValueError(f"duplicates: conflicts={conflicts!r}; expected 'remove' or 'keep'")
         self.max_distance, self.min_std, self.conflicts = int(max_distance), float(min_std), conflicts
