@@ -421,7 +421,7 @@ def install(args: argparse.Namespace, log) -> int:
         src = _staged_source(Path(tmp))
         # build isolation takes setuptools/wheel from the carried wheels; --no-deps: nothing is
         # resolved against (or replaces) the machine's own packages; --target: all lands in `site`
-        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels),
+        cmd = [sys.executable, "-m", "pip", "--isolated", "install", "--no-index", "--find-links", str(wheels),
                "--no-deps", "--no-cache-dir", "--no-compile", "--disable-pip-version-check",
                "--target", str(site), *map(str, runtime), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
