@@ -142,3 +142,16 @@ def test_preinstalled_packages_are_kept_unless_a_carried_wheel_needs_a_newer_one
     assert chosen == [protos]  # tfds already there: its needs are not checked
     chosen, _ = gpu_check.choose_wheels([protos, absl], {"absl-py": "1.4.0"}, requires)
     assert chosen == [protos, absl]  # ferjax itself needs absl-py >= 2.1
+
+
+def test_unknown_experiment_is_refused_before_training(tmp_path, small_compact, capsys, monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / gpu_check.MARKER).write_text(json.dumps({"source": gpu_check.source_digest()}))
+    code = gpu_check.main(["run", "--allow-cpu", "--experiment=no_such_experiment:gpu", "--site", str(site),
+                           "--out", str(tmp_path / "out"), "--data", str(small_compact),
+                           "--workdir", str(tmp_path / "work")])
+    said = capsys.readouterr().out
+    assert code == 2 and "experiment 'no_such_experiment:gpu' does not build" in said, said
+    assert not (tmp_path / "work" / "run").exists()

@@ -520,9 +520,8 @@ def last_json(text: str) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     """Trains the profile on the compact data, evaluates, benchmarks; writes results to --out."""
     t0 = time.perf_counter()
-    out = Path(args.out)
+    out, site = Path(args.out).resolve(), Path(args.site).resolve()  # children run in `site`
     out.mkdir(parents=True, exist_ok=True)
-    site = Path(args.site)
     result: dict = {"experiment": args.experiment, "started": _now(), "commit": _git("rev-parse", "HEAD"),
                     "phases_s": {}}
     logfile = open(out / "gpu_check.log", "a")
@@ -539,9 +538,9 @@ def run(args: argparse.Namespace) -> int:
             f"wall {result['wall_s']:.1f} s (budget {args.budget_s:.0f} s) -> {out}")
         return code
 
-    bundle, work = Path(args.bundle), Path(args.workdir)
+    bundle, work = Path(args.bundle), Path(args.workdir).resolve()
     if args.data:
-        data = Path(args.data)
+        data = Path(args.data).resolve()
         if not data.is_file():
             return finish(2, f"no compact FER2013 file at {data}")
     else:
@@ -576,7 +575,10 @@ def run(args: argparse.Namespace) -> int:
               if on_gpu else list(CPU_DRY_RUN))  # checkpoints at epoch ends only
     if args.max_steps:
         limits.append(f"--config.train.max_steps={args.max_steps}")
-    before = config_values(site, args.experiment, [a.split("=")[0][len("--config."):] for a in limits])
+    try:
+        before = config_values(site, args.experiment, [a.split("=")[0][len("--config."):] for a in limits])
+    except RuntimeError as e:
+        return finish(2, str(e))
     log("limited: " + ", ".join(f"{a[len('--config.'):]} (profile: {before.get(a.split('=')[0][len('--config.'):], '?')})"
                                 for a in limits)
         + ("" if on_gpu else "  [CPU dry run]"))
@@ -586,7 +588,7 @@ def run(args: argparse.Namespace) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     cmd = [sys.executable, "-m", "ferjax.run", f"--experiment={args.experiment}", f"--workdir={workdir}",
-           f"--config.data.fer2013_path={data.resolve()}", f"--config.data.tfds_data_dir={tfds_dir}", *limits]
+           f"--config.data.fer2013_path={data}", f"--config.data.tfds_data_dir={tfds_dir}", *limits]
     log("train: " + " ".join(cmd[1:]))
     start = time.perf_counter()
     bench_reserve = args.bench_reserve_s if args.bench else 0
