@@ -16,7 +16,7 @@ from ferjax.curation import scoring
 from ferjax.curation.kfold import out_of_fold_probabilities, stratified_folds
 from ferjax.curation.relabel import confident_relabeling
 from ferjax.curation.signals import (BlankSignal, DuplicatesSignal, TextGraphicsSignal, curation_view,
-                                     yaw_ratio)
+                                     save_npz, yaw_ratio)
 from conftest import synthetic_rows, write_csv
 
 NO_DETECTOR_SIGNALS = "blank,text_graphics,duplicates"  # synthetic bands hold no faces
@@ -247,7 +247,7 @@ def test_finished_folds_are_not_retrained(tmp_path):
         held = folds == f
         p = np.zeros((held.sum(), 7))
         p[:, f] = 1
-        kfold._write_npz(tmp_path / "folds" / key / str(f) / "oof.npz", probs=p, row=train["row"][held],
+        save_npz(tmp_path / "folds" / key / str(f) / "oof.npz", probs=p, row=train["row"][held],
                          info=np.asarray(json.dumps({"fold": f})))
     probs, info = out_of_fold_probabilities(recipe, train, 2, 0, 0.1, tmp_path)
     assert not info["cached"] and (probs.argmax(1) == folds).all()

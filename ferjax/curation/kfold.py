@@ -12,7 +12,6 @@ retrained, an interrupted one resumes from its latest checkpoint, and the assemb
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Mapping
 import ml_collections
 import numpy as np
 
-from ferjax.atomic import atomic_write_bytes
+from ferjax.curation.signals import save_npz
 from ferjax.data.derived import fingerprint
 
 OOF_FILE = "oof.npz"
@@ -58,13 +57,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
-
-
-def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def cache_key(recipe: ml_collections.ConfigDict, train: Mapping[str, np.ndarray], folds: int, seed: int,
@@ -104,7 +96,7 @@ def out_of_fold_probabilities(recipe: ml_collections.ConfigDict, train: Mapping[
         per_fold.append(fold_info)
     run = {"per_fold": per_fold, "seconds": round(time.perf_counter() - t0, 1),
            "oof_accuracy": float((probs.argmax(1) == train["label"]).mean())}
-    _write_npz(done, probs=probs, row=train["row"], fold=fold_of, info=np.asarray(json.dumps(run)))
+    save_npz(done, probs=probs, row=train["row"], fold=fold_of, info=np.asarray(json.dumps(run)))
     return probs, {**info, "cached": False, **run}
 
 
@@ -137,5 +129,5 @@ def _fold(recipe: ml_collections.ConfigDict, train: Mapping[str, np.ndarray], fo
     info = {"fold": f, "train": len(fit_on), "selection": len(select), "held_out": int(held.sum()),
             "held_out_accuracy": test.get("accuracy"), "wall_seconds": summary.get("wall_seconds"),
             "best_step": summary.get("best_step")}
-    _write_npz(done, probs=probs, row=train["row"][held], info=np.asarray(json.dumps(info)))
+    save_npz(done, probs=probs, row=train["row"][held], info=np.asarray(json.dumps(info)))
     return probs, info

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -125,11 +126,10 @@ def _cache_path(cache_dir: Path | None, what: str, key: Mapping[str, Any]) -> Pa
     return Path(cache_dir) / f"{what}_{digest}.npz"
 
 
-def _save_npz(path: Path | None, **arrays: np.ndarray) -> None:
+def save_npz(path: Path | None, **arrays: np.ndarray) -> None:
+    """Writes a compressed .npz atomically (nothing when `path` is None)."""
     if path is None:
         return
-    import io  # noqa: PLC0415
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def detector_pass(images: np.ndarray, detector: str, size: int, pad: float, dete
             if best.landmarks is not None:
                 lms[i] = best.landmarks
     out = {"score": score, "box": box, "landmarks": lms}
-    _save_npz(path, **out)
+    save_npz(path, **out)
     return out
 
 
