@@ -13,25 +13,13 @@ VARIANTS = ("tiny",)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.name = "compare_curation" + (f":{variant}" if variant else "")
-    c.task = "compare_curation"
-    c.recipe = "fer2013_vgg:quick"
-    c.recipe_overrides = ()
-    c.seeds = 3
+    from ferjax.eval.study import study_config
+
+    c = study_config("compare_curation", variant,
+                     "python -m ferjax.run --experiment=compare_curation --config.curated_dir=CURATED "
+                     "--config.reuse_baseline_from=BALANCING_STUDY")
     c.curated_dir = ""  # the derived dataset folder of a curate_fer2013 run
     c.reuse_baseline_from = ""  # a compare_balancing folder whose as_is runs are reused
     c.focus_class = "disgust"  # the class whose recall is reported beside the summary metrics
     c.seed = 0  # the bootstrap's seed
-    c.bootstrap = 2000
-    c.data = ml_collections.ConfigDict({"fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False,
-                                        "limit_per_split": 0})
-    c.reproduce_command = ("python -m ferjax.run --experiment=compare_curation --config.curated_dir=CURATED "
-                           "--config.reuse_baseline_from=BALANCING_STUDY")
-    if variant == "tiny":
-        c.recipe = "fer2013_vgg:tiny"
-        c.seeds = 2
-        c.bootstrap = 200
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} of compare_curation; expected one of {VARIANTS}")
     return c
