@@ -320,3 +320,16 @@ def test_real_non_face_signals_against_ferplus(real_fer, tfds_dir, tmp_path):
     assert truth.sum() == 150
     tp = int((union & truth).sum())
     assert tp / union.sum() >= 0.5 and tp / truth.sum() >= 0.5, (int(union.sum()), tp)
+
+
+def test_bad_relabeling_settings_stop_before_any_work(two_sources, tmp_path):
+    """A recipe that does not exist or a bad fold count fails at once, before data or detectors."""
+    from ferjax.curation.task import curate
+
+    pytest.importorskip("cleanlab", reason="the optional extra 'curate' (cleanlab) is not installed")
+    src, _ = two_sources
+    with pytest.raises(ValueError, match="kfold.recipe='no_such_experiment'"):
+        curate(_config(src, tmp_path, "kfold.recipe=no_such_experiment"), str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="kfold.folds=1"):
+        curate(_config(src, tmp_path, "kfold.folds=1"), str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -140,8 +140,12 @@ def curate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs curation (module docstring) and returns the summary the command prints last."""
     t0 = time.perf_counter()
     workdir = Path(workdir)
-    if config.kfold.folds:
-        require_cleanlab()  # before any work
+    if config.kfold.folds:  # everything the relabeling step needs, checked before any work
+        require_cleanlab()
+        _recipe(config.kfold)
+        if config.kfold.folds < 2 or not 0.0 < config.kfold.selection_fraction < 0.5:
+            raise ValueError(f"kfold.folds={config.kfold.folds} (0, or at least 2) and "
+                             f"kfold.selection_fraction={config.kfold.selection_fraction} (in (0, 0.5))")
     out_dir = Path(config.out_dir) if config.out_dir else workdir / "dataset"
     if config.out_dir:  # the default folder belongs to this workdir and is replaced on a rerun
         try:
