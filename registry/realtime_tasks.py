@@ -49,11 +49,17 @@ def realtime(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _add_ratios(rows: list[dict], peers: list[dict]) -> None:
-    """Adds `fps_vs_fer`: our FPS over the fer package's on the same video."""
-    by_video = {p["video"]: p["fps"] for p in peers if p.get("fps")}
+    """Adds the fer package's FPS and detection rate on the same video to each row, and
+    `fps_vs_fer` (our FPS over fer's) only where both sides found faces in some frames: a
+    pipeline that finds no faces skips the classifier, so its speed is not comparable."""
+    by_video = {p["video"]: p for p in peers if p.get("fps")}
     for r in rows:
-        if r.get("fps") and r.get("video") in by_video:
-            r["fps_vs_fer"] = round(r["fps"] / by_video[r["video"]], 2)
+        peer = by_video.get(r.get("video"))
+        if not r.get("fps") or peer is None:
+            continue
+        r["fer_fps"], r["fer_detection_rate"] = peer["fps"], peer.get("detection_rate")
+        if r.get("detection_rate") and peer.get("detection_rate"):
+            r["fps_vs_fer"] = round(r["fps"] / peer["fps"], 2)
 
 
 @TASKS.register("realtime_bench")
@@ -74,6 +80,8 @@ def realtime_bench(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     rows = bench.run_bench(make, config.detectors.split(","), videos,
                            config.max_frames or None, config.warmup_frames)
+    for r in rows:
+        r["classifier"] = descs.get(r["detector"], "")
     peers = []
     if config.peer_python:
         peers = bench.run_fer_peer(config.peer_python, videos, config.max_frames or None,

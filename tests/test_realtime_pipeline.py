@@ -156,7 +156,9 @@ def test_bench_task_prints_a_table_ii(tmp_path):
     assert all(r["frames"] == 15 and r["fps"] > 0 for r in out["rows"])
     lines = (tmp_path / "bench.md").read_text().splitlines()
     for r in out["rows"]:  # each measured row, with its own figures, is in the table
-        (line,) = [x for x in lines if x.startswith(f"| {r['detector']} | {r['backend']} | {r['video']} | 15 |")]
+        assert r["classifier"]  # the row says which classifier ran
+        (line,) = [x for x in lines
+                   if x.startswith(f"| {r['detector']} | {r['backend']} | {r['classifier']} | {r['video']} | 15 |")]
         stages = [r[f"{k}_ms"] for k in TIMED]
         assert f"| {r['fps']:.1f} |" in line and f"| {100 * r['detection_rate']:.1f}% |" in line
         assert f"| {sum(stages):.2f} |" in line and all(f"| {v:.2f} |" in line for v in stages)
@@ -166,6 +168,21 @@ def test_bench_task_prints_a_table_ii(tmp_path):
 def test_format_table_reports_skipped_detectors():
     table = format_table([{"detector": "mtcnn", "skipped": "weights missing"}])
     assert "skipped: weights missing" in table
+
+
+def test_fps_ratio_stands_beside_detection_rates_and_only_where_both_find_faces():
+    from ferjax.components.realtime_tasks import _add_ratios
+
+    stages = {f"{k}_ms": 1.0 for k in TIMED}
+    rows = [{"detector": "haar", "backend": "b", "classifier": "c", "video": v, "frames": 10, "fps": fps,
+             "detection_rate": rate, **stages} for v, fps, rate in (("a.mp4", 30.0, 0.96), ("b.mp4", 31.0, 0.0))]
+    peers = [{"detector": "fer", "backend": "k", "video": v, "frames": 10, "fps": fps, "detection_rate": rate}
+             for v, fps, rate in (("a.mp4", 15.0, 0.998), ("b.mp4", 1.1, 1.0))]
+    _add_ratios(rows, peers)
+    assert rows[0]["fps_vs_fer"] == 2.0 and "fps_vs_fer" not in rows[1]
+    table = format_table(rows, peers)
+    assert "| 2.00x (faces in 96.0% / 99.8% of frames) |" in table
+    assert "| not compared (faces in 0.0% / 100.0% of frames) |" in table and "28." not in table
 
 
 def test_experiment_configs_name_registered_components():
