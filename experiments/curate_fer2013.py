@@ -7,7 +7,8 @@ confident learning on out-of-fold probabilities of `kfold.folds` classifiers tra
 `kfold.recipe` experiment decide; the result is a derived dataset (WORKDIR/dataset) to train on with
 `--config.dataset=derived --config.data.derived_dir=WORKDIR/dataset`, and WORKDIR/report/report.md
 scores it against FER+ human votes, which no decision reads. Variants: `cpu` (default; the
-`fer2013_vgg:quick` recipe, 5 folds, ~20 minutes on a 2-core CPU), `gpu` (full-width vgg_small
+`fer2013_vgg:quick` recipe, 5 folds: five trainings of that ~3.5-minute recipe on 76% of Training, plus
+a YuNet pass of ~6 minutes; not yet timed end to end), `gpu` (full-width vgg_small
 recipe `fer2013_vgg:cpu`, 5 folds), `tiny` (300 rows per split, 2 folds of a few steps: tests).
 Rerunning in the same workdir reuses the finished folds and the detector pass (seconds).
 """
