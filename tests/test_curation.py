@@ -206,6 +206,12 @@ def test_curation_identical_with_and_without_ferplus(two_sources, tmp_path):
     assert "Skipped: no FER+ votes" in report
     header = prov_a.decode().splitlines()[0]
     assert "score_blank" in header and "score_duplicates" in header
+    # every default signal, the detector ones included (YuNet finds no face in these bands)
+    a = _run(with_votes, tmp_path / "tfds_a", tmp_path / "a2", "kfold.folds=0")
+    b = _run(without, tmp_path / "tfds_b", tmp_path / "b2", "kfold.folds=0")
+    assert set(a["signals"]) == {"blank", "text_graphics", "no_face", "non_frontal", "duplicates"}
+    assert (Path(a["output"]) / "provenance.csv").read_bytes() == \
+        (Path(b["output"]) / "provenance.csv").read_bytes()
 
 
 @pytest.mark.slow
