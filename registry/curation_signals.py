@@ -19,7 +19,8 @@ CURATION_SIGNALS.register(
 CURATION_SIGNALS.register(
     "no_face", doc="No upright face found by a registered detector on the upscaled image (or only turned 90 degrees).",
     checks={"size": _SIZE, "pad": between(0.0, 1.0), "min_score": between(0.0, 1.0),
-            "sideways_margin": between(0.0, 1.0), "sideways_max_score": between(0.0, 1.0)})(NoFaceSignal)
+            "sideways_margin": between(0.0, 1.0), "sideways_max_score": between(0.0, 1.0),
+            "min_face_area": between(0.0, 1.0)})(NoFaceSignal)
 CURATION_SIGNALS.register(
     "non_frontal", doc="Strongly non-frontal faces, from YuNet/MTCNN landmarks (yaw ratio).",
     checks={"size": _SIZE, "pad": between(0.0, 1.0), "max_yaw_ratio": greater(0.0),

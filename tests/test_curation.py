@@ -314,8 +314,8 @@ def test_real_duplicates_match_the_known_counts(real_fer, tfds_dir):
 @pytest.mark.slow
 def test_real_non_face_signals_against_ferplus(real_fer, tfds_dir, tmp_path):
     """The default non-face signals of curate_fer2013 on the real Training split (a YuNet pass at
-    three rotations, minutes on a 2-core CPU): 143 flagged, 83 of them in the 150 FER+ NF-majority
-    images (precision 58.0%, recall 55.3%; measured 2026-11-29)."""
+    three rotations, minutes on a 2-core CPU): 155 flagged, 88 of them in the 150 FER+ NF-majority
+    images (precision 56.8%, recall 58.7%; measured 2026-11-29)."""
     from ferjax.curation.task import run_signals
 
     view, votes = _real_view(real_fer, tfds_dir)

@@ -192,23 +192,29 @@ class _DetectorSettings:
 
 class NoFaceSignal(_DetectorSettings):
     """No upright face: a registered detector on the image upscaled to `size` pixels (after `pad`
-    of replicated border) finds none scoring `min_score` or more, or (`sideways_margin` > 0) its
+    of replicated border) finds none scoring `min_score` or more; or (`sideways_margin` > 0) its
     upright score stays below `sideways_max_score` while a copy turned 90 degrees either way scores
-    `sideways_margin` more (a face lying on its side). Score: the upright detection score (0: none)."""
+    `sideways_margin` more (a face lying on its side); or (`min_face_area` > 0) the face it finds
+    covers less than that share of the image (a scene, not a face crop). Score: the upright
+    detection score (0: none)."""
 
     group = "non_face"
 
     def __init__(self, detector: str = "yunet", size: int = 160, pad: float = 0.0, min_score: float = 0.1,
-                 sideways_margin: float = 0.3, sideways_max_score: float = 0.3,
+                 sideways_margin: float = 0.3, sideways_max_score: float = 0.3, min_face_area: float = 0.12,
                  detector_kwargs: Mapping | None = None, models_dir: str = ""):
         super().__init__(detector, size, pad, detector_kwargs, models_dir)
         self.min_score, self.sideways_margin = float(min_score), float(sideways_margin)
-        self.sideways_max_score = float(sideways_max_score)
+        self.sideways_max_score, self.min_face_area = float(sideways_max_score), float(min_face_area)
 
     def __call__(self, splits: Mapping, cache_dir: Path | None = None) -> SignalResult:
         images = splits["train"]["image"]
-        upright = self._pass(images, cache_dir)["score"]
+        found = self._pass(images, cache_dir)
+        upright = found["score"]
         none = upright < self.min_score
+        box = found["box"]
+        area = np.nan_to_num((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / self.size ** 2, nan=1.0)
+        small = ~none & (area < self.min_face_area)
         sideways = np.zeros(len(upright), bool)
         turned = np.zeros(len(upright))
         if self.sideways_margin > 0:
@@ -218,10 +224,12 @@ class NoFaceSignal(_DetectorSettings):
             sideways = candidates & (turned >= upright + self.sideways_margin)
         reason = [f"no face found by {self.detector} at {self.size}px (best score {u:.2f})" if n else
                   f"face on its side: {self.detector} scores {t:.2f} turned 90 degrees, {u:.2f} upright"
-                  if sw else "" for u, t, n, sw in zip(upright, turned, none, sideways)]
-        return SignalResult("no_face", self.group, upright, none | sideways, reason,
+                  if sw else f"the face covers {100 * a:.0f}% of the image (a scene, not a face crop)"
+                  if sm else "" for u, t, a, n, sw, sm in zip(upright, turned, area, none, sideways, small)]
+        return SignalResult("no_face", self.group, upright, none | sideways | small, reason,
                             {"detector": self.detector, "size": self.size, "min_score": self.min_score,
-                             "no_face": int(none.sum()), "sideways": int(sideways.sum())})
+                             "no_face": int(none.sum()), "sideways": int((sideways & ~none).sum()),
+                             "small_face": int((small & ~sideways).sum())})
 
 
 def yaw_ratio(landmarks: np.ndarray) -> np.ndarray:
