@@ -85,9 +85,9 @@ def test_config_is_locked_after_build():
 
 
 def test_variants_are_declared_and_listed():
-    assert cfg.variants("fer2013_vgg") == ("cpu", "gpu", "paper", "tiny")
+    assert cfg.variants("fer2013_vgg") == ("cpu", "quick", "gpu", "paper", "tiny")
     out = run_cli("--list").stdout
-    assert "| `fer2013_vgg` | `cpu`, `gpu`, `paper`, `tiny` |" in out
+    assert "| `fer2013_vgg` | `cpu`, `quick`, `gpu`, `paper`, `tiny` |" in out
     assert "| `realtime_bench` | `quick` |" in out
 
 
