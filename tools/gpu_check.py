@@ -534,7 +534,8 @@ def run(args: argparse.Namespace) -> int:
     def finish(code: int, why: str = "") -> int:
         result.update(ok=code == 0, error=why or None, wall_s=round(time.perf_counter() - t0, 1))
         (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
-        log(f"GPU CHECK {'OK' if code == 0 else 'FAILED'}: {why or 'trained, evaluated, benchmarked'}; "
+        done = "trained, evaluated" + (", benchmarked" if args.bench else "")
+        log(f"GPU CHECK {'OK' if code == 0 else 'FAILED'}: {why or done}; "
             f"wall {result['wall_s']:.1f} s (budget {args.budget_s:.0f} s) -> {out}")
         return code
 
