@@ -84,7 +84,7 @@ def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(balancing):
     saved = json.loads((wd / "comparison.json").read_text())["original"]
     assert len(saved["oversample"]["per_seed"]) == 2 and "diff_ci95" in saved["oversample"]["macro_f1"]
     md = (wd / "comparison.md").read_text()
-    assert "| oversample (n=64, 2 seeds) |" in md and (wd / "confusion_original_as_is.png").exists()
+    assert "| oversample (n=64, 2 seeds) |" in md and (wd / "confusion_original.png").exists()
     cfg = json.loads((wd / "class_weighted" / "seed1" / "config.json").read_text())
     assert cfg["train"]["class_weighting"] == "balanced" and cfg["train"]["seed"] == 1
     again = run_cli(*args)

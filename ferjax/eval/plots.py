@@ -11,11 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str) -> None:
-    """Row-normalized confusion matrix (rows: true class) with percentages."""
+def _draw_confusion(ax, cm: np.ndarray, class_names: Sequence[str], title: str):
+    """Row-normalized matrix on `ax` (rows: true class), percentages in the cells."""
     cm = np.asarray(cm, np.float64)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
@@ -26,9 +25,28 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
         for j in range(norm.shape[1]):
             ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center",
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    return im
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str) -> None:
+    """Row-normalized confusion matrix (rows: true class) with percentages."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = _draw_confusion(ax, cm, class_names, title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusions(cms: dict[str, np.ndarray], class_names: Sequence[str], path: str | Path,
+                    title: str) -> None:
+    """Several row-normalized confusion matrices side by side (one panel per name)."""
+    fig, axes = plt.subplots(1, len(cms), figsize=(5.2 * len(cms), 5.6), squeeze=False)
+    for ax, (name, cm) in zip(axes[0], cms.items()):
+        _draw_confusion(ax, cm, class_names, name)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ferjax import config as cfg_lib
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.eval.metrics import classification_report, confusion_matrix
-from ferjax.eval.plots import plot_confusion
+from ferjax.eval.plots import plot_confusions
 from ferjax.train.loop import flat_config
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -214,13 +214,12 @@ def write_report(scores_by_labels: Mapping[str, Mapping[str, dict]], focus: int,
     parts = [f"# {title}", "", header, ""]
     for label_set, scores in scores_by_labels.items():
         parts += [f"## Test labels: {label_set}", "", markdown_table(scores, EMOTIONS[focus], label_set), ""]
-        for arm, e in scores.items():
-            png = workdir / f"confusion_{label_set}_{arm}.png"
-            plot_confusion(np.asarray(e["confusion_matrix"]), EMOTIONS, png,
-                           f"{arm} ({label_set} labels, {e['seeds']} seeds pooled)")
+        png = workdir / f"confusion_{label_set}.png"
+        plot_confusions({arm: np.asarray(e["confusion_matrix"]) for arm, e in scores.items()}, EMOTIONS, png,
+                        f"PrivateTest, {label_set} labels: confusion (rows: true class, %), seeds pooled")
+        for e in scores.values():
             e["confusion_png"] = str(png)
-            parts.append(f"![{arm}]({png.name})")
-        parts.append("")
+        parts += [f"![confusion matrices, {label_set} labels]({png.name})", ""]
     (workdir / "comparison.json").write_text(json.dumps(scores_by_labels, indent=2))
     path = workdir / "comparison.md"
     path.write_text("\n".join(parts))
