@@ -45,7 +45,7 @@ def test_score_means_sds_and_intervals(tmp_path):
     rows = np.arange(400) + 1000
     noisy = [np.where(rng.random(400) < 0.5, y, (y + 1) % 7) for _ in range(2)]
     runs = _fake_runs(tmp_path, {"base": noisy, "same": noisy, "perfect": [y, y]}, rows)
-    out = study.score(runs, y, rows, np.ones(400, bool), "base", focus=1, n_boot=300)
+    out = study.score(study.load_predictions(runs, rows), y, np.ones(400, bool), "base", focus=1, n_boot=300)
     assert "diff" not in out["base"]["accuracy"]
     acc = [float((p == y).mean()) for p in noisy]
     assert out["base"]["accuracy"]["mean"] == pytest.approx(np.mean(acc))
@@ -57,7 +57,7 @@ def test_score_means_sds_and_intervals(tmp_path):
     assert lo < 1 - np.mean(acc) < hi
     assert np.asarray(out["perfect"]["confusion_matrix"]).trace() == 800
     with pytest.raises(ValueError, match="test rows differ"):
-        study.score(runs, y, rows + 1, np.ones(400, bool), "base", focus=1, n_boot=10)
+        study.load_predictions(runs, rows + 1)
 
 
 @pytest.fixture(scope="module")

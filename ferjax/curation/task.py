@@ -19,9 +19,9 @@ import numpy as np
 from ferjax.atomic import atomic_write_bytes, refuse_existing
 from ferjax.curation import report, scoring
 from ferjax.curation.kfold import out_of_fold_probabilities
+from ferjax.config import invoked_command
 from ferjax.curation.relabel import confident_relabeling, require_cleanlab
 from ferjax.curation.signals import SignalResult, curation_view
-from ferjax.data.balance_task import _command
 from ferjax.data.derived import DerivedBuilder
 from ferjax.data.fer2013 import EMOTIONS
 
@@ -166,7 +166,7 @@ def curate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     signals = decisions["signals"]
     info = {"curation": {"signals": {n: r.info for n, r in signals.items()},
                          "relabeling": decisions["relabeling"]}, "config": config.to_dict()}
-    command = _command()
+    command = invoked_command()
     builder.write(out_dir, command, info, overwrite=True)
     labels = np.asarray(splits["train"]["label"])
     non_face = {n: r.flagged for n, r in signals.items() if r.group == "non_face"}

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ferjax.atomic import refuse_existing
-from ferjax.config import invoked_command as _command  # noqa: F401 (also imported by ferjax.curation)
+from ferjax.config import invoked_command
 from ferjax.data.derived import DerivedBuilder
 from ferjax.data.fer2013 import EMOTIONS, class_index
 from ferjax.train.cyclegan_steps import to_unit
@@ -117,7 +117,7 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
         builder = DerivedBuilder(config.dataset, config.data, config.protocol)
         before = builder.counts()["train_per_class_before"]
         done = _oversample(builder, config, tgt)
-        builder.write(out_dir, _command(), {"balance": {"method": "oversample", "target_class": EMOTIONS[tgt],
+        builder.write(out_dir, invoked_command(), {"balance": {"method": "oversample", "target_class": EMOTIONS[tgt],
                                                         **done, "seed": config.seed},
                                             "config": config.to_dict()}, overwrite=config.overwrite)
         return {"experiment": config.name, "method": "oversample", "output": str(out_dir),
@@ -169,7 +169,7 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         "replace_real": config.replace_real,
                         "generator_checkpoint": ckpt, "generator": meta},
             "config": config.to_dict()}
-    builder.write(out_dir, _command(), info, overwrite=config.overwrite)
+    builder.write(out_dir, invoked_command(), info, overwrite=config.overwrite)
     after = builder.counts()["train_per_class_after"]
     return {"experiment": config.name, "method": "generator", "output": str(out_dir),
             "generator_checkpoint": ckpt,

@@ -20,7 +20,7 @@ from ferjax import config as cfg_lib
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.eval.metrics import classification_report, confusion_matrix
 from ferjax.eval.plots import plot_confusions
-from ferjax.train.loop import flat_config
+from ferjax.train.loop import changed_fields, flat_config
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 DATA_KEYS = ("fer2013_path", "tfds_data_dir", "skip_bad_rows", "limit_per_split")
@@ -59,7 +59,7 @@ def _refuse_stale(run_dir: Path, config: ml_collections.ConfigDict) -> None:
     (file locations aside)."""
     old = flat_config(ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text())))
     new = flat_config(config)
-    changed = sorted(k for k in set(old) | set(new) if k not in LOCATION_FIELDS and old.get(k) != new.get(k))
+    changed = changed_fields(old, new, LOCATION_FIELDS)
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
         raise ValueError(f"{run_dir} finished with another config ({detail}); delete that folder to "
@@ -75,15 +75,15 @@ def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int
     config is the one this study would train (e.g. the shared `as_is` baseline)."""
     from ferjax.train.classifier_task import train_classifier  # noqa: PLC0415
 
-    workdir = Path(workdir)
+    workdir, reuse = Path(workdir), reuse or {}
     plan = [(arm, seed) for arm in arms for seed in seeds]
     configs = {(arm, seed): cfg_lib.build(recipe, [*common, *arms[arm], f"train.seed={seed}"])
                for arm, seed in plan}  # every config checked before the first run starts
     runs: dict[str, list[Path]] = {arm: [] for arm in arms}
     for i, (arm, seed) in enumerate(plan, 1):
         run_dir = workdir / arm / f"seed{seed}"
-        shared = Path((reuse or {}).get(arm, "")) / f"seed{seed}" if (reuse or {}).get(arm) else None
-        if shared is not None and (shared / "report.json").exists() and not (run_dir / "report.json").exists():
+        shared = Path(reuse[arm]) / f"seed{seed}" if arm in reuse else None
+        if shared and (shared / "report.json").exists() and not (run_dir / "report.json").exists():
             run_dir = shared
         runs[arm].append(run_dir)
         if (run_dir / "report.json").exists():
@@ -134,13 +134,18 @@ def _bootstrap_metrics(y: np.ndarray, preds: np.ndarray, idx: np.ndarray, focus:
             "focus_recall": recall[:, :, focus]}
 
 
-def score(runs: Mapping[str, Sequence[Path]], y: np.ndarray, rows: np.ndarray, keep: np.ndarray,
+def load_predictions(runs: Mapping[str, Sequence[Path]], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """{arm: [seeds, N] predicted classes} of every run's test predictions, in the order of `rows`."""
+    return {arm: np.stack([_load_predictions(d, rows) for d in dirs]) for arm, dirs in runs.items()}
+
+
+def score(predictions: Mapping[str, np.ndarray], y: np.ndarray, keep: np.ndarray,
           baseline: str, focus: int, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Per arm: metrics mean/sd over seeds on the test images `keep` (labels `y`), summed
-    confusion matrix, and (other arms) the bootstrap 95% interval of the difference of seed-mean
-    metrics from `baseline`, resampling test images (the same resamples for every arm)."""
+    """Per arm of `load_predictions`: metrics mean/sd over seeds on the test images `keep` (labels
+    `y`), summed confusion matrix, and (other arms) the bootstrap 95% interval of the difference of
+    seed-mean metrics from `baseline`, resampling test images (the same resamples for every arm)."""
     y = y[keep]
-    preds = {arm: np.stack([_load_predictions(d, rows)[keep] for d in dirs]) for arm, dirs in runs.items()}
+    preds = {arm: p[:, keep] for arm, p in predictions.items()}
     idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
     boot = {arm: _bootstrap_metrics(y, p, idx, focus) for arm, p in preds.items()}
     per_seed = {arm: [_metrics(y, q, focus) for q in p] for arm, p in preds.items()}
@@ -169,11 +174,12 @@ def score_test_labels(runs: Mapping[str, Sequence[Path]], recipe: str, common: S
 
     data_cfg = cfg_lib.build(recipe, common).data
     test = DATASETS.create("fer2013", cfg=data_cfg, protocol="original")["test"]
+    preds = load_predictions(runs, test["row"])
     every = np.ones(len(test["label"]), bool)
-    scores = {"original": score(runs, test["label"], test["row"], every, baseline, focus, n_boot, seed)}
+    scores = {"original": score(preds, test["label"], every, baseline, focus, n_boot, seed)}
     ferplus = ferplus_majority(test["ferplus_votes"])
     if (ferplus >= 0).any():
-        scores["ferplus"] = score(runs, ferplus, test["row"], ferplus >= 0, baseline, focus, n_boot, seed)
+        scores["ferplus"] = score(preds, ferplus, ferplus >= 0, baseline, focus, n_boot, seed)
     else:
         print("FER+ scoring skipped: no fer2013new.csv votes beside the FER2013 source", flush=True)
     return scores

@@ -194,13 +194,20 @@ def flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
     return json.loads(json.dumps(flat, default=str))
 
 
+def changed_fields(saved: dict, current: dict, ignore: tuple[str, ...] = (),
+                   only_common: bool = False) -> list[str]:
+    """Sorted flat keys whose values differ between two `flat_config`s, `ignore`d keys aside;
+    with `only_common`, keys only one side has do not count."""
+    keys = set(saved) & set(current) if only_common else set(saved) | set(current)
+    return sorted(k for k in keys if k not in ignore and saved.get(k) != current.get(k))
+
+
 def refuse_changed_config(saved: dict | None, current: dict | None, workdir: Path) -> None:
     """Raises ValueError naming every field whose value differs from the checkpointed run's."""
     if not saved or not current:
         return
     # Fields only one side has come from a newer or older ferjax (a new option at its default).
-    changed = sorted(k for k in set(saved) & set(current)
-                     if k not in RESUMABLE_CHANGES and saved[k] != current[k])
+    changed = changed_fields(saved, current, RESUMABLE_CHANGES, only_common=True)
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:8])
         raise ValueError(f"{workdir} holds a run with a different config ({detail}"
