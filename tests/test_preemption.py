@@ -21,21 +21,32 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
         port = str(s.getsockname()[1])
     worker = str(REPO / "tests" / "helpers" / "preempt_worker.py")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
     procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / "run")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+                              env=env, stdout=out.open("w"), stderr=err.open("w"), text=True)
+             for i, (out, err) in enumerate(logs)]  # files, not pipes: nothing can block a writer
+
+    def tails():
+        return "\n".join(f"process {i} (exit {p.poll()}):\n{out.read_text()[-1000:]}\n{err.read_text()[-2000:]}"
+                         for i, (p, (out, err)) in enumerate(zip(procs, logs)))
+
     try:
-        for p in procs:  # wait until both loops run (gloo also prints to stdout)
-            while (line := p.stdout.readline()) and line.strip() != "training":
-                pass
-            assert line, p.stderr.read()[-2000:]
+        deadline = time.monotonic() + 120
+        while not all("training" in out.read_text() for out, _ in logs):  # both loops run
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), tails()
+            time.sleep(0.1)
         time.sleep(2.0)  # some steps run on both processes
         procs[0].send_signal(signal.SIGTERM)  # the notice reaches one process only
-        outs = [p.communicate(timeout=120) for p in procs]
+        for p in procs:
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"no stop within 120 s of the notice:\n{tails()}")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    outs = [(out.read_text(), err.read_text()) for out, err in logs]
     steps = []
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 3, f"exit {p.returncode}:\n{out[-1000:]}\n{err[-2000:]}"
