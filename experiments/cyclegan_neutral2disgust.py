@@ -45,9 +45,14 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
                                        "flip_labels": True, "pool_size": 50,
                                        # DiffAugment policy for every discriminator input, e.g.
                                        # "brightness,contrast,translation,cutout" ("": off, the paper)
-                                       "diff_augment": ""})
+                                       "diff_augment": "",
+                                       # A frozen pretrained classifier pushing G(A) towards the
+                                       # target class (weight lambda_class; 0: off, the paper)
+                                       "class_guide": "", "lambda_class": 0.0})
     # Quality report after training (KID/FID on this classifier's features, GAN-test); '' skips it.
-    c.quality = ml_collections.ConfigDict({"model": "fer2013_vgg_small", "num_images": 1000, "seed": 0,
+    # feature_layer: a module of that classifier (a spatial output is averaged over positions).
+    c.quality = ml_collections.ConfigDict({"model": "fer2013_vgg_small", "feature_layer": "Dense_0",
+                                           "num_images": 1000, "seed": 0,
                                            "kid_subset_size": 100, "kid_subsets": 100})
     t = c.train = ml_collections.ConfigDict()
     t.seed = 0
@@ -81,6 +86,13 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
         c.discriminator_kwargs.update(base=16)
         c.gan.lambda_identity = 0.5
         c.gan.diff_augment = "brightness,contrast,translation,cutout"
+        # The second run (the two changes above) balanced its adversarial losses but still made
+        # faces no classifier called disgust: a frozen fer2013_vgg_small now also pushes G(A)
+        # towards disgust, and GAN-test is judged by another network, the fer package's
+        # mini-Xception, so the generator is not graded by the classifier that trained it.
+        c.gan.class_guide = "fer2013_vgg_small"
+        c.gan.lambda_class = 1.0
+        c.quality.update(model="fer_mini_xception", feature_layer="separable_conv2d_8")
         t.batch_size = 8
         t.epochs = 8
         t.decay_start_epoch = 4

@@ -21,13 +21,15 @@ FEATURE_LAYER = "Dense_0"  # VGGNet's hidden Dense layer (256 units, before its 
 
 def feature_fn(model: Any, variables: Any, layer: str = FEATURE_LAYER,
                batch: int = 256) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """uint8-range [N,48,48,1] images -> (features of `layer`, class probabilities)."""
+    """uint8-range [N,48,48,1] images -> (features of `layer`, class probabilities); a spatial
+    layer's output is averaged over its positions."""
 
     @jax.jit
     def run(x):
         logits, state = model.apply(variables, x, train=False, capture_intermediates=True,
                                     mutable=["intermediates"])
         feats = state["intermediates"][layer]["__call__"][0]
+        feats = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
         return feats, jax.nn.softmax(logits, -1)
 
     def apply(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

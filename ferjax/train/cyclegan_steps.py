@@ -126,16 +126,24 @@ def diff_augment(x: jax.Array, key: jax.Array, policy: tuple[str, ...]) -> jax.A
 
 def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.GradientTransformation,
               d_tx: optax.GradientTransformation, cycle_loss: Callable, identity_loss: Callable,
-              adversarial_loss: Callable, cfg: ml_collections.ConfigDict, seed: int, mesh: Mesh):
+              adversarial_loss: Callable, cfg: ml_collections.ConfigDict, seed: int, mesh: Mesh,
+              class_guide: Callable | None = None, target_class: int = -1):
     """The jitted train step `(state, {"a": uint8, "b": uint8}) -> (state, metrics)`.
 
     cfg: lambda_cycle, lambda_identity, flip_labels (discriminator target 1 for generated and 0 for
     real images; the generators are trained against that convention), pool_size, and optionally
-    diff_augment (a `parse_augment_policy` string; every discriminator input is augmented).
+    diff_augment (a `parse_augment_policy` string; every discriminator input is augmented) and
+    lambda_class: with `class_guide` (a frozen classifier, images in [-1, 1] -> logits), G(A) is
+    also pushed towards `target_class` by that classifier's cross-entropy, on G(A) augmented with
+    the same policy so that pixel noise which fools one view of the classifier does not pay.
     """
     base_key = jax.random.key(seed)
     policy = parse_augment_policy(cfg.get("diff_augment", ""))
     augment_key = jax.random.fold_in(base_key, 0xD1FF)
+    guide_key = jax.random.fold_in(base_key, 0x6D1DE)
+    lambda_class = float(cfg.get("lambda_class", 0.0))
+    if lambda_class > 0 and (class_guide is None or target_class < 0):
+        raise ValueError("gan.lambda_class > 0 needs a class guide and the target class index")
 
     def judge(vd, x, key):
         """Discriminator output on (augmented) `x` in training mode, with its batch statistics."""
@@ -170,8 +178,15 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
             cyc = cycle_loss(rec_a, a) + cycle_loss(rec_b, b)
             idt = identity_loss(same_a, a) + identity_loss(same_b, b)
             total = adv + cfg.lambda_cycle * cyc + cfg.lambda_identity * idt
-            aux = {"fake_a": fake_a, "fake_b": fake_b, "g": vg, "f": vf,
-                   "metrics": {"g_adv": adv, "cycle": cyc, "identity": idt}}
+            metrics = {"g_adv": adv, "cycle": cyc, "identity": idt}
+            if lambda_class > 0:
+                k = jax.random.fold_in(guide_key, state.step)
+                logits = class_guide(diff_augment(fake_b, k, policy) if policy else fake_b)
+                labels = jnp.full(logits.shape[:1], target_class)
+                cls = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                total = total + lambda_class * cls
+                metrics.update(guide_ce=cls, guide_target_rate=jnp.mean(logits.argmax(-1) == target_class))
+            aux = {"fake_a": fake_a, "fake_b": fake_b, "g": vg, "f": vf, "metrics": metrics}
             return total, aux
 
         gp = {k: v[k]["params"] for k in ("g", "f")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import dm_pix as pix
@@ -87,6 +87,14 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if len(imgs) < tcfg.batch_size:
             raise ValueError(f"class {name!r} has {len(imgs)} Training images, fewer than "
                              f"train.batch_size={tcfg.batch_size}; choose another class or a smaller batch")
+    guide = class_guide(config)
+    judge = None
+    if config.quality.model:  # a wrong feature layer fails now, not after training
+        from ferjax import pretrained
+        from ferjax.eval.gan_quality import feature_fn
+
+        feature_fn(*pretrained.load(config.quality.model)[:2], config.quality.feature_layer)
+        judge = unit_image_classifier(config.quality.model)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     generator = GENERATORS.create(config.generator, **config.generator_kwargs)
@@ -99,7 +107,7 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_state(generator, discriminator, g_tx, d_tx, tcfg.seed, config.gan.pool_size)
     step = make_step(generator, discriminator, g_tx, d_tx, LOSSES.create(config.cycle_loss),
                      LOSSES.create(config.identity_loss), LOSSES.create(config.adversarial_loss),
-                     config.gan, tcfg.seed, mesh)
+                     config.gan, tcfg.seed, mesh, class_guide=guide, target_class=tgt_idx)
 
     rng = np.random.default_rng(1234)  # fixed sample inputs (Training images only)
     fixed_a = source[rng.choice(len(source), min(8, len(source)), replace=False)]
@@ -116,12 +124,17 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "gf_b": run("g", fake_a), "id_a": run("f", xa), "id_b": run("g", xb)}
 
     def evaluate(current) -> dict:
-        """Cycle and identity SSIM on fixed Training images (no test data)."""
+        """Cycle and identity SSIM on fixed Training images (no test data), and how often the class
+        guide and the quality classifier (the GAN-test judge) call G(A) the target class."""
         v = jax.device_get(current.variables)
         out = translate_both(v, probe_a, probe_b)
         ssim = lambda x, y: float(jnp.mean(pix.ssim(x, y, max_val=2.0)))
-        return {"cycle_ssim": (ssim(out["fg_a"], out["a"]) + ssim(out["gf_b"], out["b"])) / 2,
-                "identity_ssim": (ssim(out["id_a"], out["a"]) + ssim(out["id_b"], out["b"])) / 2}
+        metrics = {"cycle_ssim": (ssim(out["fg_a"], out["a"]) + ssim(out["gf_b"], out["b"])) / 2,
+                   "identity_ssim": (ssim(out["id_a"], out["a"]) + ssim(out["id_b"], out["b"])) / 2}
+        for name, net in (("guide", guide), ("judge", judge)):
+            if net is not None:
+                metrics[f"{name}_target_rate"] = float(jnp.mean(net(out["g_a"]).argmax(-1) == tgt_idx))
+        return metrics
 
     samples = workdir / "samples"
     samples.mkdir(exist_ok=True)
@@ -155,16 +168,45 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
+def unit_image_classifier(name: str) -> Callable[[jax.Array], jax.Array]:
+    """A pretrained classifier as a jitted function of images in [-1, 1] -> logits."""
+    from ferjax import pretrained
+
+    model, variables, _ = pretrained.load(name)
+    return jax.jit(lambda x: model.apply(variables, (jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5, train=False))
+
+
+def class_guide(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array] | None:
+    """The frozen classifier named by `gan.class_guide` when `gan.lambda_class` > 0, checked before
+    any training: it must be differentiable in its input and must not be the GAN-test judge."""
+    weight, name = config.gan.get("lambda_class", 0.0), config.gan.get("class_guide", "")
+    if weight <= 0:
+        return None
+    if not name:
+        raise ValueError("config.gan.lambda_class > 0 needs config.gan.class_guide, a pretrained "
+                         "classifier name (see `python -m ferjax.run --list`)")
+    if name == config.quality.model:
+        raise ValueError(f"config.gan.class_guide and config.quality.model are both {name!r}: GAN-test "
+                         f"would grade the generator with the classifier that trained it; set "
+                         f"config.quality.model to another pretrained classifier")
+    guide = unit_image_classifier(name)
+    probe = jax.random.uniform(jax.random.key(0), (2, 48, 48, 1), minval=-0.9, maxval=0.9)
+    if not np.any(np.asarray(jax.grad(lambda x: guide(x).sum())(probe))):
+        raise ValueError(f"config.gan.class_guide={name!r} passes no gradient to its input (its "
+                         f"preprocessing rounds pixels); choose a classifier that takes float pixels")
+    return guide
+
+
 def generator_quality(config, g_variables, generator, source: np.ndarray, target: np.ndarray,
                       test: dict | None, tgt_idx: int, ssim: dict) -> dict:
     """KID/FID against real Training target images and GAN-test, on `config.quality.model`'s
     features (a classifier trained on real data); cycle/identity SSIM from the final evaluation."""
     from ferjax import pretrained
-    from ferjax.eval.gan_quality import FEATURE_LAYER, feature_fn, fid, kid
+    from ferjax.eval.gan_quality import feature_fn, fid, kid
 
     q = config.quality
     model, variables, _ = pretrained.load(q.model)
-    features = feature_fn(model, variables, FEATURE_LAYER)
+    features = feature_fn(model, variables, q.feature_layer)
     rng = np.random.default_rng(q.seed)
     inputs = source[rng.choice(len(source), min(q.num_images, len(source)), replace=False)]
     translate = jax.jit(lambda x: generator.apply(g_variables, to_unit(x), train=False))
@@ -174,13 +216,17 @@ def generator_quality(config, g_variables, generator, source: np.ndarray, target
     f_fake, p_fake = features(fake)
     _, p_src = features(inputs)
     kid_mean, kid_sd = kid(f_real, f_fake, q.kid_subset_size, q.kid_subsets, q.seed)
-    report = {"classifier": q.model, "feature_layer": FEATURE_LAYER,
+    report = {"classifier": q.model, "feature_layer": q.feature_layer,
               "generated": int(len(fake)), "real_target_training_images": int(len(target)),
               "kid_mean": kid_mean, "kid_sd": kid_sd, "kid_subset_size": min(q.kid_subset_size, len(target)),
               "fid": fid(f_real, f_fake),
               "gan_test_target_rate": float(np.mean(p_fake.argmax(1) == tgt_idx)),
               "target_rate_on_real_source_inputs": float(np.mean(p_src.argmax(1) == tgt_idx)),
               "cycle_ssim": ssim["cycle_ssim"], "identity_ssim": ssim["identity_ssim"]}
+    if config.gan.get("lambda_class", 0.0) > 0:  # the guide's own verdict: not an independent test
+        guide = unit_image_classifier(config.gan.class_guide)
+        report["class_guide"] = config.gan.class_guide
+        report["guide_target_rate"] = float(np.mean(np.asarray(guide(to_unit(fake))).argmax(1) == tgt_idx))
     if test is not None:
         real_test = test["image"][test["label"] == tgt_idx]
         _, p_test = features(real_test)
