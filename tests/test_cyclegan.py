@@ -80,6 +80,8 @@ def test_restart_with_a_changed_config_is_refused_naming_the_field(synthetic_csv
     ("--config.target_class=disgusted", "Did you mean: disgust"),
     ("--config.source_class=disgust", "both 'disgust'"),
     ("--config.train.batch_size=64", "fewer than train.batch_size=64"),
+    ("--config.gan.lambda_class=1.0", "needs config.gan.class_guide"),
+    ("--config.quality.feature_layer=Dense_9", "feature layer 'Dense_9' not in the classifier"),
 ])
 def test_bad_classes_fail_before_training(synthetic_csv, tmp_path, override, message):
     proc = run_cli(*_args(synthetic_csv, tmp_path, override), check=False)
@@ -155,3 +157,37 @@ def test_diff_augment_moves_content_cuts_a_square_and_passes_gradients():
     assert float(jnp.abs(grad).sum()) > 0
     with pytest.raises(ValueError, match=r"unknown \['flip'\]"):
         parse_augment_policy("translation,flip")
+
+
+def test_class_guide_is_refused_when_it_is_the_judge_or_passes_no_gradient():
+    from ferjax.experiments.cyclegan_neutral2disgust import get_config
+    from ferjax.train.cyclegan_task import class_guide
+
+    c = get_config("tiny")
+    assert class_guide(c) is None  # lambda_class 0: no guide, nothing loaded
+    c.gan.update(lambda_class=1.0, class_guide="fer2013_vgg_small")
+    c.quality.model = "fer2013_vgg_small"
+    with pytest.raises(ValueError, match="grade the generator with the classifier that trained it"):
+        class_guide(c)
+    c.gan.class_guide, c.quality.model = "fer_mini_xception", "fer2013_vgg_small"
+    with pytest.raises(ValueError, match="passes no gradient to its input"):
+        class_guide(c)  # its OpenCV-exact resize rounds to uint8
+    c.gan.class_guide, c.quality.model = "fer2013_vgg_small", "fer_mini_xception"
+    guide = class_guide(c)
+    logits = guide(jnp.zeros((2, 48, 48, 1)))
+    assert logits.shape == (2, 7)
+
+
+def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(synthetic_csv, tmp_path):
+    run_cli(*_args(synthetic_csv, tmp_path, "--config.gan.lambda_class=1.0",
+                   "--config.gan.class_guide=fer2013_vgg_small", "--config.quality.model=fer_mini_xception",
+                   "--config.quality.feature_layer=separable_conv2d_8", "--config.quality.num_images=16"))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    last = [x for x in lines if "epoch" in x][-1]
+    assert np.isfinite(last["train_guide_ce"]) and last["train_guide_ce"] > 0
+    for key in ("val_guide_target_rate", "val_judge_target_rate", "train_guide_target_rate"):
+        assert 0.0 <= last[key] <= 1.0
+    quality = json.loads((tmp_path / "quality.json").read_text())
+    assert quality["classifier"] == "fer_mini_xception" and quality["class_guide"] == "fer2013_vgg_small"
+    assert quality["feature_layer"] == "separable_conv2d_8" and np.isfinite(quality["kid_mean"])
+    assert 0.0 <= quality["guide_target_rate"] <= 1.0 and 0.0 <= quality["gan_test_target_rate"] <= 1.0
