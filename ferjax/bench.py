@@ -185,7 +185,9 @@ def cyclegan_step(profile: str, batch: int | None = None) -> tuple[Callable, flo
     from ferjax.experiments.cyclegan_neutral2disgust import get_config
     from ferjax.registry import DISCRIMINATORS, GENERATORS, LOSSES
     from ferjax.train import sharding
+    from ferjax.data.fer2013 import class_index
     from ferjax.train.cyclegan_steps import create_state, make_step
+    from ferjax.train.cyclegan_task import class_guide
     from ferjax.train.schedules import make_optimizer, make_schedule
 
     c = get_config(profile)
@@ -196,7 +198,8 @@ def cyclegan_step(profile: str, batch: int | None = None) -> tuple[Callable, flo
     devices = jax.device_count() if b % jax.device_count() == 0 else 1
     mesh = sharding.data_mesh(devices)
     step = make_step(gen, disc, tx, tx, LOSSES.create(c.cycle_loss), LOSSES.create(c.identity_loss),
-                     LOSSES.create(c.adversarial_loss), c.gan, 0, mesh)
+                     LOSSES.create(c.adversarial_loss), c.gan, 0, mesh, class_guide=class_guide(c),
+                     target_class=class_index(c.target_class))
     rng = np.random.default_rng(0)
     data = sharding.put_batch({k: rng.integers(0, 255, (b, 48, 48, 1)).astype(np.uint8) for k in "ab"}, mesh)
     state = jax.device_put(create_state(gen, disc, tx, tx, 0, c.gan.pool_size), sharding.replicated(mesh))
