@@ -199,7 +199,7 @@ def cyclegan_step(profile: str, batch: int | None = None) -> tuple[Callable, flo
     mesh = sharding.data_mesh(devices)
     step = make_step(gen, disc, tx, tx, LOSSES.create(c.cycle_loss), LOSSES.create(c.identity_loss),
                      LOSSES.create(c.adversarial_loss), c.gan, 0, mesh, class_guide=class_guide(c),
-                     target_class=class_index(c.target_class))
+                     target_class=class_index(c.target_class), steps_per_epoch=100)
     rng = np.random.default_rng(0)
     data = sharding.put_batch({k: rng.integers(0, 255, (b, 48, 48, 1)).astype(np.uint8) for k in "ab"}, mesh)
     state = jax.device_put(create_state(gen, disc, tx, tx, 0, c.gan.pool_size), sharding.replicated(mesh))

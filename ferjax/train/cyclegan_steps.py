@@ -127,7 +127,7 @@ def diff_augment(x: jax.Array, key: jax.Array, policy: tuple[str, ...]) -> jax.A
 def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.GradientTransformation,
               d_tx: optax.GradientTransformation, cycle_loss: Callable, identity_loss: Callable,
               adversarial_loss: Callable, cfg: ml_collections.ConfigDict, seed: int, mesh: Mesh,
-              class_guide: Callable | None = None, target_class: int = -1):
+              class_guide: Callable | None = None, target_class: int = -1, steps_per_epoch: int = 1):
     """The jitted train step `(state, {"a": uint8, "b": uint8}) -> (state, metrics)`.
 
     cfg: lambda_cycle, lambda_identity, flip_labels (discriminator target 1 for generated and 0 for
@@ -135,7 +135,11 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
     diff_augment (a `parse_augment_policy` string; every discriminator input is augmented) and
     lambda_class: with `class_guide` (a frozen classifier, images in [-1, 1] -> logits), G(A) is
     also pushed towards `target_class` by that classifier's cross-entropy, on G(A) augmented with
-    the same policy so that pixel noise which fools one view of the classifier does not pay.
+    the same policy so that pixel noise which fools one view of the classifier does not pay. The
+    pull stops once the guide gives the target class probability class_guide_margin (hinge on the
+    cross-entropy at -log(margin); 0: plain cross-entropy) and its weight ramps up linearly over
+    class_guide_warmup_epochs, so the generator first learns to keep faces (a full-weight guide
+    from step 0 turned G(A) into textures the guide called disgust and nothing else did).
     """
     base_key = jax.random.key(seed)
     policy = parse_augment_policy(cfg.get("diff_augment", ""))
@@ -144,6 +148,11 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
     lambda_class = float(cfg.get("lambda_class", 0.0))
     if lambda_class > 0 and (class_guide is None or target_class < 0):
         raise ValueError("gan.lambda_class > 0 needs a class guide and the target class index")
+    margin = float(cfg.get("class_guide_margin", 0.0))
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"gan.class_guide_margin={margin}: expected a probability in [0, 1)")
+    ce_floor = -float(jnp.log(margin)) if margin > 0 else 0.0
+    warmup_steps = float(cfg.get("class_guide_warmup_epochs", 0.0)) * steps_per_epoch
 
     def judge(vd, x, key):
         """Discriminator output on (augmented) `x` in training mode, with its batch statistics."""
@@ -183,9 +192,11 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
                 k = jax.random.fold_in(guide_key, state.step)
                 logits = class_guide(diff_augment(fake_b, k, policy) if policy else fake_b)
                 labels = jnp.full(logits.shape[:1], target_class)
-                cls = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                total = total + lambda_class * cls
-                metrics.update(guide_ce=cls, guide_target_rate=jnp.mean(logits.argmax(-1) == target_class))
+                ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+                ramp = jnp.minimum(1.0, state.step / warmup_steps) if warmup_steps > 0 else 1.0
+                total = total + lambda_class * ramp * jnp.mean(jax.nn.relu(ce - ce_floor))
+                metrics.update(guide_ce=ce.mean(), guide_weight=lambda_class * ramp,
+                               guide_target_rate=jnp.mean(logits.argmax(-1) == target_class))
             aux = {"fake_a": fake_a, "fake_b": fake_b, "g": vg, "f": vf, "metrics": metrics}
             return total, aux
 

@@ -107,7 +107,8 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_state(generator, discriminator, g_tx, d_tx, tcfg.seed, config.gan.pool_size)
     step = make_step(generator, discriminator, g_tx, d_tx, LOSSES.create(config.cycle_loss),
                      LOSSES.create(config.identity_loss), LOSSES.create(config.adversarial_loss),
-                     config.gan, tcfg.seed, mesh, class_guide=guide, target_class=tgt_idx)
+                     config.gan, tcfg.seed, mesh, class_guide=guide, target_class=tgt_idx,
+                     steps_per_epoch=batches.steps_per_epoch)
 
     rng = np.random.default_rng(1234)  # fixed sample inputs (Training images only)
     fixed_a = source[rng.choice(len(source), min(8, len(source)), replace=False)]
