@@ -176,6 +176,11 @@ def test_class_guide_is_refused_when_it_is_the_judge_or_passes_no_gradient():
     guide = class_guide(c)
     logits = guide(jnp.zeros((2, 48, 48, 1)))
     assert logits.shape == (2, 7)
+    from ferjax.train.cyclegan_steps import make_step
+
+    c.gan.class_guide_margin = 1.0  # a probability of 1 is never reached: the pull never stops
+    with pytest.raises(ValueError, match="class_guide_margin=1.0"):
+        make_step(None, None, None, None, None, None, None, c.gan, 0, None, class_guide=guide, target_class=1)
 
 
 def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(synthetic_csv, tmp_path):
