@@ -47,9 +47,9 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
                                        # "brightness,contrast,translation,cutout" ("": off, the paper)
                                        "diff_augment": "",
                                        # A frozen pretrained classifier pushing G(A) towards the
-                                       # target class (weight lambda_class; 0: off, the paper)
-                                       # (pull stops at probability class_guide_margin; weight
-                                       # ramps up over class_guide_warmup_epochs)
+                                       # target class (weight lambda_class; 0: off, the paper),
+                                       # until it gives probability class_guide_margin; the weight
+                                       # ramps up over class_guide_warmup_epochs
                                        "class_guide": "", "lambda_class": 0.0,
                                        "class_guide_margin": 0.0, "class_guide_warmup_epochs": 0.0})
     # Quality report after training (KID/FID on this classifier's features, GAN-test); '' skips it.

@@ -182,10 +182,10 @@ def cyclegan_step(profile: str, batch: int | None = None) -> tuple[Callable, flo
     import jax
     import numpy as np
 
+    from ferjax.data.fer2013 import class_index
     from ferjax.experiments.cyclegan_neutral2disgust import get_config
     from ferjax.registry import DISCRIMINATORS, GENERATORS, LOSSES
     from ferjax.train import sharding
-    from ferjax.data.fer2013 import class_index
     from ferjax.train.cyclegan_steps import create_state, make_step
     from ferjax.train.cyclegan_task import class_guide
     from ferjax.train.schedules import make_optimizer, make_schedule

@@ -22,9 +22,10 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
     worker = str(REPO / "tests" / "helpers" / "preempt_worker.py")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
+    handles = [(out.open("w"), err.open("w")) for out, err in logs]  # files, not pipes: no writer blocks
     procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / "run")],
-                              env=env, stdout=out.open("w"), stderr=err.open("w"), text=True)
-             for i, (out, err) in enumerate(logs)]  # files, not pipes: nothing can block a writer
+                              env=env, stdout=out, stderr=err, text=True)
+             for i, (out, err) in enumerate(handles)]
 
     def tails():
         return "\n".join(f"process {i} (exit {p.poll()}):\n{out.read_text()[-1000:]}\n{err.read_text()[-2000:]}"
@@ -46,6 +47,8 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+        for h in (h for pair in handles for h in pair):
+            h.close()
     outs = [(out.read_text(), err.read_text()) for out, err in logs]
     steps = []
     for p, (out, err) in zip(procs, outs):

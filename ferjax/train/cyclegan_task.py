@@ -88,13 +88,14 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             raise ValueError(f"class {name!r} has {len(imgs)} Training images, fewer than "
                              f"train.batch_size={tcfg.batch_size}; choose another class or a smaller batch")
     guide = class_guide(config)
-    judge = None
-    if config.quality.model:  # a wrong feature layer fails now, not after training
+    judge_model, judge = None, None
+    if config.quality.model:  # loaded once; a wrong feature layer fails now, not after training
         from ferjax import pretrained
         from ferjax.eval.gan_quality import feature_fn
 
-        feature_fn(*pretrained.load(config.quality.model)[:2], config.quality.feature_layer)
-        judge = unit_image_classifier(config.quality.model)
+        judge_model = pretrained.load(config.quality.model)[:2]
+        feature_fn(*judge_model, config.quality.feature_layer)
+        judge = unit_image_classifier(*judge_model)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     generator = GENERATORS.create(config.generator, **config.generator_kwargs)
@@ -155,7 +156,7 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     quality = {}
     if config.quality.model:
         quality = generator_quality(config, jax.device_get(state.variables["g"]), generator, source,
-                                    target, splits.get("test"), tgt_idx, evaluate(state))
+                                    target, splits.get("test"), tgt_idx, evaluate(state), judge_model, guide)
         (workdir / "quality.json").write_text(json.dumps(quality, indent=2))
     summary = {"experiment": config.name, "profile": config.profile,
                "source_class": config.source_class, "target_class": config.target_class,
@@ -169,11 +170,8 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def unit_image_classifier(name: str) -> Callable[[jax.Array], jax.Array]:
-    """A pretrained classifier as a jitted function of images in [-1, 1] -> logits."""
-    from ferjax import pretrained
-
-    model, variables, _ = pretrained.load(name)
+def unit_image_classifier(model, variables) -> Callable[[jax.Array], jax.Array]:
+    """A classifier (uint8-range input) as a jitted function of images in [-1, 1] -> logits."""
     return jax.jit(lambda x: model.apply(variables, (jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5, train=False))
 
 
@@ -190,7 +188,9 @@ def class_guide(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.
         raise ValueError(f"config.gan.class_guide and config.quality.model are both {name!r}: GAN-test "
                          f"would grade the generator with the classifier that trained it; set "
                          f"config.quality.model to another pretrained classifier")
-    guide = unit_image_classifier(name)
+    from ferjax import pretrained
+
+    guide = unit_image_classifier(*pretrained.load(name)[:2])
     probe = jax.random.uniform(jax.random.key(0), (2, 48, 48, 1), minval=-0.9, maxval=0.9)
     if not np.any(np.asarray(jax.grad(lambda x: guide(x).sum())(probe))):
         raise ValueError(f"config.gan.class_guide={name!r} passes no gradient to its input (its "
@@ -199,15 +199,15 @@ def class_guide(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.
 
 
 def generator_quality(config, g_variables, generator, source: np.ndarray, target: np.ndarray,
-                      test: dict | None, tgt_idx: int, ssim: dict) -> dict:
-    """KID/FID against real Training target images and GAN-test, on `config.quality.model`'s
-    features (a classifier trained on real data); cycle/identity SSIM from the final evaluation."""
-    from ferjax import pretrained
+                      test: dict | None, tgt_idx: int, ssim: dict, judge_model: tuple,
+                      guide: Callable[[jax.Array], jax.Array] | None) -> dict:
+    """KID/FID against real Training target images and GAN-test, on the features of
+    `judge_model` ((model, variables) of `config.quality.model`, a classifier trained on real data);
+    cycle/identity SSIM from the final evaluation; the class guide's own rate when there is one."""
     from ferjax.eval.gan_quality import feature_fn, fid, kid
 
     q = config.quality
-    model, variables, _ = pretrained.load(q.model)
-    features = feature_fn(model, variables, q.feature_layer)
+    features = feature_fn(*judge_model, q.feature_layer)
     rng = np.random.default_rng(q.seed)
     inputs = source[rng.choice(len(source), min(q.num_images, len(source)), replace=False)]
     translate = jax.jit(lambda x: generator.apply(g_variables, to_unit(x), train=False))
@@ -224,8 +224,7 @@ def generator_quality(config, g_variables, generator, source: np.ndarray, target
               "gan_test_target_rate": float(np.mean(p_fake.argmax(1) == tgt_idx)),
               "target_rate_on_real_source_inputs": float(np.mean(p_src.argmax(1) == tgt_idx)),
               "cycle_ssim": ssim["cycle_ssim"], "identity_ssim": ssim["identity_ssim"]}
-    if config.gan.get("lambda_class", 0.0) > 0:  # the guide's own verdict: not an independent test
-        guide = unit_image_classifier(config.gan.class_guide)
+    if guide is not None:  # the guide's own verdict: not an independent test
         report["class_guide"] = config.gan.class_guide
         report["guide_target_rate"] = float(np.mean(np.asarray(guide(to_unit(fake))).argmax(1) == tgt_idx))
     if test is not None:
