@@ -196,3 +196,20 @@ def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(
     assert quality["classifier"] == "fer_mini_xception" and quality["class_guide"] == "fer2013_vgg_small"
     assert quality["feature_layer"] == "separable_conv2d_8" and np.isfinite(quality["kid_mean"])
     assert 0.0 <= quality["guide_target_rate"] <= 1.0 and 0.0 <= quality["gan_test_target_rate"] <= 1.0
+
+
+def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterrupted):
+    wd, _ = uninterrupted
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "FER2013_PATH": str(synthetic_csv)}
+    proc = subprocess.run([sys.executable, "-m", "ferjax.eval.rescore_generator", f"--run={wd}",
+                           "--experiment=cyclegan_neutral2disgust:tiny", f"--out={wd / 'rescored.json'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rescored = json.loads((wd / "rescored.json").read_text())
+    original = json.loads((wd / "quality.json").read_text())
+    assert rescored.keys() == original.keys()
+    for key in ("kid_mean", "fid", "gan_test_target_rate", "target_rate_on_real_source_inputs", "cycle_ssim"):
+        assert rescored[key] == pytest.approx(original[key], rel=1e-5, abs=1e-7), key
+    bad = subprocess.run([sys.executable, "-m", "ferjax.eval.rescore_generator", f"--run={wd / 'samples'}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "expected a cyclegan workdir" in bad.stderr
