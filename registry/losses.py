@@ -13,17 +13,26 @@ from ferjax.registry import LOSSES
 
 @LOSSES.register("cross_entropy")
 def cross_entropy(num_classes: int = 7, label_smoothing: float = 0.0,
-                  class_weights: tuple = ()) -> Callable:
+                  class_weights: tuple = (), distill_weight: float = 0.0) -> Callable:
     """Softmax cross-entropy on integer labels, with optional label smoothing and class weights.
 
     With `class_weights` (one per class) it is the weighted mean, normalised by the batch's total
-    weight (PyTorch's `CrossEntropyLoss(weight=...)` convention)."""
+    weight (PyTorch's `CrossEntropyLoss(weight=...)` convention). With `distill_weight` w > 0
+    (knowledge distillation) the target is (1 - w) * smoothed one-hot + w * the teacher's class
+    probabilities, passed as the loss's third argument."""
     if class_weights and len(class_weights) != num_classes:
         raise ValueError(f"cross_entropy: {len(class_weights)} class_weights for {num_classes} classes")
+    if not 0.0 <= distill_weight <= 1.0:
+        raise ValueError(f"cross_entropy: distill_weight={distill_weight} outside [0, 1]")
     weights = jnp.asarray(class_weights, jnp.float32) if class_weights else None
 
-    def loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    def loss(logits: jax.Array, labels: jax.Array, teacher_probs: jax.Array | None = None) -> jax.Array:
         targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+        if distill_weight:
+            if teacher_probs is None:
+                raise ValueError("cross_entropy: distill_weight > 0 needs the teacher's probabilities "
+                                 "(a `teacher_probs` batch field; set distill.teachers)")
+            targets = (1.0 - distill_weight) * targets + distill_weight * teacher_probs
         per_example = optax.softmax_cross_entropy(logits, targets)
         if weights is None:
             return per_example.mean()

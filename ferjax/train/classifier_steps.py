@@ -62,7 +62,8 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
         def objective(params):
             logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                           train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
-            return loss_fn(logits, batch["label"]), (logits, updates)
+            extra = (batch["teacher_probs"],) if "teacher_probs" in batch else ()  # distillation
+            return loss_fn(logits, batch["label"], *extra), (logits, updates)
 
         (loss, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         batch_stats = updates.get("batch_stats", state.batch_stats)

@@ -18,6 +18,7 @@ from ferjax.eval.predict import evaluate_split
 from ferjax.registry import CLASSIFIERS, DATASETS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.classifier_steps import create_state, make_steps
+from ferjax.train.distill import ensemble_weights, teacher_names, teacher_probabilities
 from ferjax.train.loop import fit, flat_config, restore_best
 from ferjax.train.schedules import make_optimizer, make_schedule
 
@@ -57,6 +58,13 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     loss_kwargs = dict(config.loss_kwargs)
     if config.train.get("class_weighting") == "balanced":  # values checked by config.FIELD_RULES
         loss_kwargs["class_weights"] = balanced_class_weights(data["train"]["label"], len(EMOTIONS))
+    teachers = teacher_names(config.distill) if "distill" in config else []
+    if teachers:
+        accepted = LOSSES.accepted(config.loss)
+        if accepted is not None and "distill_weight" not in accepted:
+            raise ValueError(f"distill.teachers={config.distill.teachers!r}: loss {config.loss!r} "
+                             f"takes no `distill_weight`; use cross_entropy")
+        loss_kwargs["distill_weight"] = config.distill.weight
     loss_fn = LOSSES.create_accepting(config.loss, loss_kwargs)
     mesh = sharding.data_mesh(tcfg.num_devices or None)
     for key in ("batch_size", "eval_batch_size"):
@@ -64,6 +72,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
             raise ValueError(f"train.{key}={tcfg[key]} is not divisible by {mesh.size} devices")
 
     train_arrays = {"image": data["train"]["image"], "label": data["train"]["label"]}
+    if teachers:
+        train_arrays["teacher_probs"] = teacher_probabilities(
+            config.distill, train_arrays["image"], tcfg.eval_batch_size, mesh, workdir)
     batches = TrainBatches(train_arrays, tcfg.batch_size, tcfg.seed)  # global batches
     tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
     state = create_state(model, tx, tcfg.seed)
@@ -106,6 +117,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                 # every session of the run, interrupted epochs included (older runs: epochs only)
                 "train_seconds": round(host.get("train_seconds")
                                        or sum(h["epoch_seconds"] for h in host["history"]), 1),
+                **({"distilled_from": dict(zip(teachers, ensemble_weights(config.distill).round(4).tolist())),
+                    "distill_weight": config.distill.weight} if teachers else {}),
                 "command": invoked_command(),
                 "reproduce_command": config.reproduce_command,
                 "note": config.export_note}
