@@ -38,6 +38,8 @@ flags.DEFINE_list("cyclegan", ["cpu", "paper"], "Profiles of cyclegan_neutral2di
 flags.DEFINE_list("cyclegan_batch_sizes", [], "Batch sizes for the CycleGAN step (default: each "
                   "profile's own).")
 flags.DEFINE_bool("input_pipeline", True, "Also measure the host input pipeline.")
+flags.DEFINE_list("conv_grads", ["xla"], "Convolution gradients of the JAX train step: 'xla' and/or "
+                  "'custom' (ferjax's hand-written Conv3x3 backward; classifiers with a conv_grad argument).")
 flags.DEFINE_string("json_out", "", "Also write the rows as JSON to this file.")
 flags.DEFINE_bool("augment", False, "Include on-device augmentation in the JAX train step (the "
                   "PyTorch twin has none, so leave it off for the side-by-side ratio).")
@@ -106,10 +108,12 @@ def input_pipeline_rate(batch: int, n_images: int = 28709, batches: int = 200) -
     return batches / (time.perf_counter() - start)
 
 
-def _model(name: str, dtype: str):
+def _model(name: str, dtype: str, conv_grad: str = "xla"):
     from ferjax.registry import CLASSIFIERS
 
     kwargs = {} if dtype == "float32" else {"dtype": dtype}
+    if conv_grad != "xla":
+        kwargs["conv_grad"] = conv_grad
     return CLASSIFIERS.create_accepting(name, kwargs) if kwargs else CLASSIFIERS.create(name)
 
 
@@ -128,7 +132,8 @@ def jax_predict(name: str, batch: int, dtype: str) -> tuple[Callable, float, flo
     return (lambda: compiled(variables, x)), compile_s, _flops(compiled) / batch
 
 
-def jax_train(name: str, batch: int, dtype: str, devices: int) -> tuple[Callable, float, float]:
+def jax_train(name: str, batch: int, dtype: str, devices: int,
+              conv_grad: str = "xla") -> tuple[Callable, float, float]:
     """(call, compile seconds, FLOPs per image) of the ferjax train step over `devices` devices."""
     import jax
     import numpy as np
@@ -142,7 +147,7 @@ def jax_train(name: str, batch: int, dtype: str, devices: int) -> tuple[Callable
     cfg = get_config("cpu")
     if not FLAGS.augment:
         cfg.augment.update(crop_pad=0, flip=False, rotate_deg=0.0, jitter=0.0)
-    model = _model(name, dtype)
+    model = _model(name, dtype, conv_grad)
     tx = make_optimizer(cfg.train, make_schedule(cfg.train, 100))
     loss = LOSSES.create("cross_entropy", num_classes=7, label_smoothing=0.1)
     mesh = sharding.data_mesh(devices)
@@ -153,6 +158,15 @@ def jax_train(name: str, batch: int, dtype: str, devices: int) -> tuple[Callable
     state = jax.device_put(create_state(model, tx, 0), sharding.replicated(mesh))
     step, compile_s, compiled = compiled_stepper(train, state, data)
     return step, compile_s, _flops(compiled) * devices / batch
+
+
+def conv_grads(name: str) -> list[str]:
+    """The `--conv_grads` that classifier `name` takes (every classifier has XLA's)."""
+    from ferjax.registry import CLASSIFIERS
+
+    accepted = CLASSIFIERS.accepted(name)
+    takes = accepted is None or "conv_grad" in accepted
+    return [g for g in FLAGS.conv_grads if g == "xla" or takes]
 
 
 def compiled_stepper(train, state, data) -> tuple[Callable, float, Any]:
@@ -262,10 +276,13 @@ def main(argv):
                     if mode == "predict":
                         calls["jax"], compile_s["jax"], flops = jax_predict(name, b, dtype)
                     else:
-                        calls["jax"], compile_s["jax"], flops = jax_train(name, b, dtype, 1)
-                        if devices > 1 and b % devices == 0:
-                            key = f"jax x{devices}"
-                            calls[key], compile_s[key], _ = jax_train(name, b, dtype, devices)
+                        for grad in conv_grads(name):
+                            tag = "" if grad == "xla" else f" {grad} conv grad"
+                            key = f"jax{tag}"
+                            calls[key], compile_s[key], flops = jax_train(name, b, dtype, 1, grad)
+                            if devices > 1 and b % devices == 0:
+                                key = f"jax x{devices}{tag}"
+                                calls[key], compile_s[key], _ = jax_train(name, b, dtype, devices, grad)
                     if have_torch:
                         extra, why = torch_contenders(name, b, mode == "train", dtype)
                         calls.update(extra)

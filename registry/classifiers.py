@@ -21,6 +21,7 @@ from ferjax.nn import Conv3x3, max_pool2x2
 from ferjax.registry import CLASSIFIERS
 
 NUM_CLASSES = len(EMOTIONS)
+CONV_GRADS = ("xla", "custom")
 __all__ = ["EMOTIONS", "NUM_CLASSES", "VGGNet", "VGGFace", "VGGFaceFER", "MiniXception"]
 
 
@@ -28,7 +29,9 @@ class VGGNet(nn.Module):
     """VGG-style CNN for 48x48 grey faces: stages of 3x3 conv+BN+ReLU, 2x2 max pool, GAP, MLP head.
 
     `dtype` is the compute dtype (parameters and batch-norm statistics stay float32; logits are
-    returned in float32).
+    returned in float32). `conv_grad`: "xla" (XLA's convolution gradients, the faster with jaxlib
+    0.10) or "custom" (ferjax's hand-written `Conv3x3` backward; `python -m ferjax.bench
+    --conv_grads=xla,custom` times both).
     """
 
     widths: Sequence[int] = (32, 64, 128, 256)
@@ -37,16 +40,19 @@ class VGGNet(nn.Module):
     dropout: float = 0.4
     num_classes: int = NUM_CLASSES
     dtype: jnp.dtype = jnp.float32
+    conv_grad: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.conv_grad not in CONV_GRADS:
+            raise ValueError(f"conv_grad={self.conv_grad!r}: expected one of {CONV_GRADS}")
         x = (jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32)) - 128.0) / 64.0
         out_dtype = x.dtype  # float32 (float64 when x64 is on, for exactness tests)
         dtype = self.dtype if self.dtype != jnp.float32 else out_dtype
         x = x.astype(dtype)
         for width in self.widths:
             for _ in range(self.convs_per_stage):
-                x = Conv3x3(width, use_bias=False)(x)
+                x = Conv3x3(width, use_bias=False, fast_grad=self.conv_grad == "custom")(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.95, dtype=dtype)(x)
                 x = nn.relu(x)
             x = max_pool2x2(x)
@@ -59,7 +65,7 @@ class VGGNet(nn.Module):
 
 @CLASSIFIERS.register("vgg_small")
 def vgg_small(num_classes: int = NUM_CLASSES, dropout: float = 0.4, dtype: str = "float32",
-              width: float = 1.0) -> nn.Module:
+              width: float = 1.0, conv_grad: str = "xla") -> nn.Module:
     """VGG-style CNN, 8 conv layers 32-256 wide (1.2M params): trains on a 2-core CPU.
 
     `width` scales every layer's width (0.5: 16-128 wide, about a quarter of the compute).
@@ -67,13 +73,16 @@ def vgg_small(num_classes: int = NUM_CLASSES, dropout: float = 0.4, dtype: str =
     if not 0 < width <= 4:
         raise ValueError(f"vgg_small width must be in (0, 4], got {width}")
     widths = tuple(max(1, round(w * width)) for w in (32, 64, 128, 256))
-    return VGGNet(widths, 2, max(1, round(256 * width)), dropout, num_classes, _compute_dtype(dtype))
+    return VGGNet(widths, 2, max(1, round(256 * width)), dropout, num_classes, _compute_dtype(dtype),
+                  conv_grad)
 
 
 @CLASSIFIERS.register("vgg13")
-def vgg13(num_classes: int = NUM_CLASSES, dropout: float = 0.4, dtype: str = "float32") -> nn.Module:
+def vgg13(num_classes: int = NUM_CLASSES, dropout: float = 0.4, dtype: str = "float32",
+          conv_grad: str = "xla") -> nn.Module:
     """VGG-13-style CNN at 48x48, 10 conv layers 64-512 wide (GPU-sized)."""
-    return VGGNet((64, 128, 256, 512, 512), 2, 512, dropout, num_classes, _compute_dtype(dtype))
+    return VGGNet((64, 128, 256, 512, 512), 2, 512, dropout, num_classes, _compute_dtype(dtype),
+                  conv_grad)
 
 
 VGGFACE_WIDTHS = (64, 128, 256, 512, 512)

@@ -25,3 +25,21 @@ def test_cyclegan_step_of_a_profile_compiles_and_runs(profile):
     proc = subprocess.run([sys.executable, "-c", CHECK.format(profile=profile)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_bench_times_both_convolution_gradients_side_by_side(tmp_path):
+    """`--conv_grads=xla,custom`: the README's Conv3x3 comparison comes from this command."""
+    import json
+
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "ferjax.bench", "--classifiers=vgg_small",
+                           "--predict_batch_sizes=", "--train_batch_sizes=8", "--conv_grads=xla,custom",
+                           "--repeats=3", "--iters=1", "--cyclegan=", "--input_pipeline=false",
+                           "--torch=false", "--cpu_devices=2", f"--json_out={out}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(r["runtime"] for r in rows) == ["jax", "jax custom conv grad", "jax x2",
+                                                  "jax x2 custom conv grad"]
+    assert all(r["images_per_s"] > 0 and r["mode"] == "train" for r in rows)

@@ -31,6 +31,24 @@ def test_conv3x3_gradient_matches_xla():
     np.testing.assert_allclose(conv3x3(x, k), conv3x3_reference(x, k), rtol=1e-5, atol=1e-5)
 
 
+def test_vgg_small_custom_conv_grad_matches_xla_gradients():
+    from ferjax.registry import CLASSIFIERS
+
+    x = jax.random.uniform(jax.random.key(1), (2, 48, 48, 1), maxval=255.0)
+    models = {g: CLASSIFIERS.create("vgg_small", width=0.25, dropout=0.0, conv_grad=g)
+              for g in ("xla", "custom")}
+    variables = models["xla"].init(jax.random.key(0), x, train=False)
+
+    def grads(model):
+        return jax.grad(lambda p: model.apply({**variables, "params": p}, x, train=True,
+                                              mutable=["batch_stats"])[0].sum())(variables["params"])
+
+    for a, b in zip(jax.tree.leaves(grads(models["custom"])), jax.tree.leaves(grads(models["xla"]))):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="conv_grad='fast'"):
+        CLASSIFIERS.create("vgg_small", conv_grad="fast").init(jax.random.key(0), x, train=False)
+
+
 def test_max_pool2x2():
     x = jnp.arange(2 * 5 * 4 * 1, dtype=jnp.float32).reshape(2, 5, 4, 1)
     y = max_pool2x2(x)
