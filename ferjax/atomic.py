@@ -6,12 +6,15 @@ folder under the final name; readers also require a marker file written last (a 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 
 def fsync_path(path: Path) -> None:
@@ -71,3 +74,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def save_npz(path: str | os.PathLike | None, **arrays: np.ndarray) -> None:
+    """Writes a compressed .npz atomically (nothing when `path` is None)."""
+    if path is None:
+        return
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

@@ -28,15 +28,20 @@ MODELS = SHARED / "models"
 USAGES = ("Training", "PublicTest", "PrivateTest")
 
 
-def synthetic_rows(n_per_usage=(160, 64, 64), seed=0) -> list[tuple[int, np.ndarray, str]]:
-    """(label, 48x48 uint8, Usage) rows; each class has its own bright band so it is learnable."""
+def synthetic_rows(n_per_usage=(160, 64, 64), seed=0, background=60, band=220,
+                   label_noise=0.0) -> list[tuple[int, np.ndarray, str]]:
+    """(label, 48x48 uint8, Usage) rows; each class has its own band of brightness `band` on noise
+    below `background`, so it is learnable; `label_noise` of the labels in every split are replaced
+    by random classes (a ceiling below 100%)."""
     rng = np.random.default_rng(seed)
     rows = []
     for usage, n in zip(USAGES, n_per_usage):
         for i in range(n):
             label = i % 7
-            img = rng.integers(0, 60, (48, 48)).astype(np.uint8)
-            img[label * 6:label * 6 + 6, :] = 220
+            img = rng.integers(0, background, (48, 48)).astype(np.uint8)
+            img[label * 6:label * 6 + 6, :] = band
+            if label_noise and rng.random() < label_noise:
+                label = int(rng.integers(0, 7))
             rows.append((label, img, usage))
     return rows
 

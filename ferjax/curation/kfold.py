@@ -20,8 +20,9 @@ from typing import Mapping
 import ml_collections
 import numpy as np
 
-from ferjax.curation.signals import save_npz
+from ferjax.atomic import save_npz
 from ferjax.data.derived import fingerprint
+from ferjax.eval.predict import softmax
 
 OOF_FILE = "oof.npz"
 
@@ -51,12 +52,6 @@ def _selection_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
         idx = rng.permutation(np.flatnonzero(labels == c))
         mask[idx[:max(1, int(round(fraction * len(idx))))]] = True
     return mask
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 def cache_key(recipe: ml_collections.ConfigDict, train: Mapping[str, np.ndarray], folds: int, seed: int,
@@ -124,7 +119,7 @@ def _fold(recipe: ml_collections.ConfigDict, train: Mapping[str, np.ndarray], fo
     with np.load(fold_dir / "predictions_test.npz") as z:
         if not np.array_equal(z["row"], train["row"][held]):
             raise RuntimeError(f"{fold_dir}/predictions_test.npz does not hold fold {f}'s rows")
-        probs = _softmax(z["logits"].astype(np.float64))
+        probs = softmax(z["logits"].astype(np.float64))
     test = summary.get("test_report", {})
     info = {"fold": f, "train": len(fit_on), "selection": len(select), "held_out": int(held.sum()),
             "held_out_accuracy": test.get("accuracy"), "wall_seconds": summary.get("wall_seconds"),

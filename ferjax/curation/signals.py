@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +22,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from ferjax.atomic import atomic_write_bytes
+from ferjax.atomic import save_npz
 from ferjax.data.derived import fingerprint
 
 GROUPS = ("non_face", "non_frontal", "duplicate")
@@ -124,16 +123,6 @@ def _cache_path(cache_dir: Path | None, what: str, key: Mapping[str, Any]) -> Pa
         return None
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{what}_{digest}.npz"
-
-
-def save_npz(path: Path | None, **arrays: np.ndarray) -> None:
-    """Writes a compressed .npz atomically (nothing when `path` is None)."""
-    if path is None:
-        return
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 ROTATIONS = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}

@@ -21,6 +21,13 @@ def predict_logits(logits_fn: Callable[[dict], np.ndarray], images: np.ndarray,
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax(logits / temperature) in NumPy (numerically stable)."""
+    z = logits / temperature
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean softmax cross-entropy (natural log) of integer labels."""
     shifted = logits - logits.max(-1, keepdims=True)

@@ -3,8 +3,6 @@ the Training images, computed once before training (offline distillation) and ca
 folder so that a resumed run does not recompute them."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -13,9 +11,10 @@ import ml_collections
 import numpy as np
 
 from ferjax import pretrained
-from ferjax.atomic import atomic_write_bytes
+from ferjax.atomic import save_npz
+from ferjax.data.derived import fingerprint
 from ferjax.eval.evaluate_task import TTA_MODES
-from ferjax.eval.predict import predict_logits
+from ferjax.eval.predict import predict_logits, softmax
 from ferjax.train import sharding
 
 CACHE_NAME = "teacher_probs.npz"
@@ -36,18 +35,11 @@ def ensemble_weights(cfg: ml_collections.ConfigDict) -> np.ndarray:
     return np.asarray(raw, np.float64) / sum(raw)
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
-
-
 def teacher_probabilities(cfg: ml_collections.ConfigDict, images: np.ndarray, batch_size: int,
                           mesh, workdir: str | Path | None = None) -> np.ndarray:
     """[N, 7] float32: the weighted mean of each teacher's softmax(logits / temperature), with the
     teacher's test-time augmentation `distill.tta`. Cached in `workdir` under a key of the
-    settings and the images' bytes."""
+    settings and the images' fingerprint."""
     names, weights = teacher_names(cfg), ensemble_weights(cfg)
     if cfg.temperature <= 0:
         raise ValueError(f"distill.temperature={cfg.temperature}: expected > 0")
@@ -55,13 +47,13 @@ def teacher_probabilities(cfg: ml_collections.ConfigDict, images: np.ndarray, ba
         raise ValueError(f"distill.tta={cfg.tta!r}: expected one of {sorted(TTA_MODES)}")
     key = json.dumps({"teachers": names, "weights": weights.round(6).tolist(),
                       "temperature": cfg.temperature, "tta": cfg.tta,
-                      "images": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()})
+                      "images": fingerprint({"image": images})})
     cache = Path(workdir) / CACHE_NAME if workdir else None
     if cache is not None and cache.is_file():
         with np.load(cache) as saved:
             if str(saved["key"]) == key:
                 return saved["probs"]
-    probs = np.zeros((len(images), 0))
+    probs = 0.0
     for name, weight in zip(names, weights):
         model, variables, _ = pretrained.load(name)
         variables = jax.device_put(variables, sharding.replicated(mesh))
@@ -69,11 +61,7 @@ def teacher_probabilities(cfg: ml_collections.ConfigDict, images: np.ndarray, ba
         logits = predict_logits(
             lambda b: sharding.fetch(apply(variables, sharding.put_batch(
                 {"image": b["image"].astype(np.float32)}, mesh)["image"])), images, batch_size)
-        p = weight * _softmax(logits, cfg.temperature)
-        probs = p if probs.size == 0 else probs + p
-    probs = probs.astype(np.float32)
-    if cache is not None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, probs=probs, key=np.asarray(key))
-        atomic_write_bytes(cache, buffer.getvalue())
+        probs = probs + weight * softmax(logits, cfg.temperature)
+    probs = np.asarray(probs, np.float32)
+    save_npz(cache, probs=probs, key=np.asarray(key))
     return probs
