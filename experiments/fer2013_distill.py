@@ -20,7 +20,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     variant = variant or "cpu"
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} of fer2013_distill; expected {', '.join(VARIANTS)}")
-    c = fer2013_vgg.get_config({"cpu": "cpu", "gpu": "gpu", "tiny": "tiny"}[variant])
+    c = fer2013_vgg.get_config(variant)  # the same variant of the base recipe
     c.name = f"fer2013_distill:{variant}"
     c.reproduce_command = f"python -m ferjax.run --experiment=fer2013_distill:{variant}"
     c.distill = ml_collections.ConfigDict({
