@@ -25,6 +25,22 @@ def ferplus_majority(votes: np.ndarray) -> np.ndarray:
     return np.where(ok, _FERPLUS_TO_FER[winner], -1)
 
 
+def ferplus_distribution(votes: np.ndarray) -> np.ndarray:
+    """[N, 7] float32: each row's FER+ votes over the 7 FER2013 classes, normalised to sum to 1
+    (contempt, unknown and not-a-face votes dropped; Barsoum et al.'s probabilistic label
+    distribution restricted to FER2013's classes). A row with no such vote is an error."""
+    votes = np.asarray(votes).astype(np.float32)
+    dist = np.zeros((len(votes), 7), np.float32)
+    for column, label in enumerate(_FERPLUS_TO_FER):
+        if label >= 0:
+            dist[:, label] = np.maximum(votes[:, column], 0)
+    total = dist.sum(1, keepdims=True)
+    if (total <= 0).any():
+        raise ValueError(f"{int((total <= 0).sum())} rows have no FER+ vote for a FER2013 class "
+                         f"(first at index {int(np.flatnonzero(total[:, 0] <= 0)[0])})")
+    return dist / total
+
+
 @DATASETS.register("fer2013", checks={"protocol": one_of("original", "ferplus")})
 def fer2013(cfg: ml_collections.ConfigDict, protocol: str = "original") -> dict:
     """FER2013 train/validation/test; protocol `original` (Kaggle labels) or `ferplus` (FER+ majority)."""

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from ferjax import pretrained
+from ferjax.components.datasets import ferplus_distribution
 from ferjax.config import invoked_command
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.data.pipeline import TrainBatches
@@ -59,12 +60,19 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     if config.train.get("class_weighting") == "balanced":  # values checked by config.FIELD_RULES
         loss_kwargs["class_weights"] = balanced_class_weights(data["train"]["label"], len(EMOTIONS))
     teachers = teacher_names(config.distill) if "distill" in config else []
-    if teachers:
+    vote_weight = config.vote_targets.weight if "vote_targets" in config else 0.0
+    if teachers and vote_weight:
+        raise ValueError("distill.teachers and vote_targets.weight are both set: a run trains towards "
+                         "one kind of soft target; clear one of them")
+    if vote_weight and "ferplus_votes" not in data["train"]:
+        raise ValueError(f"vote_targets.weight={vote_weight}: dataset {config.dataset!r} has no FER+ votes "
+                         f"(fer2013new.csv beside the FER2013 CSV; protocol 'ferplus')")
+    if teachers or vote_weight:
         accepted = LOSSES.accepted(config.loss)
         if accepted is not None and "distill_weight" not in accepted:
-            raise ValueError(f"distill.teachers={config.distill.teachers!r}: loss {config.loss!r} "
+            raise ValueError(f"soft targets (distill.teachers or vote_targets): loss {config.loss!r} "
                              f"takes no `distill_weight`; use cross_entropy")
-        loss_kwargs["distill_weight"] = config.distill.weight
+        loss_kwargs["distill_weight"] = config.distill.weight if teachers else vote_weight
     loss_fn = LOSSES.create_accepting(config.loss, loss_kwargs)
     mesh = sharding.data_mesh(tcfg.num_devices or None)
     for key in ("batch_size", "eval_batch_size"):
@@ -75,6 +83,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     if teachers:
         train_arrays["teacher_probs"] = teacher_probabilities(
             config.distill, train_arrays["image"], tcfg.eval_batch_size, mesh, workdir)
+    elif vote_weight:  # the FER+ annotators as the teacher
+        train_arrays["teacher_probs"] = ferplus_distribution(data["train"]["ferplus_votes"])
     batches = TrainBatches(train_arrays, tcfg.batch_size, tcfg.seed)  # global batches
     tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
     state = create_state(model, tx, tcfg.seed)
@@ -108,7 +118,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     if config.export_to:
         test = reports.get("test", {})
         card = {"name": config.export_name or config.classifier, "classifier": config.classifier,
-                "classes": list(EMOTIONS), "data": "FER2013 (Kaggle CSV), Training split",
+                "classes": list(EMOTIONS), "data": "FER2013 (Kaggle CSV), Training split" + (
+                    ", rows with a FER+ majority label" if config.protocol == "ferplus" else ""),
                 "protocol": config.protocol, "selected_on": "validation (PublicTest)",
                 "test_split": "test (PrivateTest)",
                 **{k: test.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1",
@@ -119,6 +130,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                                        or sum(h["epoch_seconds"] for h in host["history"]), 1),
                 **({"distilled_from": dict(zip(teachers, ensemble_weights(config.distill).round(4).tolist())),
                     "distill_weight": config.distill.weight} if teachers else {}),
+                **({"vote_targets_weight": vote_weight} if vote_weight else {}),
                 "command": invoked_command(),
                 "reproduce_command": config.reproduce_command,
                 "note": config.export_note}

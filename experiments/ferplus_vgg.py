@@ -1,0 +1,31 @@
+"""A 48x48 classifier for the `ferplus` protocol: FER2013 images with FER+ majority labels.
+
+Training, PublicTest (selection) and PrivateTest (report) keep the rows that have a FER+ majority
+label (`ferplus_majority` in registry/datasets.py: the plurality of the 8 emotion votes, ties,
+unknown, not-a-face and contempt dropped; 7 classes). The model trains towards each image's vote
+distribution over the 7 classes (`vote_targets.weight` 1: Barsoum et al.'s probabilistic label
+distribution, PLD) instead of the one-hot majority label.
+
+Variants: `cpu` (default; vgg_small, sized for at most 90 minutes on the 2-core VM with
+evaluation), `gpu` (vgg13, 100 epochs), `tiny` (smoke tests).
+"""
+import ml_collections
+
+from ferjax.experiments import fer2013_vgg
+
+VARIANTS = ("cpu", "gpu", "tiny")
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    variant = variant or "cpu"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of ferplus_vgg; expected {', '.join(VARIANTS)}")
+    c = fer2013_vgg.get_config(variant)  # the same variant of the base recipe
+    c.name = f"ferplus_vgg:{variant}"
+    c.reproduce_command = f"python -m ferjax.run --experiment=ferplus_vgg:{variant}"
+    c.protocol = "ferplus"
+    # target = (1 - weight) * smoothed one-hot majority label + weight * the FER+ vote distribution
+    c.vote_targets = ml_collections.ConfigDict({"weight": 1.0})
+    if variant == "cpu":
+        c.train.epochs = 20
+    return c
