@@ -290,3 +290,29 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
         got = np.load(tmp_path / f"p{i}.npz")
         for k in ref.files:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-12)
+
+
+def test_only_the_primary_process_writes_run_files(tmp_path, monkeypatch):
+    """Under jax.distributed every process runs train_classifier; a process other than 0 trains
+    and reports the same summary but writes no config, report, plot, prediction or export file
+    (Orbax coordinates the checkpoints itself)."""
+    from conftest import synthetic_rows
+    from ferjax.experiments.fer2013_vgg import get_config
+    from ferjax.train import sharding
+    from ferjax.train.classifier_task import train_classifier
+
+    rows = synthetic_rows((64, 32, 32))
+    split = lambda usage: {"image": np.stack([img for _, img, u in rows if u == usage])[..., None],
+                           "label": np.asarray([lab for lab, _, u in rows if u == usage], np.int32)}
+    data = {"train": split("Training"), "validation": split("PublicTest"), "test": split("PrivateTest")}
+    config = get_config("tiny")
+    config.train.epochs = 1
+    config.export_to = str(tmp_path / "export" / "model.msgpack")
+    monkeypatch.setattr(sharding, "is_primary", lambda: False)
+    summary = train_classifier(config, str(tmp_path / "run"), data=data)
+    assert summary["test_report"]["n"] == 32 and "exported" not in summary
+    written = {p.name for p in (tmp_path / "run").iterdir()}
+    assert "checkpoints" in written
+    assert not written & {"config.json", "report.json", "curves.png", "confusion_test.png",
+                          "predictions_test.npz"}, written
+    assert not (tmp_path / "export").exists()

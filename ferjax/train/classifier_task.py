@@ -51,7 +51,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     t0 = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    primary = sharding.is_primary()  # under jax.distributed only process 0 writes files
+    if primary:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     tcfg = config.train
     if data is None:
         data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
@@ -82,7 +84,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     train_arrays = {"image": data["train"]["image"], "label": data["train"]["label"]}
     if teachers:
         train_arrays["teacher_probs"] = teacher_probabilities(
-            config.distill, train_arrays["image"], tcfg.eval_batch_size, mesh, workdir)
+            config.distill, train_arrays["image"], tcfg.eval_batch_size, mesh, workdir if primary else None)
     elif vote_weight:  # the FER+ annotators as the teacher
         train_arrays["teacher_probs"] = ferplus_distribution(data["train"]["ferplus_votes"])
     batches = TrainBatches(train_arrays, tcfg.batch_size, tcfg.seed)  # global batches
@@ -107,13 +109,15 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     best = jax.device_put(restore_best(state, workdir, tcfg.select_metric), sharding.replicated(mesh))
     title = f"{config.classifier}"
     reports = {name: evaluate_split(logits_fn(best), data[name], eval_bs, EMOTIONS, config.protocol,
-                                    name, workdir, title)
+                                    name, workdir if primary else None, title)
                for name in ("validation", "test") if name in data}
-    plot_curves(host["history"], workdir / "curves.png", f"{title} ({config.protocol})")
     summary = {"experiment": config.name, "classifier": config.classifier,
                "protocol": config.protocol, "epochs_run": len(host["history"]),
                "wall_seconds": round(train_seconds, 1), "best_step": int(best.step),
                **{f"{k}_report": v for k, v in reports.items()}}
+    if not primary:
+        return summary
+    plot_curves(host["history"], workdir / "curves.png", f"{title} ({config.protocol})")
     (workdir / "report.json").write_text(json.dumps(summary, indent=2))
     if config.export_to:
         test = reports.get("test", {})

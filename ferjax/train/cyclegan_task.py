@@ -96,7 +96,9 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         judge_model = pretrained.load(config.quality.model)[:2]
         feature_fn(*judge_model, config.quality.feature_layer)
         judge = unit_image_classifier(*judge_model)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    primary = sharding.is_primary()  # under jax.distributed only process 0 writes files
+    if primary:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     generator = GENERATORS.create(config.generator, **config.generator_kwargs)
     discriminator = DISCRIMINATORS.create(config.discriminator, **config.discriminator_kwargs)
@@ -143,21 +145,26 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def on_epoch_end(current, epoch: int) -> None:
         out = jax.device_get(translate_both(jax.device_get(current.variables), fixed_a, fixed_b))
+        if not primary:
+            return
         grid = sample_grid([out[k] for k in ("a", "g_a", "fg_a", "b", "f_b", "gf_b")])
         write_png(samples / f"epoch_{epoch:03d}.png", grid)
         write_png(samples / "latest.png", grid)
 
     state, host = fit(state, step, batches, evaluate, tcfg, workdir, mesh, on_epoch_end=on_epoch_end,
                       run_config=flat_config(config))
-    export_dir = export_generator(workdir / "generator", config.generator, config.generator_kwargs.to_dict(),
-                                  jax.device_get(state.variables["g"]), config.source_class,
-                                  config.target_class, int(state.step), overwrite=True)
+    export_dir = workdir / "generator"
+    if primary:
+        export_generator(export_dir, config.generator, config.generator_kwargs.to_dict(),
+                         jax.device_get(state.variables["g"]), config.source_class,
+                         config.target_class, int(state.step), overwrite=True)
     final = host["history"][-1] if host["history"] else {}
     quality = {}
     if config.quality.model:
         quality = generator_quality(config, jax.device_get(state.variables["g"]), generator, source,
                                     target, splits.get("test"), tgt_idx, evaluate(state), judge_model, guide)
-        (workdir / "quality.json").write_text(json.dumps(quality, indent=2))
+        if primary:
+            (workdir / "quality.json").write_text(json.dumps(quality, indent=2))
     summary = {"experiment": config.name, "profile": config.profile,
                "source_class": config.source_class, "target_class": config.target_class,
                "source_images": int(len(source)), "target_images": int(len(target)),
@@ -166,7 +173,8 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "train_seconds": round(sum(h["epoch_seconds"] for h in host["history"]), 1),
                "cycle_ssim": final.get("val_cycle_ssim"), "identity_ssim": final.get("val_identity_ssim"),
                "generator": str(export_dir), "samples": str(samples / "latest.png"), "quality": quality}
-    (workdir / "report.json").write_text(json.dumps(summary, indent=2))
+    if primary:
+        (workdir / "report.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -40,6 +40,13 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
             for k, v in process_slice(batch).items()}
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's files (configs, reports, plots, exports): process 0
+    under jax.distributed, always on a single host. Checkpoints go through Orbax, which coordinates
+    its own writes."""
+    return jax.process_index() == 0
+
+
 def fetch(array: jax.Array) -> np.ndarray:
     """A global array as numpy on every process (gathers across hosts when needed)."""
     if jax.process_count() == 1:
