@@ -53,6 +53,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     t.num_devices = 0
     t.sync_batch_norm = False  # per-device batch statistics (DDP semantics); True: global batch
     t.compute_dtype = "float32"  # or "bfloat16" (mixed precision; parameters stay float32)
+    t.init_from = ""  # a registered pretrained model (same classifier) whose weights start the run
     t.class_weighting = "none"  # or "balanced": loss weights n / (7 n_class) from the Training labels
     c.export_to = ""
     c.export_name = ""

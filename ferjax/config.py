@@ -37,7 +37,7 @@ COMPONENT_KEYS = {
     "classifier": registry.CLASSIFIERS, "generator": registry.GENERATORS,
     "discriminator": registry.DISCRIMINATORS, "loss": registry.LOSSES,
     "detector": registry.DETECTORS, "dataset": registry.DATASETS, "task": registry.TASKS,
-    "pretrained": registry.PRETRAINED, "model": registry.PRETRAINED,
+    "pretrained": registry.PRETRAINED, "model": registry.PRETRAINED, "init_from": registry.PRETRAINED,
     "curation_signal": registry.CURATION_SIGNALS,
 }
 

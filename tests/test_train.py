@@ -316,3 +316,19 @@ def test_only_the_primary_process_writes_run_files(tmp_path, monkeypatch):
     assert not written & {"config.json", "report.json", "curves.png", "confusion_test.png",
                           "predictions_test.npz"}, written
     assert not (tmp_path / "export").exists()
+
+
+def test_init_from_loads_a_shipped_model_and_refuses_one_that_does_not_fit():
+    from ferjax import pretrained
+    from ferjax.config import ConfigError, build
+    from ferjax.registry import CLASSIFIERS
+    from ferjax.train.classifier_task import initial_variables
+
+    _, shipped, _ = pretrained.load("fer2013_vgg_small")
+    got = initial_variables(CLASSIFIERS.create("vgg_small"), "fer2013_vgg_small")
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(shipped)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="do not fit the configured classifier"):
+        initial_variables(CLASSIFIERS.create("vgg_small", width=0.5), "fer2013_vgg_small")
+    with pytest.raises(ConfigError, match="no_such_model"):
+        build("fer2013_vgg:tiny", ["train.init_from=no_such_model"])

@@ -52,12 +52,13 @@ def test_ferplus_vgg_tiny_trains_towards_the_votes(tmp_path, tfds_dir):
     env = {"FER2013_PATH": str(tmp_path / "src"), "TFDS_DATA_DIR": str(tmp_path / "tfds")}
     out = tmp_path / "ferplus.msgpack"
     proc = run_cli("--experiment=ferplus_vgg:tiny", f"--workdir={tmp_path / 'run'}", "--jax_cache_dir=",
-                   f"--config.export_to={out}", "--config.export_name=ferplus_tiny", env_extra=env)
+                   f"--config.export_to={out}", "--config.export_name=ferplus_tiny",
+                   "--config.train.init_from=fer2013_distilled", env_extra=env)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["protocol"] == "ferplus" and summary["test_report"]["n"] == 64
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["protocol"] == "ferplus" and card["vote_targets_weight"] == 1.0
-    assert "FER+ majority" in card["data"]
+    assert "FER+ majority" in card["data"] and card["initialized_from"] == "fer2013_distilled"
 
 
 def test_vote_targets_refuse_other_soft_targets_and_data_without_votes(tmp_path):

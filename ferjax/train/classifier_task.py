@@ -38,6 +38,22 @@ def classifier_kwargs(config: ml_collections.ConfigDict) -> dict:
     return kwargs
 
 
+def initial_variables(model, name: str) -> dict:
+    """The variables of registered pretrained model `name` to start training from (fine-tuning),
+    checked leaf by leaf against `model`'s own shapes."""
+    _, variables, _ = pretrained.load(name)
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 48, 48, 1), np.float32),
+                                                 train=False))
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    have = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(variables)}
+    wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if wrong:
+        raise ValueError(f"train.init_from={name!r}: its weights do not fit the configured classifier "
+                         f"({len(wrong)} leaves differ, first {wrong[0]}: model {want.get(wrong[0])}, "
+                         f"weights {have.get(wrong[0])}); pick a model of the same classifier and width")
+    return variables
+
+
 def balanced_class_weights(labels, num_classes: int) -> tuple[float, ...]:
     """n / (K * n_c) per class (scikit-learn's "balanced"): every class weighs the same in total;
     a class absent from `labels` gets weight 0."""
@@ -89,7 +105,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
         train_arrays["teacher_probs"] = ferplus_distribution(data["train"]["ferplus_votes"])
     batches = TrainBatches(train_arrays, tcfg.batch_size, tcfg.seed)  # global batches
     tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
-    state = create_state(model, tx, tcfg.seed)
+    init_from = tcfg.get("init_from", "")
+    state = create_state(model, tx, tcfg.seed, variables=initial_variables(model, init_from) if init_from else None)
     train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh,
                                        sync_batch_norm=tcfg.sync_batch_norm)
 
@@ -135,6 +152,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                 **({"distilled_from": dict(zip(teachers, ensemble_weights(config.distill).round(4).tolist())),
                     "distill_weight": config.distill.weight} if teachers else {}),
                 **({"vote_targets_weight": vote_weight} if vote_weight else {}),
+                **({"initialized_from": init_from} if init_from else {}),
                 "command": invoked_command(),
                 "reproduce_command": config.reproduce_command,
                 "note": config.export_note}
