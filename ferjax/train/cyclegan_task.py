@@ -144,9 +144,9 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     samples.mkdir(exist_ok=True)
 
     def on_epoch_end(current, epoch: int) -> None:
-        out = jax.device_get(translate_both(jax.device_get(current.variables), fixed_a, fixed_b))
-        if not primary:
+        if not primary:  # the grid is only written, never used: other processes skip it
             return
+        out = jax.device_get(translate_both(jax.device_get(current.variables), fixed_a, fixed_b))
         grid = sample_grid([out[k] for k in ("a", "g_a", "fg_a", "b", "f_b", "gf_b")])
         write_png(samples / f"epoch_{epoch:03d}.png", grid)
         write_png(samples / "latest.png", grid)
