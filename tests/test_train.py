@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -332,3 +333,73 @@ def test_init_from_loads_a_shipped_model_and_refuses_one_that_does_not_fit():
         initial_variables(CLASSIFIERS.create("vgg_small", width=0.5), "fer2013_vgg_small")
     with pytest.raises(ConfigError, match="no_such_model"):
         build("fer2013_vgg:tiny", ["train.init_from=no_such_model"])
+
+
+def test_ema_state_averages_the_weights_without_changing_training():
+    """`train.ema_decay`: the optimizer's weights are those of the same run without an average;
+    the average follows e <- e + (1 - d)(w - e) with d = min(decay, (1 + t) / (10 + t))."""
+    import optax
+
+    from ferjax.data.fer2013 import EMOTIONS
+    from ferjax.experiments.fer2013_vgg import get_config
+    from ferjax.registry import CLASSIFIERS, LOSSES
+    from ferjax.train import sharding
+    from ferjax.train.classifier_steps import EmaTrainState, create_state, make_steps
+
+    config = get_config("tiny")
+    model = CLASSIFIERS.create("vgg_small", width=0.25, dropout=0.0)
+    loss = LOSSES.create("cross_entropy", num_classes=len(EMOTIONS))
+    tx, mesh, decay = optax.adam(1e-2), sharding.data_mesh(1), 0.9
+    plain = create_state(model, tx, 0)
+    averaged = create_state(model, tx, 0, ema=True)
+    assert isinstance(averaged, EmaTrainState) and not isinstance(plain, EmaTrainState)
+    step_plain, _ = make_steps(model, tx, loss, config.augment, 0, mesh)
+    step_avg, eval_avg = make_steps(model, tx, loss, config.augment, 0, mesh, ema_decay=decay)
+    rng = np.random.default_rng(0)
+    expected = jax.device_get(averaged.live_variables)
+    for t in range(4):
+        batch = {"image": rng.integers(0, 256, (8, 48, 48, 1)).astype(np.uint8),
+                 "label": rng.integers(0, 7, 8).astype(np.int32)}
+        plain, _ = step_plain(plain, sharding.put_batch(batch, mesh))
+        averaged, _ = step_avg(averaged, sharding.put_batch(batch, mesh))
+        d = min(decay, (1 + t) / (10 + t))
+        live = jax.device_get(averaged.live_variables)
+        expected = jax.tree.map(lambda e, w: e + (1 - d) * (w - e), expected, live)
+    _assert_same_state(plain.live_variables, averaged.live_variables)
+    _assert_same_state(averaged.variables, expected)
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
+             for a, b in zip(jax.tree.leaves(averaged.variables["params"]), jax.tree.leaves(averaged.params))]
+    assert max(moved) > 1e-4  # the average lags the live weights
+    x = sharding.put_batch({"image": batch["image"]}, mesh)
+    np.testing.assert_allclose(np.asarray(eval_avg(averaged, x)),
+                               np.asarray(model.apply(averaged.ema, batch["image"].astype(np.float32),
+                                                      train=False)), rtol=1e-5, atol=1e-5)
+
+
+def test_ema_run_exports_the_average_and_records_it(tmp_path):
+    """A run with `train.ema_decay` exports the moving average (not the live weights) of the best
+    checkpoint and names the decay in the model card."""
+    from conftest import synthetic_rows
+    from ferjax.experiments.fer2013_vgg import get_config
+    from ferjax.train.classifier_task import train_classifier
+
+    rows = synthetic_rows((64, 32, 32))
+    split = lambda usage: {"image": np.stack([img for _, img, u in rows if u == usage])[..., None],
+                           "label": np.asarray([lab for lab, _, u in rows if u == usage], np.int32)}
+    data = {"train": split("Training"), "validation": split("PublicTest"), "test": split("PrivateTest")}
+    config = get_config("tiny")
+    config.train.epochs = 1
+    config.train.ema_decay = 0.5
+    config.export_to = str(tmp_path / "export" / "model.msgpack")
+    summary = train_classifier(config, str(tmp_path / "run"), data=data)
+    card = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert card["ema_decay"] == 0.5
+    best = tmp_path / "run" / "checkpoints" / "best"
+    step = max(int(p.name) for p in best.iterdir() if p.name.isdigit())
+    assert step == summary["best_step"]
+    saved = ocp.PyTreeCheckpointer().restore(best / str(step) / "state")
+    exported = flax.serialization.msgpack_restore((tmp_path / "export" / "model.msgpack").read_bytes())
+    _assert_same_state(exported, saved["ema"])
+    differs = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(exported["params"]),
+                                                     jax.tree.leaves(saved["params"]))]
+    assert any(differs)

@@ -24,23 +24,52 @@ class TrainState:
     lr_scale: jax.Array  # set by the host's reduce-on-plateau
 
     @property
-    def variables(self) -> dict:
+    def live_variables(self) -> dict:
+        """The weights the optimizer updates."""
         return {"params": self.params, "batch_stats": self.batch_stats}
+
+    @property
+    def variables(self) -> dict:
+        """The weights to evaluate, select and export."""
+        return self.live_variables
+
+
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+    """A state that also keeps a moving average of the weights (`train.ema_decay` > 0); a
+    subclass, so that states (and checkpoints) without one keep their old structure."""
+    ema: Any = None  # {"params", "batch_stats"}
+
+    @property
+    def variables(self) -> dict:
+        return self.ema
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
-                 input_shape=(1, 48, 48, 1), variables: Any = None) -> TrainState:
-    """Fresh state (or one around given `variables`, e.g. converted pretrained weights)."""
+                 input_shape=(1, 48, 48, 1), variables: Any = None, ema: bool = False) -> TrainState:
+    """Fresh state (or one around given `variables`, e.g. converted pretrained weights); `ema`
+    keeps a moving average of the weights, starting from the initial ones."""
     if variables is None:
         variables = model.init(jax.random.key(seed), jnp.zeros(input_shape, jnp.float32), train=False)
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      lr_scale=jnp.ones((), jnp.float32))
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                  opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32))
+    if not ema:
+        return TrainState(**fields)
+    return EmaTrainState(**fields, ema=jax.tree.map(jnp.copy, {"params": params,
+                                                                "batch_stats": fields["batch_stats"]}))
+
+
+def ema_update(ema: Any, live: Any, step: jax.Array, decay: float) -> Any:
+    """One step of the weights' exponential moving average. The decay ramps up as
+    min(decay, (1 + step) / (10 + step)), so early averages do not cling to the random start."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, x: e + (1.0 - d) * (x - e), ema, live)
 
 
 def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Callable,
-               augment: ml_collections.ConfigDict, seed: int, mesh: Mesh, sync_batch_norm: bool = False):
+               augment: ml_collections.ConfigDict, seed: int, mesh: Mesh, sync_batch_norm: bool = False,
+               ema_decay: float = 0.0):
     """(train_step, eval_step), jitted over `mesh`: state replicated, batches split on `data`.
 
     By default each device runs forward and backward on its shard with its own batch-norm
@@ -48,6 +77,8 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
     into devices this is what keeps the cores busy side by side. `sync_batch_norm=True` computes
     batch statistics over the global batch instead (one all-reduce per batch-norm layer; the
     result equals a single-device step on the whole batch). On one device both are the same step.
+    With an `EmaTrainState` (`create_state(..., ema=True)`) each step also updates the moving
+    average of the weights that evaluation and export use.
     """
     base_key = jax.random.key(seed)
     axis = None if sync_batch_norm or mesh.size == 1 else "data"
@@ -74,6 +105,9 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
         steps = jax.tree.map(lambda u: u * state.lr_scale, steps)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, steps),
                                   batch_stats=batch_stats, opt_state=opt_state)
+        if isinstance(state, EmaTrainState):
+            new_state = new_state.replace(
+                ema=ema_update(state.ema, new_state.live_variables, state.step, ema_decay))
         return new_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(state: TrainState, batch: dict):

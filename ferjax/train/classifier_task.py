@@ -106,9 +106,11 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     batches = TrainBatches(train_arrays, tcfg.batch_size, tcfg.seed)  # global batches
     tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
     init_from = tcfg.get("init_from", "")
-    state = create_state(model, tx, tcfg.seed, variables=initial_variables(model, init_from) if init_from else None)
+    ema_decay = tcfg.get("ema_decay", 0.0)
+    state = create_state(model, tx, tcfg.seed, variables=initial_variables(model, init_from) if init_from else None,
+                         ema=ema_decay > 0)
     train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh,
-                                       sync_batch_norm=tcfg.sync_batch_norm)
+                                       sync_batch_norm=tcfg.sync_batch_norm, ema_decay=ema_decay)
 
     def logits_fn(current_state):
         return lambda batch: sharding.fetch(eval_step(current_state, sharding.put_batch(batch, mesh)))
@@ -153,6 +155,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                     "distill_weight": config.distill.weight} if teachers else {}),
                 **({"vote_targets_weight": vote_weight} if vote_weight else {}),
                 **({"initialized_from": init_from} if init_from else {}),
+                **({"ema_decay": ema_decay} if ema_decay else {}),
                 "command": invoked_command(),
                 "reproduce_command": config.reproduce_command,
                 "note": config.export_note}
