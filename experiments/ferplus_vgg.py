@@ -7,9 +7,10 @@ distribution over the 7 classes (`vote_targets.weight` 1: Barsoum et al.'s proba
 distribution, PLD) instead of the one-hot majority label.
 
 Variants: `cpu` (default; vgg_small from random weights, 22 epochs, evaluating and exporting a
-moving average of the weights; sized for at most 90 minutes on the 2-core VM with evaluation), `finetune` (vgg_small starting from the shipped `fer2013_distilled`, trained on
-the same Training images with Kaggle labels: 14 epochs at half the learning rate), `gpu` (vgg13,
-100 epochs), `tiny` (smoke tests).
+moving average of the weights; sized for at most 90 minutes on the 2-core VM with evaluation),
+`finetune` (vgg_small starting from the shipped `fer2013_distilled`, trained on the same Training
+images with Kaggle labels: 14 epochs at half the learning rate), `gpu` (vgg13, 100 epochs), `tiny`
+(smoke tests).
 """
 import ml_collections
 

@@ -80,6 +80,8 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
     With an `EmaTrainState` (`create_state(..., ema=True)`) each step also updates the moving
     average of the weights that evaluation and export use.
     """
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay={ema_decay}: expected a decay in [0, 1)")
     base_key = jax.random.key(seed)
     axis = None if sync_batch_norm or mesh.size == 1 else "data"
 
