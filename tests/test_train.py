@@ -293,14 +293,11 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-12)
 
 
-def test_only_the_primary_process_writes_run_files(tmp_path, monkeypatch):
-    """Under jax.distributed every process runs train_classifier; a process other than 0 trains
-    and reports the same summary but writes no config, report, plot, prediction or export file
-    (Orbax coordinates the checkpoints itself)."""
+def _one_epoch_in_memory_run():
+    """(data, config): synthetic Training/PublicTest/PrivateTest arrays (64/32/32 images) and the
+    `fer2013_vgg:tiny` config for one epoch, for `train_classifier(config, workdir, data=data)`."""
     from conftest import synthetic_rows
     from ferjax.experiments.fer2013_vgg import get_config
-    from ferjax.train import sharding
-    from ferjax.train.classifier_task import train_classifier
 
     rows = synthetic_rows((64, 32, 32))
     split = lambda usage: {"image": np.stack([img for _, img, u in rows if u == usage])[..., None],
@@ -308,6 +305,17 @@ def test_only_the_primary_process_writes_run_files(tmp_path, monkeypatch):
     data = {"train": split("Training"), "validation": split("PublicTest"), "test": split("PrivateTest")}
     config = get_config("tiny")
     config.train.epochs = 1
+    return data, config
+
+
+def test_only_the_primary_process_writes_run_files(tmp_path, monkeypatch):
+    """Under jax.distributed every process runs train_classifier; a process other than 0 trains
+    and reports the same summary but writes no config, report, plot, prediction or export file
+    (Orbax coordinates the checkpoints itself)."""
+    from ferjax.train import sharding
+    from ferjax.train.classifier_task import train_classifier
+
+    data, config = _one_epoch_in_memory_run()
     config.export_to = str(tmp_path / "export" / "model.msgpack")
     monkeypatch.setattr(sharding, "is_primary", lambda: False)
     summary = train_classifier(config, str(tmp_path / "run"), data=data)
@@ -379,16 +387,9 @@ def test_ema_state_averages_the_weights_without_changing_training():
 def test_ema_run_exports_the_average_and_records_it(tmp_path):
     """A run with `train.ema_decay` exports the moving average (not the live weights) of the best
     checkpoint and names the decay in the model card."""
-    from conftest import synthetic_rows
-    from ferjax.experiments.fer2013_vgg import get_config
     from ferjax.train.classifier_task import train_classifier
 
-    rows = synthetic_rows((64, 32, 32))
-    split = lambda usage: {"image": np.stack([img for _, img, u in rows if u == usage])[..., None],
-                           "label": np.asarray([lab for lab, _, u in rows if u == usage], np.int32)}
-    data = {"train": split("Training"), "validation": split("PublicTest"), "test": split("PrivateTest")}
-    config = get_config("tiny")
-    config.train.epochs = 1
+    data, config = _one_epoch_in_memory_run()
     config.train.ema_decay = 0.5
     config.export_to = str(tmp_path / "export" / "model.msgpack")
     summary = train_classifier(config, str(tmp_path / "run"), data=data)
