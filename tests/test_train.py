@@ -404,3 +404,29 @@ def test_ema_run_exports_the_average_and_records_it(tmp_path):
     differs = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(exported["params"]),
                                                      jax.tree.leaves(saved["params"]))]
     assert any(differs)
+
+
+def test_resume_with_an_option_that_changes_the_state_is_refused_naming_it(tmp_path):
+    """A run resumed with `train.ema_decay` newly set (its state gains the average) is refused by
+    the config comparison, naming the field, before Orbax tries to restore the other structure."""
+    from ferjax.train.classifier_task import train_classifier
+
+    data, config = _one_epoch_in_memory_run()
+    train_classifier(config, str(tmp_path), data=data)
+    config.train.ema_decay = 0.5
+    config.train.epochs = 2
+    with pytest.raises(ValueError, match=r"train\.ema_decay: 0\.0 -> 0\.5"):
+        train_classifier(config, str(tmp_path), data=data)
+
+
+def test_checkpoint_of_another_structure_is_refused_naming_the_folder(tmp_path):
+    """Restoring a checkpoint into a state of another structure raises a ValueError that names
+    the checkpoint folder (not Orbax's bare tree error); the host record reads without the state."""
+    from ferjax.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path, "accuracy")
+    ckpt.save_latest(3, {"w": np.ones(2, np.float32)}, {"config": {"a": 1}})
+    assert ckpt.latest_host() == {"config": {"a": 1}}
+    with pytest.raises(ValueError, match=rf"{tmp_path}/latest/3 holds a train state that does not fit"):
+        ckpt.restore_latest({"w": np.ones(2, np.float32), "ema": np.ones(2, np.float32)})
+    ckpt.close()

@@ -37,12 +37,25 @@ class Checkpointer:
         self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                        metrics={self.select_metric: float(metrics[self.select_metric])})
 
-    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+    def latest_host(self) -> dict | None:
+        """The host-side record (config, history, ...) of the latest checkpoint, without its state."""
         step = self.latest.latest_step()
         if step is None:
             return None
-        out = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(template)), host=ocp.args.JsonRestore()))
+        return dict(self.latest.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore())).host)
+
+    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+        """(state, host) of the latest checkpoint, or None; a ValueError naming the folder when its
+        state does not have `template`'s structure (another model, or an option that adds state)."""
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        try:
+            out = self.latest.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract(template)), host=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{self.latest.directory / str(step)} holds a train state that does not fit "
+                             f"the one this run builds ({type(e).__name__}: {str(e)[:300]})") from e
         return out.state, dict(out.host)
 
     def restore_best(self, template: Any) -> Any | None:

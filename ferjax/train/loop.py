@@ -65,10 +65,9 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
     plateau = ReduceOnPlateau(cfg.plateau.factor, cfg.plateau.patience, cfg.plateau.min_scale, mode)
     early = EarlyStopping(cfg.early_stop_patience, mode)
     host = {"history": [], "finished": False, "config": run_config}
-    restored = ckpt.restore_latest(state)
+    restored = _restore_latest(ckpt, state, run_config, workdir)
     if restored is not None:
         state, host = restored
-        refuse_changed_config(host.get("config"), run_config, workdir)
         plateau = ReduceOnPlateau(**host["plateau"])
         early = EarlyStopping(**host["early"])
         print(f"resumed from step {int(state.step)} in {workdir / 'checkpoints'}", flush=True)
@@ -213,6 +212,24 @@ def refuse_changed_config(saved: dict | None, current: dict | None, workdir: Pat
         raise ValueError(f"{workdir} holds a run with a different config ({detail}"
                          f"{', ...' if len(changed) > 8 else ''}); rerun with the same settings to resume, "
                          f"or choose a new --workdir")
+
+
+def _restore_latest(ckpt: Checkpointer, state: Any, run_config: dict | None,
+                    workdir: Path) -> tuple[Any, dict] | None:
+    """The latest checkpoint's (state, host), after refusing a changed config (checked first: a
+    changed option may also change the state's structure); None when there is none."""
+    saved = ckpt.latest_host()
+    if saved is None:
+        return None
+    refuse_changed_config(saved.get("config"), run_config, workdir)
+    try:
+        return ckpt.restore_latest(state)
+    except ValueError as e:
+        added = sorted(set(run_config or {}) - set(saved.get("config") or {}))
+        hint = (f"; options this run sets that the checkpointed run's config does not name (an older "
+                f"ferjax?): {', '.join(f'{k}={run_config[k]!r}' for k in added[:8])}" if added else "")
+        raise ValueError(f"{e}{hint}; rerun with the same settings to resume, or choose a new "
+                         f"--workdir") from e
 
 
 def restore_best(state: Any, workdir: str | Path, select_metric: str, mode: str = "max") -> Any:
