@@ -78,6 +78,7 @@ def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(balancing):
     table = summary["mean_over_seeds"]["original"]
     assert set(table) == {"as_is", "oversample", "class_weighted"}
     assert "[6/6] class_weighted seed 1: training fer2013_vgg:tiny" in proc.stdout
+    assert "[3/6] class_weighted seed 0: training" in proc.stdout  # seed-major: every arm's seed 0 first
     assert "FER+ scoring skipped: no fer2013new.csv votes" in proc.stdout
     manifest = json.loads((wd / "data" / "oversample" / "manifest.json").read_text())
     assert manifest["counts"]["train_per_class_after"]["disgust"] == 30

@@ -70,13 +70,15 @@ def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int
              common: Sequence[str], workdir: str | Path,
              reuse: Mapping[str, str | Path] | None = None) -> dict[str, list[Path]]:
     """Trains `recipe` with each arm's overrides (after `common`) and `train.seed=S` for every
-    seed into WORKDIR/ARM/seedS; returns the run folders per arm. `reuse` maps an arm to another
-    study's folder of that arm (FOLDER/seedS): its finished runs stand in for training, when their
-    config is the one this study would train (e.g. the shared `as_is` baseline)."""
+    seed (all arms of seed 0 first, then of seed 1, ...) into WORKDIR/ARM/seedS; returns the run
+    folders per arm. `reuse` maps an arm to another study's folder of that arm (FOLDER/seedS):
+    its finished runs stand in for training, when their config is the one this study would train
+    (e.g. the shared `as_is` baseline)."""
     from ferjax.train.classifier_task import train_classifier  # noqa: PLC0415
 
     workdir, reuse = Path(workdir), reuse or {}
-    plan = [(arm, seed) for arm in arms for seed in seeds]
+    # Seed-major: an interrupted study already holds every arm at its first seeds.
+    plan = [(arm, seed) for seed in seeds for arm in arms]
     configs = {(arm, seed): cfg_lib.build(recipe, [*common, *arms[arm], f"train.seed={seed}"])
                for arm, seed in plan}  # every config checked before the first run starts
     runs: dict[str, list[Path]] = {arm: [] for arm in arms}
