@@ -88,10 +88,19 @@ def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(balancing):
     assert "| oversample (n=64, 2 seeds) |" in md and (wd / "confusion_original.png").exists()
     cfg = json.loads((wd / "class_weighted" / "seed1" / "config.json").read_text())
     assert cfg["train"]["class_weighting"] == "balanced" and cfg["train"]["seed"] == 1
+    # A run finished before an option existed (its config lacks it) is kept while the study asks
+    # for the option's default, and refused when it asks for another value.
+    first = wd / "as_is" / "seed0" / "config.json"
+    saved = json.loads(first.read_text())
+    del saved["train"]["ema_decay"]
+    first.write_text(json.dumps(saved))
     again = run_cli(*args)
     assert again.stdout.count("done before, kept") == 6 and "training" not in again.stdout
     changed = run_cli(*args, "--config.recipe_overrides=('train.epochs=3',)", check=False)
     assert changed.returncode == 1 and "train.epochs: 2 -> 3" in changed.stderr
+    changed = run_cli(*args, "--config.recipe_overrides=('train.ema_decay=0.5',)", check=False)
+    assert changed.returncode == 1 and "as_is/seed0 finished with another config (train.ema_decay: None -> 0.5)" \
+        in changed.stderr
 
 
 def test_curation_study_reuses_the_balancing_baseline(balancing, synthetic_csv, tfds_dir, tmp_path):

@@ -54,12 +54,15 @@ def data_overrides(data: ml_collections.ConfigDict) -> list[str]:
 LOCATION_FIELDS = ("data.fer2013_path", "data.tfds_data_dir", "reproduce_command")
 
 
-def _refuse_stale(run_dir: Path, config: ml_collections.ConfigDict) -> None:
+def _refuse_stale(run_dir: Path, config: ml_collections.ConfigDict, defaults: Mapping) -> None:
     """A finished run is reused only when it was trained with the config the study asks for now
-    (file locations aside)."""
+    (file locations aside). An option its config lacks (added to ferjax after it ran) counts as
+    unchanged when the study asks for the recipe's default (`defaults`, a `flat_config`): new
+    options default to the earlier behaviour."""
     old = flat_config(ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text())))
     new = flat_config(config)
-    changed = changed_fields(old, new, LOCATION_FIELDS)
+    changed = [k for k in changed_fields(old, new, LOCATION_FIELDS)
+               if k in old or k not in defaults or new.get(k) != defaults[k]]
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
         raise ValueError(f"{run_dir} finished with another config ({detail}); delete that folder to "
@@ -81,6 +84,7 @@ def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int
     plan = [(arm, seed) for seed in seeds for arm in arms]
     configs = {(arm, seed): cfg_lib.build(recipe, [*common, *arms[arm], f"train.seed={seed}"])
                for arm, seed in plan}  # every config checked before the first run starts
+    defaults = flat_config(cfg_lib.build(recipe, []))
     runs: dict[str, list[Path]] = {arm: [] for arm in arms}
     for i, (arm, seed) in enumerate(plan, 1):
         run_dir = workdir / arm / f"seed{seed}"
@@ -89,7 +93,7 @@ def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int
             run_dir = shared
         runs[arm].append(run_dir)
         if (run_dir / "report.json").exists():
-            _refuse_stale(run_dir, configs[arm, seed])
+            _refuse_stale(run_dir, configs[arm, seed], defaults)
             print(f"[{i}/{len(plan)}] {arm} seed {seed}: done before, kept ({run_dir})", flush=True)
             continue
         print(f"[{i}/{len(plan)}] {arm} seed {seed}: training {recipe} -> {run_dir}", flush=True)
