@@ -44,22 +44,22 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.kfold = ml_collections.ConfigDict({
         "folds": 5,  # 0: no relabeling (removal signals only)
         "recipe": "fer2013_vgg:quick",  # the experiment whose config trains each fold's classifier
-        # space-separated KEY=VALUE overrides of the recipe config; 12 epochs instead of the
-        # comparison recipe's 2: folds at 2 epochs reached 35% out-of-fold accuracy, too weak to judge labels
-        "recipe_overrides": "train.epochs=12 train.warmup_epochs=0.5",
+        "recipe_overrides": "",  # space-separated KEY=VALUE overrides of the recipe config
         "seed": 0,  # fold assignment and selection split
         "selection_fraction": 0.05,  # of each fold's training rows, held out to pick its best checkpoint
     })
     c.relabel = ml_collections.ConfigDict({"filter_by": "prune_by_noise_rate"})  # cleanlab's filter
     c.out_dir = ""  # default WORKDIR/dataset (replaced on a rerun); another folder needs overwrite
     c.overwrite = False
-    if variant == "gpu":
+    if variant == "cpu":
+        # 12 epochs instead of the comparison recipe's 2: folds at 2 epochs reached 35% out-of-fold
+        # accuracy, too weak to judge labels
+        c.kfold.recipe_overrides = "train.epochs=12 train.warmup_epochs=0.5"
+    elif variant == "gpu":
         c.kfold.recipe = "fer2013_vgg:cpu"
-        c.kfold.recipe_overrides = ""
     elif variant == "tiny":
         c.data.limit_per_split = 300
         c.kfold.folds = 2
         c.kfold.recipe = "fer2013_vgg:tiny"
-        c.kfold.recipe_overrides = ""
         c.kfold.selection_fraction = 0.1
     return c

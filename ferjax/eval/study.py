@@ -54,15 +54,14 @@ def data_overrides(data: ml_collections.ConfigDict) -> list[str]:
 LOCATION_FIELDS = ("data.fer2013_path", "data.tfds_data_dir", "reproduce_command")
 
 
-def _refuse_stale(run_dir: Path, config: ml_collections.ConfigDict, defaults: Mapping) -> None:
+def _refuse_stale(run_dir: Path, config: ml_collections.ConfigDict, defaults: dict) -> None:
     """A finished run is reused only when it was trained with the config the study asks for now
     (file locations aside). An option its config lacks (added to ferjax after it ran) counts as
     unchanged when the study asks for the recipe's default (`defaults`, a `flat_config`): new
     options default to the earlier behaviour."""
     old = flat_config(ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text())))
     new = flat_config(config)
-    changed = [k for k in changed_fields(old, new, LOCATION_FIELDS)
-               if k in old or k not in defaults or new.get(k) != defaults[k]]
+    changed = changed_fields(old, new, LOCATION_FIELDS, defaults=defaults)
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
         raise ValueError(f"{run_dir} finished with another config ({detail}); delete that folder to "

@@ -194,11 +194,15 @@ def flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
 
 
 def changed_fields(saved: dict, current: dict, ignore: tuple[str, ...] = (),
-                   only_common: bool = False) -> list[str]:
+                   only_common: bool = False, defaults: dict | None = None) -> list[str]:
     """Sorted flat keys whose values differ between two `flat_config`s, `ignore`d keys aside;
-    with `only_common`, keys only one side has do not count."""
+    with `only_common`, keys only one side has do not count; with `defaults` (a `flat_config`), a
+    key only `current` has does not count while it holds its default (an option added after
+    `saved` was written: new options default to the earlier behaviour)."""
     keys = set(saved) & set(current) if only_common else set(saved) | set(current)
-    return sorted(k for k in keys if k not in ignore and saved.get(k) != current.get(k))
+    defaults = defaults or {}
+    return sorted(k for k in keys if k not in ignore and saved.get(k) != current.get(k)
+                  and (k in saved or k not in defaults or current.get(k) != defaults[k]))
 
 
 def refuse_changed_config(saved: dict | None, current: dict | None, workdir: Path) -> None:
