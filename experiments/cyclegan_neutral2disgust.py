@@ -35,7 +35,9 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
     c.data = ml_collections.ConfigDict({
         "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
     c.generator = "resnet"
-    c.generator_kwargs = ml_collections.ConfigDict({"base": 32, "blocks": 6, "dropout": 0.5, "norm": "batch"})
+    # upsample "transpose" and residual False: the paper's generator (see registry/generators.py)
+    c.generator_kwargs = ml_collections.ConfigDict({"base": 32, "blocks": 6, "dropout": 0.5, "norm": "batch",
+                                                    "upsample": "transpose", "residual": False})
     c.discriminator = "patchgan"
     c.discriminator_kwargs = ml_collections.ConfigDict({"base": 32, "layers": 3, "norm": "batch"})
     c.cycle_loss = "cycle_l1_l2_ssim"
@@ -85,7 +87,7 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
         # augmentation, 12 epochs) learned a near-identity map whose outputs fer2013_vgg_small called
         # neutral or sad, never disgust: the discriminators see DiffAugment-ed inputs (436 real
         # disgust faces are few enough to memorise), and the identity weight is 0.5.
-        c.generator_kwargs.update(base=16, blocks=4)
+        c.generator_kwargs.update(base=16, blocks=4, upsample="resize", residual=True)
         c.discriminator_kwargs.update(base=16)
         c.gan.lambda_identity = 0.5
         c.gan.diff_augment = "brightness,contrast,translation,cutout"

@@ -98,6 +98,27 @@ def test_bare_name_picks_the_cpu_profile_without_an_accelerator_and_says_why():
     assert out == "cpu | auto: JAX_PLATFORMS=cpu | 8"
 
 
+def test_residual_generator_starts_as_the_identity_and_learns_an_edit():
+    from ferjax.registry import GENERATORS
+
+    faces = jax.random.uniform(jax.random.key(1), (2, 48, 48, 1), minval=-0.9, maxval=0.9)
+    model = GENERATORS.create("resnet", base=4, blocks=1, upsample="resize", residual=True)
+    variables = model.init(jax.random.key(0), faces)
+    np.testing.assert_allclose(model.apply(variables, faces), faces, atol=1e-5)  # untrained: identity
+
+    def loss(params):  # push every pixel towards white
+        out = model.apply({**variables, "params": params}, faces)
+        return jnp.mean((out - 1.0) ** 2)
+
+    grads = jax.grad(loss)(variables["params"])
+    last = max((k for k in grads if k.startswith("Conv_")), key=lambda k: int(k[5:]))  # the zero-initialised edit conv
+    assert float(jnp.abs(grads[last]["kernel"]).sum()) > 0  # it still learns from zero
+    plain = GENERATORS.create("resnet", base=4, blocks=1, upsample="resize")
+    assert plain.apply(plain.init(jax.random.key(0), faces), faces).shape == faces.shape
+    with pytest.raises(ValueError, match="upsample 'bilinear': expected one of transpose, resize"):
+        GENERATORS.create("resnet", upsample="bilinear")
+
+
 def test_image_pool_fills_then_swaps_half_the_time():
     size = 4
     pool_query = jax.jit(query_pool, static_argnums=4)
