@@ -430,3 +430,21 @@ def test_checkpoint_of_another_structure_is_refused_naming_the_folder(tmp_path):
     with pytest.raises(ValueError, match=rf"{tmp_path}/latest/3 holds a train state that does not fit"):
         ckpt.restore_latest({"w": np.ones(2, np.float32), "ema": np.ones(2, np.float32)})
     ckpt.close()
+
+
+def test_resume_refuses_an_option_added_since_the_checkpoint_unless_at_its_default(tmp_path):
+    """An option the checkpointed run's config lacks (added to ferjax later) is unchanged at its
+    recipe default and refused at any other value, even when the state keeps its structure; an
+    option only the old run names (removed since) does not count."""
+    from ferjax import config as cfg_lib
+    from ferjax.train.loop import flat_config, refuse_changed_config
+
+    current = flat_config(cfg_lib.build("fer2013_vgg:quick", []))
+    saved = {k: v for k, v in current.items() if k != "train.ema_decay"}
+    saved["train.removed_option"] = 1
+    refuse_changed_config(saved, current, tmp_path)  # at its default: resumes
+    current["train.ema_decay"] = 0.9
+    with pytest.raises(ValueError, match=r"different config \(train\.ema_decay: None -> 0\.9\)"):
+        refuse_changed_config(saved, current, tmp_path)
+    built_in_code = {**current, "name": "not_an_experiment"}  # no recipe: added options never count
+    refuse_changed_config({**saved, "name": "not_an_experiment"}, built_in_code, tmp_path)

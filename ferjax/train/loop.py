@@ -194,23 +194,42 @@ def flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
 
 
 def changed_fields(saved: dict, current: dict, ignore: tuple[str, ...] = (),
-                   only_common: bool = False, defaults: dict | None = None) -> list[str]:
+                   defaults: dict | None = None) -> list[str]:
     """Sorted flat keys whose values differ between two `flat_config`s, `ignore`d keys aside;
-    with `only_common`, keys only one side has do not count; with `defaults` (a `flat_config`), a
-    key only `current` has does not count while it holds its default (an option added after
-    `saved` was written: new options default to the earlier behaviour)."""
-    keys = set(saved) & set(current) if only_common else set(saved) | set(current)
+    with `defaults` (a `flat_config`), a key only `current` has does not count while it holds its
+    default (an option added after `saved` was written: new options default to the earlier
+    behaviour)."""
+    keys = set(saved) | set(current)
     defaults = defaults or {}
     return sorted(k for k in keys if k not in ignore and saved.get(k) != current.get(k)
                   and (k in saved or k not in defaults or current.get(k) != defaults[k]))
 
 
+def recipe_defaults(name: str | None) -> dict | None:
+    """`flat_config` of experiment `name` (NAME or NAME:variant) as declared, without overrides;
+    None when `name` is not a registered experiment (a config built in code)."""
+    from ferjax import config as cfg_lib
+
+    try:
+        return flat_config(cfg_lib.load_experiment(name)) if name else None
+    except ValueError:  # ConfigError included
+        return None
+
+
 def refuse_changed_config(saved: dict | None, current: dict | None, workdir: Path) -> None:
-    """Raises ValueError naming every field whose value differs from the checkpointed run's."""
+    """Raises ValueError naming every field whose value differs from the checkpointed run's.
+
+    An option only the checkpointed run names was removed from ferjax since (it cannot be set, so
+    it does not count); one only this run names was added since, and counts unless it holds its
+    recipe default (new options default to the earlier behaviour; without a known recipe, never).
+    """
     if not saved or not current:
         return
-    # Fields only one side has come from a newer or older ferjax (a new option at its default).
-    changed = changed_fields(saved, current, RESUMABLE_CHANGES, only_common=True)
+    defaults = recipe_defaults(current.get("name"))
+    if defaults is None:
+        defaults = {k: current[k] for k in current if k not in saved}
+    changed = [k for k in changed_fields(saved, current, RESUMABLE_CHANGES, defaults=defaults)
+               if k in current]
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:8])
         raise ValueError(f"{workdir} holds a run with a different config ({detail}"
