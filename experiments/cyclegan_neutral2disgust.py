@@ -87,7 +87,7 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
         # augmentation, 12 epochs) learned a near-identity map whose outputs fer2013_vgg_small called
         # neutral or sad, never disgust: the discriminators see DiffAugment-ed inputs (436 real
         # disgust faces are few enough to memorise), and the identity weight is 0.5.
-        c.generator_kwargs.update(base=16, blocks=4, upsample="resize", residual=True)
+        c.generator_kwargs.update(base=16, blocks=4)
         c.discriminator_kwargs.update(base=16)
         c.gan.lambda_identity = 0.5
         c.gan.diff_augment = "brightness,contrast,translation,cutout"

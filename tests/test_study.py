@@ -86,6 +86,12 @@ def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(balancing):
     assert len(saved["oversample"]["per_seed"]) == 2 and "diff_ci95" in saved["oversample"]["macro_f1"]
     md = (wd / "comparison.md").read_text()
     assert "| oversample (n=64, 2 seeds) |" in md and (wd / "confusion_original.png").exists()
+    learned = summary["learned_added"]
+    assert set(learned) == {"as_is", "oversample", "class_weighted"} and "added" not in learned["as_is"]
+    assert learned["oversample"]["added"] == 30 - learned["oversample"]["real"]
+    assert 0 <= learned["oversample"]["added_target_rate"] <= 1
+    assert "## Added examples: learned, or told apart?" in md
+    assert f"| oversample | {100 * learned['oversample']['real_target_rate']:.1f}% of" in md
     cfg = json.loads((wd / "class_weighted" / "seed1" / "config.json").read_text())
     assert cfg["train"]["class_weighting"] == "balanced" and cfg["train"]["seed"] == 1
     # A run finished before an option existed (its config lacks it) is kept while the study asks
@@ -101,6 +107,25 @@ def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(balancing):
     changed = run_cli(*args, "--config.recipe_overrides=('train.ema_decay=0.5',)", check=False)
     assert changed.returncode == 1 and "as_is/seed0 finished with another config (train.ema_decay: None -> 0.5)" \
         in changed.stderr
+
+
+def test_a_finished_run_predicts_as_it_did_at_its_test_evaluation(balancing, synthetic_csv, tfds_dir):
+    """The shortcut check's classifier, read back from a run's best checkpoint, predicts the test
+    split exactly as the run itself did when it finished."""
+    from ferjax import config as cfg_lib
+    from ferjax.eval.shortcut import run_predictor
+    from ferjax.registry import DATASETS
+
+    _, wd, _ = balancing
+    data = cfg_lib.build("fer2013_vgg:tiny", [f"data.fer2013_path={synthetic_csv}",
+                                              f"data.tfds_data_dir={tfds_dir}"]).data
+    test = DATASETS.create("fer2013", cfg=data, protocol="original")["test"]
+    for run in (wd / "as_is" / "seed0", wd / "oversample" / "seed1"):
+        with np.load(run / "predictions_test.npz") as f:
+            np.testing.assert_array_equal(f["row"], test["row"])
+            np.testing.assert_array_equal(run_predictor(run)(test["image"]), f["logits"].argmax(-1))
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint: is .* a finished training run"):
+        run_predictor(wd / "data")
 
 
 def test_curation_study_reuses_the_balancing_baseline(balancing, synthetic_csv, tfds_dir, tmp_path):

@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 
 from ferjax import config as cfg_lib
+from ferjax.data import derived
 from ferjax.data.balance_task import balance
 from ferjax.data.fer2013 import class_index
-from ferjax.eval import study
+from ferjax.eval import shortcut, study
 
 ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train")
 # arm -> balance_fer2013 overrides of its derived dataset
@@ -82,6 +84,40 @@ def compare_balancing(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"(arms: {', '.join(arms)}), tested on PrivateTest (never balanced). Bootstrap: "
               f"{config.bootstrap} resamples of the test images. Made by "
               f"`{config.reproduce_command}`.")
-    report = study.write_report(scores, focus, workdir, "Balancing study", header)
+    learned = _learned_added(runs, config, common, focus, workdir)
+    report = study.write_report(scores, focus, workdir, "Balancing study", header,
+                                _learned_table(learned, config.target_class))
     return {"experiment": config.name, "report": str(report), "mean_over_seeds": study.mean_table(scores),
-            "wall_seconds": round(time.perf_counter() - t0, 1)}
+            "learned_added": learned, "wall_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _learned_added(runs: dict[str, list[Path]], config: ml_collections.ConfigDict, common: list[str],
+                   focus: int, workdir: Path) -> dict[str, dict]:
+    """Per arm, seed means of `shortcut.target_rates`: how often each trained classifier calls the
+    real target-class Training images, and the examples its arm added, the target class."""
+    from ferjax.registry import DATASETS  # noqa: PLC0415
+
+    train = DATASETS.create("fer2013", cfg=cfg_lib.build(config.recipe, common).data, protocol="original")["train"]
+    real = train["image"][train["label"] == focus]
+    out = {}
+    for arm, dirs in runs.items():
+        added = derived.read(workdir / "data" / arm)[2] if arm in BALANCED else None
+        rates = [shortcut.target_rates(d, focus, real, added) for d in dirs]
+        out[arm] = {k: (float(np.mean([r[k] for r in rates])) if k.endswith("rate") else rates[0][k])
+                    for k in rates[0]}
+    return out
+
+
+def _learned_table(learned: dict[str, dict], target: str) -> list[str]:
+    """Markdown: the `_learned_added` rates, one row per arm."""
+    rows = ["## Added examples: learned, or told apart?", "",
+            f"How often each arm's classifiers (mean over seeds) call the real {target} Training images "
+            f"and the examples the arm added {target}. A classifier that calls the added examples "
+            f"{target} but not the real ones fitted something only the added examples have (a "
+            f"shortcut), not the expression.", "",
+            f"| arm | real {target} Training images called {target} | added examples called {target} |",
+            "| --- | ---: | ---: |"]
+    for arm, r in learned.items():
+        added = f"{100 * r['added_target_rate']:.1f}% of {r['added']}" if "added" in r else "(none added)"
+        rows.append(f"| {arm} | {100 * r['real_target_rate']:.1f}% of {r['real']} | {added} |")
+    return [*rows, ""]

@@ -220,8 +220,9 @@ def markdown_table(scores: Mapping[str, dict], focus_name: str, label_set: str) 
 
 
 def write_report(scores_by_labels: Mapping[str, Mapping[str, dict]], focus: int, workdir: Path,
-                 title: str, header: str) -> Path:
-    """comparison.md (tables per test-label set, confusion PNGs per arm) and comparison.json."""
+                 title: str, header: str, extra: Sequence[str] = ()) -> Path:
+    """comparison.md (tables per test-label set, confusion PNGs per arm, then the `extra`
+    Markdown lines) and comparison.json."""
     parts = [f"# {title}", "", header, ""]
     for label_set, scores in scores_by_labels.items():
         parts += [f"## Test labels: {label_set}", "", markdown_table(scores, EMOTIONS[focus], label_set), ""]
@@ -233,5 +234,5 @@ def write_report(scores_by_labels: Mapping[str, Mapping[str, dict]], focus: int,
         parts += [f"![confusion matrices, {label_set} labels]({png.name})", ""]
     (workdir / "comparison.json").write_text(json.dumps(scores_by_labels, indent=2))
     path = workdir / "comparison.md"
-    path.write_text("\n".join(parts))
+    path.write_text("\n".join([*parts, *extra]))
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -69,6 +70,25 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def best_variables(workdir: str | Path) -> dict:
+    """The model variables ({"params", "batch_stats", ...}) of a finished run's best checkpoint,
+    as numpy arrays (the run may have used more devices); the weight average when it kept one."""
+    best = Path(workdir).absolute() / "checkpoints" / "best"
+    steps = sorted(int(p.name) for p in best.iterdir() if p.name.isdigit()) if best.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"{best} holds no checkpoint: is {workdir} a finished training run?")
+    path = best / str(steps[-1]) / "state"
+    reader = ocp.PyTreeCheckpointer()
+    meta = reader.metadata(path)
+    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+    as_numpy = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta,
+                            is_leaf=lambda m: hasattr(m, "shape"))
+    state = reader.restore(path, restore_args=as_numpy)
+    if state.get("ema"):
+        return dict(state["ema"])
+    return {k: state[k] for k in ("params", "batch_stats") if state.get(k)}
 
 
 def _abstract(tree: Any) -> Any:

@@ -1,0 +1,45 @@
+"""Did a balanced classifier learn the examples added to its Training split, or tell them apart?
+
+A classifier trained on a balanced set can fit the added target-class examples by something only
+they have (a generator's blur or texture) instead of the expression. Then it calls the added
+examples the target class while calling the real target-class Training images it was trained on
+something else: a shortcut. `target_rates` measures both for one finished run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from ferjax.registry import CLASSIFIERS
+from ferjax.train.checkpoint import best_variables
+
+
+def run_predictor(run_dir: str | Path, batch_size: int = 256):
+    """images [N,48,48,1] uint8 -> predicted class, by a finished classifier run's best checkpoint."""
+    from ferjax.train.classifier_task import classifier_kwargs  # noqa: PLC0415
+
+    variables = best_variables(run_dir)
+    config = ml_collections.ConfigDict(json.loads((Path(run_dir) / "config.json").read_text()))
+    model = CLASSIFIERS.create(config.classifier, **classifier_kwargs(config))
+    apply = jax.jit(lambda x: model.apply(variables, x, train=False).argmax(-1))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, np.float32)
+        return np.concatenate([np.asarray(apply(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+                              or [np.zeros(0, np.int64)])
+
+    return predict
+
+
+def target_rates(run_dir: str | Path, target: int, real: np.ndarray, added: np.ndarray | None) -> dict:
+    """The fraction of the real target-class Training images (`real`) and of the added examples
+    (`added`, None for an arm that adds none) that the run's classifier calls class `target`."""
+    predict = run_predictor(run_dir)
+    out = {"real": int(len(real)), "real_target_rate": float(np.mean(predict(real) == target))}
+    if added is not None and len(added):
+        out.update(added=int(len(added)), added_target_rate=float(np.mean(predict(added) == target)))
+    return out
