@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ferjax.nn import conv3x3, conv3x3_reference, max_pool2x2
+from ferjax.train.checkpoint import read_state_as_numpy
 from ferjax.train.schedules import EarlyStopping, ReduceOnPlateau, make_schedule
 from conftest import REPO, run_cli
 
@@ -82,13 +83,7 @@ def test_plateau_and_early_stopping():
 def _final_state(workdir):
     latest = workdir / "checkpoints" / "latest"
     step = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
-    path = latest / str(step) / "state"
-    ckptr = ocp.PyTreeCheckpointer()  # restored as numpy: the run may have used more devices
-    meta = ckptr.metadata(path)
-    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
-    args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta,
-                        is_leaf=lambda m: hasattr(m, "shape"))
-    return step, ckptr.restore(path, restore_args=args)
+    return step, read_state_as_numpy(latest / str(step) / "state")  # the run may have used more devices
 
 
 def _assert_same_state(a, b):

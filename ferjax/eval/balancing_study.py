@@ -78,26 +78,24 @@ def compare_balancing(config: ml_collections.ConfigDict, workdir: str) -> dict:
     common = [*study.data_overrides(config.data), *config.recipe_overrides]
     runs = study.run_arms(config.recipe, arm_overrides, range(config.seeds), common, workdir)
 
-    scores = study.score_test_labels(runs, config.recipe, common, "as_is", focus, config.bootstrap,
-                                     config.balance_seed)
+    splits = study.fer2013_splits(config.recipe, common)
+    scores = study.score_test_labels(runs, splits["test"], "as_is", focus, config.bootstrap, config.balance_seed)
     header = (f"Recipe `{config.recipe}`, {config.seeds} seeds per arm, trained on FER2013 Training "
               f"(arms: {', '.join(arms)}), tested on PrivateTest (never balanced). Bootstrap: "
               f"{config.bootstrap} resamples of the test images. Made by "
               f"`{config.reproduce_command}`.")
-    learned = _learned_added(runs, config, common, focus, workdir)
+    learned = _learned_added(runs, splits["train"], focus, workdir)
     report = study.write_report(scores, focus, workdir, "Balancing study", header,
                                 _learned_table(learned, config.target_class))
     return {"experiment": config.name, "report": str(report), "mean_over_seeds": study.mean_table(scores),
             "learned_added": learned, "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _learned_added(runs: dict[str, list[Path]], config: ml_collections.ConfigDict, common: list[str],
-                   focus: int, workdir: Path) -> dict[str, dict]:
+def _learned_added(runs: dict[str, list[Path]], train: dict[str, np.ndarray], focus: int,
+                   workdir: Path) -> dict[str, dict]:
     """Per arm, seed means of `shortcut.target_rates`: how often each trained classifier calls the
-    real target-class Training images, and the examples its arm added, the target class."""
-    from ferjax.registry import DATASETS  # noqa: PLC0415
-
-    train = DATASETS.create("fer2013", cfg=cfg_lib.build(config.recipe, common).data, protocol="original")["train"]
+    real target-class Training images (of FER2013's `train` split), and the examples its arm added,
+    the target class."""
     real = train["image"][train["label"] == focus]
     out = {}
     for arm, dirs in runs.items():

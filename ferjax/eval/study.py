@@ -20,7 +20,7 @@ from ferjax import config as cfg_lib
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.eval.metrics import classification_report, confusion_matrix
 from ferjax.eval.plots import plot_confusions
-from ferjax.train.loop import changed_fields, flat_config
+from ferjax.train.loop import changed_fields, flat_config, recipe_defaults
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 DATA_KEYS = ("fer2013_path", "tfds_data_dir", "skip_bad_rows", "limit_per_split")
@@ -83,7 +83,7 @@ def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int
     plan = [(arm, seed) for seed in seeds for arm in arms]
     configs = {(arm, seed): cfg_lib.build(recipe, [*common, *arms[arm], f"train.seed={seed}"])
                for arm, seed in plan}  # every config checked before the first run starts
-    defaults = flat_config(cfg_lib.build(recipe, []))
+    defaults = recipe_defaults(recipe)
     runs: dict[str, list[Path]] = {arm: [] for arm in arms}
     for i, (arm, seed) in enumerate(plan, 1):
         run_dir = workdir / arm / f"seed{seed}"
@@ -170,15 +170,20 @@ def score(predictions: Mapping[str, np.ndarray], y: np.ndarray, keep: np.ndarray
     return out
 
 
-def score_test_labels(runs: Mapping[str, Sequence[Path]], recipe: str, common: Sequence[str],
-                      baseline: str, focus: int, n_boot: int, seed: int) -> dict[str, dict]:
-    """`score` on the recipe's untouched FER2013 test split with its original labels and, where
-    fer2013new.csv gives them, the FER+ majority labels (only the rows that have one)."""
-    from ferjax.components.datasets import ferplus_majority  # noqa: PLC0415
+def fer2013_splits(recipe: str, common: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """FER2013's splits (original labels, FER+ votes beside them) where the recipe's data config
+    with the study's `common` overrides finds them."""
     from ferjax.registry import DATASETS  # noqa: PLC0415
 
-    data_cfg = cfg_lib.build(recipe, common).data
-    test = DATASETS.create("fer2013", cfg=data_cfg, protocol="original")["test"]
+    return DATASETS.create("fer2013", cfg=cfg_lib.build(recipe, common).data, protocol="original")
+
+
+def score_test_labels(runs: Mapping[str, Sequence[Path]], test: Mapping[str, np.ndarray],
+                      baseline: str, focus: int, n_boot: int, seed: int) -> dict[str, dict]:
+    """`score` on the untouched FER2013 test split (`fer2013_splits(...)["test"]`) with its original
+    labels and, where fer2013new.csv gives them, the FER+ majority labels (only the rows that have one)."""
+    from ferjax.components.datasets import ferplus_majority  # noqa: PLC0415
+
     preds = load_predictions(runs, test["row"])
     every = np.ones(len(test["label"]), bool)
     scores = {"original": score(preds, test["label"], every, baseline, focus, n_boot, seed)}

@@ -72,6 +72,17 @@ class Checkpointer:
         self.best.close()
 
 
+def read_state_as_numpy(path: str | Path) -> dict:
+    """A saved train state (a checkpoint step's `state` folder) as a tree of numpy arrays, whatever
+    devices wrote it."""
+    reader = ocp.PyTreeCheckpointer()
+    meta = reader.metadata(path)
+    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+    as_numpy = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta,
+                            is_leaf=lambda m: hasattr(m, "shape"))
+    return reader.restore(path, restore_args=as_numpy)
+
+
 def best_variables(workdir: str | Path) -> dict:
     """The model variables ({"params", "batch_stats", ...}) of a finished run's best checkpoint,
     as numpy arrays (the run may have used more devices); the weight average when it kept one."""
@@ -79,13 +90,7 @@ def best_variables(workdir: str | Path) -> dict:
     steps = sorted(int(p.name) for p in best.iterdir() if p.name.isdigit()) if best.is_dir() else []
     if not steps:
         raise FileNotFoundError(f"{best} holds no checkpoint: is {workdir} a finished training run?")
-    path = best / str(steps[-1]) / "state"
-    reader = ocp.PyTreeCheckpointer()
-    meta = reader.metadata(path)
-    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
-    as_numpy = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta,
-                            is_leaf=lambda m: hasattr(m, "shape"))
-    state = reader.restore(path, restore_args=as_numpy)
+    state = read_state_as_numpy(best / str(steps[-1]) / "state")
     if state.get("ema"):
         return dict(state["ema"])
     return {k: state[k] for k in ("params", "batch_stats") if state.get(k)}
