@@ -48,7 +48,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "seed": 0,  # fold assignment and selection split
         "selection_fraction": 0.05,  # of each fold's training rows, held out to pick its best checkpoint
     })
-    c.relabel = ml_collections.ConfigDict({"filter_by": "prune_by_noise_rate"})  # cleanlab's filter
+    c.relabel = ml_collections.ConfigDict({
+        "filter_by": "prune_by_noise_rate",  # cleanlab's filter: which given labels are issues
+        # an issue's new class needs this probability besides its per-class threshold: 0.5, more
+        # than all other classes together (cleanlab's thresholds alone go down to 0.07 for disgust)
+        "min_prob": 0.5,
+        "unconfident": "remove",  # an issue with no confident class: "remove" it or "keep" its label
+    })
     c.out_dir = ""  # default WORKDIR/dataset (replaced on a rerun); another folder needs overwrite
     c.overwrite = False
     if variant == "cpu":

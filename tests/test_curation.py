@@ -119,6 +119,13 @@ def test_confident_learning_relabels_to_the_confident_class_or_removes():
     assert np.isnan(argmax.confident_prob[unsure]).all()
     masked = confident_relabeling(labels, probs, candidates=np.zeros(n, bool))
     assert not masked.issue.any()
+    # a floor above the wrong rows' 0.97 leaves them no confident class: removed, or kept as labelled
+    floor = confident_relabeling(labels, probs, min_prob=0.98)
+    assert floor.issue[wrong].all() and (floor.new_label[wrong] == -1).all()
+    assert (floor.thresholds >= 0.98).all()
+    kept = confident_relabeling(labels, probs, min_prob=0.98, unconfident="keep")
+    assert kept.issue[wrong].all() and (kept.new_label[wrong] == 3).all()
+    assert (confident_relabeling(labels, probs, min_prob=0.5).new_label[wrong] == 0).all()
 
 
 def test_missing_cleanlab_names_the_extra(monkeypatch):
@@ -229,8 +236,12 @@ def test_kfold_curation_end_to_end_cached_and_ferplus_blind(two_sources, tmp_pat
     assert sum(f["held_out"] for f in rel["per_fold"]) == 120
     oof = np.load(Path(rel["cache"]) / "oof.npz")
     assert oof["probs"].shape == (120, 7) and np.allclose(oof["probs"].sum(1), 1, atol=1e-5)
-    again = _run(with_votes, tmp_path / "tfds_a", tmp_path / "a", *args, "relabel.filter_by=both")
+    again = _run(with_votes, tmp_path / "tfds_a", tmp_path / "a", *args, "relabel.filter_by=both",
+                 "relabel.unconfident=keep", "relabel.min_prob=0.9")
     assert again["relabeling"]["cached"] and again["wall_seconds"] < 30
+    kept = again["relabeling"]
+    assert kept["removed"] == 0 and kept["kept"] + kept["relabeled"] == kept["issues"]
+    assert again["actions"]["removed"] == first["actions"]["removed"] - first["relabeling"]["removed"]
     blind = _run(without, tmp_path / "tfds_b", tmp_path / "b", *args)
     assert provenance == (Path(blind["output"]) / "provenance.csv").read_bytes()
     assert "relabeled" in provenance.decode() or "confident learning" in provenance.decode()
@@ -338,4 +349,8 @@ def test_bad_relabeling_settings_stop_before_any_work(two_sources, tmp_path):
         curate(_config(src, tmp_path, "kfold.recipe=no_such_experiment"), str(tmp_path / "a"))
     with pytest.raises(ValueError, match="kfold.folds=1"):
         curate(_config(src, tmp_path, "kfold.folds=1"), str(tmp_path / "b"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="relabel.unconfident='drop'"):
+        curate(_config(src, tmp_path, "relabel.unconfident=drop"), str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="relabel.min_prob=1.5"):
+        curate(_config(src, tmp_path, "relabel.min_prob=1.5"), str(tmp_path / "d"))
+    assert not any((tmp_path / d).exists() for d in "abcd")

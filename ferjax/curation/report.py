@@ -66,7 +66,11 @@ def markdown(summary: dict, grids: dict[str, str], command: str) -> str:
         lines += ["", "## Relabeling (confident learning on out-of-fold probabilities)", "",
                   f"Folds: {rel['folds']}, recipe `{rel['recipe']}`, out-of-fold accuracy against the "
                   f"original labels {_pct(rel.get('oof_accuracy'))}; label issues {rel['issues']}: "
-                  f"relabeled {rel['relabeled']}, removed (no confident class) {rel['removed']}."]
+                  f"relabeled {rel['relabeled']}, removed (no confident class) {rel['removed']}, "
+                  f"kept (no confident class) {rel.get('kept', 0)}. A class is confident when its "
+                  f"probability reaches its per-class threshold and the floor "
+                  f"`relabel.min_prob` = {rel.get('min_prob', 0.0)}; issues without one: "
+                  f"`relabel.unconfident` = {rel.get('unconfident', 'remove')}."]
     sc = summary.get("ferplus", {})
     lines += ["", "## Scored against FER+ (never read by curation)", ""]
     if sc.get("skipped", True):

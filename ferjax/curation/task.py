@@ -20,7 +20,7 @@ from ferjax.atomic import atomic_write_bytes, refuse_existing
 from ferjax.curation import report, scoring
 from ferjax.curation.kfold import out_of_fold_probabilities
 from ferjax.config import invoked_command
-from ferjax.curation.relabel import confident_relabeling, require_cleanlab
+from ferjax.curation.relabel import check_settings, confident_relabeling, require_cleanlab
 from ferjax.curation.signals import SignalResult, curation_view
 from ferjax.data.derived import DerivedBuilder
 from ferjax.data.fer2013 import EMOTIONS
@@ -72,13 +72,18 @@ def decide(config: ml_collections.ConfigDict, view: Mapping, workdir: Path) -> d
     if k.folds:
         recipe = _recipe(k)
         probs, info = out_of_fold_probabilities(recipe, train, k.folds, k.seed, k.selection_fraction, workdir)
-        rel = confident_relabeling(labels, probs, config.relabel.filter_by, candidates=~removed)
+        r = config.relabel
+        rel = confident_relabeling(labels, probs, r.filter_by, candidates=~removed, min_prob=r.min_prob,
+                                   unconfident=r.unconfident)
         for i in range(n):
             scores[i].update(cl_given_prob=float(rel.given_prob[i]))
             if np.isfinite(rel.confident_prob[i]):
                 scores[i]["cl_confident_prob"] = float(rel.confident_prob[i])
         for i in np.flatnonzero(rel.issue):
-            if rel.new_label[i] >= 0:
+            if rel.new_label[i] == labels[i]:  # no confident class, kept (relabel.unconfident=keep)
+                reasons[i].append(f"confident learning: label issue, no confident class, kept "
+                                  f"(p({EMOTIONS[labels[i]]})={rel.given_prob[i]:.2f})")
+            elif rel.new_label[i] >= 0:
                 action[i], new_label[i] = "relabeled", rel.new_label[i]
                 reasons[i].append(
                     f"confident learning: p({EMOTIONS[new_label[i]]})={rel.confident_prob[i]:.2f} >= "
@@ -88,9 +93,11 @@ def decide(config: ml_collections.ConfigDict, view: Mapping, workdir: Path) -> d
                 reasons[i].append(f"confident learning: label issue, no confident class "
                                   f"(p({EMOTIONS[labels[i]]})={rel.given_prob[i]:.2f})")
         relabeling = {**{kk: v for kk, v in info.items() if kk != "per_fold"}, "per_fold": info.get("per_fold"),
-                      "filter_by": config.relabel.filter_by, "thresholds": rel.thresholds.round(4).tolist(),
+                      "filter_by": r.filter_by, "min_prob": r.min_prob, "unconfident": r.unconfident,
+                      "thresholds": rel.thresholds.round(4).tolist(),
                       "issues": int(rel.issue.sum()), "relabeled": int((action == "relabeled").sum()),
-                      "removed": int((rel.issue & (rel.new_label < 0)).sum())}
+                      "removed": int((rel.issue & (rel.new_label < 0)).sum()),
+                      "kept": int((rel.issue & (rel.new_label == labels)).sum())}
     return {"action": action.astype(str), "label": new_label, "reason": ["; ".join(r) for r in reasons],
             "scores": scores, "signals": signals, "relabeling": relabeling}
 
@@ -143,6 +150,7 @@ def curate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.kfold.folds:  # everything the relabeling step needs, checked before any work
         require_cleanlab()
         _recipe(config.kfold)
+        check_settings(config.relabel.filter_by, config.relabel.min_prob, config.relabel.unconfident)
         if config.kfold.folds < 2 or not 0.0 < config.kfold.selection_fraction < 0.5:
             raise ValueError(f"kfold.folds={config.kfold.folds} (0, or at least 2) and "
                              f"kfold.selection_fraction={config.kfold.selection_fraction} (in (0, 0.5))")
