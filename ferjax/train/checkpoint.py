@@ -5,6 +5,8 @@ interrupted save never leaves a half-written checkpoint behind.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +74,34 @@ class Checkpointer:
         self.best.close()
 
 
+class _NoStepMetadataWarning(logging.Filter):
+    """Drops Orbax's "Metadata file does not exist" warning: the step's metadata file sits one
+    folder above the item folder that `read_state_as_numpy` reads, by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Metadata file does not exist" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_item_read():
+    logger, quiet = logging.getLogger("absl"), _NoStepMetadataWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def read_state_as_numpy(path: str | Path) -> dict:
     """A saved train state (a checkpoint step's `state` folder) as a tree of numpy arrays, whatever
     devices wrote it."""
     reader = ocp.PyTreeCheckpointer()
-    meta = reader.metadata(path)
-    meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
-    as_numpy = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta,
-                            is_leaf=lambda m: hasattr(m, "shape"))
-    return reader.restore(path, restore_args=as_numpy)
+    with _quiet_item_read():
+        meta = reader.metadata(path)
+        meta = getattr(getattr(meta, "item_metadata", meta), "tree", getattr(meta, "item_metadata", meta))
+        as_numpy = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta,
+                                is_leaf=lambda m: hasattr(m, "shape"))
+        return reader.restore(path, restore_args=as_numpy)
 
 
 def best_variables(workdir: str | Path) -> dict:
