@@ -10,6 +10,8 @@ examples (0: the median Training class size). Train on the result with
 same count (random oversampling; no generator). To balance
 a curated set, set `dataset=derived` and `data.derived_dir` to it here too. `replace_real=True`
 puts generated images in place of the real target-class ones (GAN-train).
+`matched_negatives=RUN/generator_reverse` also adds each generated image's round trip F(G(x)),
+labelled with the source class.
 """
 import ml_collections
 
@@ -35,6 +37,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # True: remove the real target_class examples first (GAN-train: generated in place of the real);
     # target_count 0 then means as many as were removed
     c.replace_real = False
+    # a reverse generator folder (a CycleGAN run's generator_reverse): beside each generated target
+    # image G(x), add the round trip F(G(x)) labelled source_class, so that the generators' look
+    # is found on both labels and cannot tell the target class ("" : off)
+    c.matched_negatives = ""
     c.batch_size = 64  # images per generator call
     c.seed = 0  # which source images are translated
     c.out_dir = ""  # default: WORKDIR/dataset

@@ -6,7 +6,8 @@
 Arms: as_is, cyclegan (disgust topped up to the median class size with generated images),
 oversample (topped up with copies of the real disgust images), class_weighted (loss weights);
 add `gan_train` to --config.arms for GAN-train (the real disgust images replaced by as many
-generated ones).
+generated ones), and `cyclegan_matched` for the cyclegan arm plus matched negatives (each generated
+image's round trip F(G(x)) labelled neutral; balance_fer2013's `matched_negatives`).
 Writes WORKDIR/comparison.md (tables: mean +- sd over seeds; bootstrap 95% intervals of the
 difference from as_is over PrivateTest images) with confusion PNGs; rerun to resume.
 Variant `tiny`: 2 arms x 2 seeds of a few steps on a few hundred images (tests).
@@ -24,6 +25,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.arms = "as_is,oversample,class_weighted" if variant else \
         "as_is,cyclegan,oversample,class_weighted"  # and optionally gan_train
     c.generator_checkpoint = ""  # the cyclegan (and gan_train) arm's generator folder
+    # the cyclegan_matched arm's reverse generator ("": generator_reverse beside generator_checkpoint)
+    c.reverse_generator_checkpoint = ""
     c.source_class = "neutral"
     c.target_class = "disgust"
     c.target_count = 0  # 0: the median Training class size

@@ -31,6 +31,15 @@ def generator_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def reverse_dir(generator_dir):
+    """F (disgust -> neutral) beside G, where a CycleGAN run exports it."""
+    model = GENERATORS.create("resnet", **KWARGS)
+    variables = model.init(jax.random.key(1), jnp.zeros((1, 48, 48, 1)), train=False)
+    return export_generator(generator_dir.parent / "generator_reverse", "resnet", KWARGS, variables,
+                            "disgust", "neutral", step=7)
+
+
+@pytest.fixture(scope="module")
 def data_args(synthetic_csv, tfds_dir):
     return [f"data.fer2013_path={synthetic_csv}", f"data.tfds_data_dir={tfds_dir}"]
 
@@ -257,3 +266,48 @@ def test_study_arms_get_their_datasets(generator_dir, data_args, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["train_per_class_after"]["disgust"] == 23  # median class size: no copies
     assert _prepare(cfg, "oversample", tmp_path) == out  # made before: reused
+
+
+def test_matched_negatives_add_each_round_trip_labelled_source(generator_dir, reverse_dir, data_args,
+                                                               tmp_path):
+    """Beside each generated disgust image G(x), its round trip F(G(x)) labelled neutral, with
+    the reverse generator and the same base row in its provenance; F the wrong way is refused."""
+    from ferjax.data import derived
+    from ferjax.train.generator_export import load_generator
+
+    with pytest.raises(ValueError, match="translates neutral -> disgust at 48 px; the generator translates "
+                                         "neutral -> disgust"):
+        balance_task.balance(_config(generator_dir, data_args, tmp_path,
+                                     f"matched_negatives={generator_dir}"), str(tmp_path))
+    summary = balance_task.balance(_config(generator_dir, data_args, tmp_path, "target_count=40",
+                                           f"matched_negatives={reverse_dir}"), str(tmp_path))
+    assert summary["generated"] == summary["matched_negatives"] == 17
+    assert summary["train_per_class_after"]["disgust"] == 40
+    assert summary["train_per_class_after"]["neutral"] == 22 + 17
+    _, entries, images = derived.read(tmp_path / "out")
+    added = [e for e in entries if e.action == "added"]
+    positives = [e for e in added if e.label == DISGUST]
+    negatives = [e for e in added if e.label == NEUTRAL]
+    assert len(positives) == len(negatives) == 17
+    assert [e.base_row for e in positives] == [e.base_row for e in negatives]
+    assert {e.generator_checkpoint for e in negatives} == {str(reverse_dir.resolve())}
+    assert all("matched negative" in e.reason and e.source == "generated" for e in negatives)
+    generated = images[[e.added_index for e in positives]]
+    expected = balance_task._translate(load_generator(reverse_dir), generated, 8, "test")
+    np.testing.assert_array_equal(images[[e.added_index for e in negatives]], expected)
+
+
+def test_study_matched_arm_finds_the_reverse_generator_beside_the_forward_one(generator_dir, reverse_dir,
+                                                                               data_args, tmp_path):
+    from ferjax.eval.balancing_study import _prepare, reverse_generator
+
+    cfg = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
+                                              "target_count=30"])
+    assert reverse_generator(cfg) == str(reverse_dir)
+    out = _prepare(cfg, "cyclegan_matched", tmp_path)
+    counts = json.loads((out / "manifest.json").read_text())["counts"]["train_per_class_after"]
+    assert counts["disgust"] == 30 and counts["neutral"] == 22 + 7
+    missing = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
+                                                  f"reverse_generator_checkpoint={tmp_path / 'none'}"])
+    with pytest.raises(ValueError, match="ferjax.train.generator_export --run=RUN_DIR"):
+        _prepare(missing, "cyclegan_matched", tmp_path / "other")

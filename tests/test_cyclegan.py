@@ -53,6 +53,9 @@ def test_tiny_run_writes_grids_report_and_a_loadable_generator(uninterrupted):
     g, leaves = _weights(wd)
     assert g.meta["source_class"] == "neutral" and g.meta["target_class"] == "disgust"
     assert g.meta["step"] == 10
+    f = load_generator(wd / "generator_reverse")
+    assert (f.meta["source_class"], f.meta["target_class"], f.meta["step"]) == ("disgust", "neutral", 10)
+    assert summary["generator_reverse"] == str(wd / "generator_reverse")
     x = jnp.zeros((2, 48, 48, 1))
     y = g.model.apply(g.variables, x, train=False)
     assert y.shape == (2, 48, 48, 1) and float(jnp.abs(y).max()) <= 1.0
@@ -234,3 +237,23 @@ def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterru
     bad = subprocess.run([sys.executable, "-m", "ferjax.eval.rescore_generator", f"--run={wd / 'samples'}"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "expected a cyclegan workdir" in bad.stderr
+
+
+def test_export_from_run_rewrites_both_generators_from_the_checkpoint(uninterrupted, tmp_path):
+    """`python -m ferjax.train.generator_export --run=RUN` (runs made before F was exported):
+    the same bytes as the run's own export; a folder that is no CycleGAN run is refused."""
+    import shutil
+
+    wd = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], wd)
+    before = {d: (wd / d / "generator.msgpack").read_bytes() for d in ("generator", "generator_reverse")}
+    shutil.rmtree(wd / "generator_reverse")
+    proc = subprocess.run([sys.executable, "-m", "ferjax.train.generator_export", f"--run={wd}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["generator_reverse"] == str(wd / "generator_reverse")
+    for d, data in before.items():
+        assert (wd / d / "generator.msgpack").read_bytes() == data, d
+    bad = subprocess.run([sys.executable, "-m", "ferjax.train.generator_export", f"--run={wd / 'samples'}"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and "is not a CycleGAN workdir" in bad.stderr

@@ -98,6 +98,34 @@ def _oversample(builder: DerivedBuilder, config: ml_collections.ConfigDict, tgt:
     return {"target_count": target, "added": need}
 
 
+def _reverse_generator(config: ml_collections.ConfigDict, meta: dict):
+    """The `matched_negatives` generator: it must translate the target class back to the source
+    class at the forward generator's image size."""
+    if config.replace_real:
+        raise ValueError("--config.matched_negatives adds round trips beside the generated images; "
+                         "it does not combine with --config.replace_real")
+    back = read_meta(config.matched_negatives)
+    if (back["source_class"], back["target_class"]) != (meta["target_class"], meta["source_class"]) or \
+            back["image_size"] != meta["image_size"]:
+        raise ValueError(f"--config.matched_negatives={config.matched_negatives} translates "
+                         f"{back['source_class']} -> {back['target_class']} at {back['image_size']} px; the "
+                         f"generator translates {meta['source_class']} -> {meta['target_class']} at "
+                         f"{meta['image_size']} px: pass the reverse generator of the same CycleGAN run "
+                         f"(RUN/generator_reverse)")
+    return load_generator(config.matched_negatives)
+
+
+def _translate(generator, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
+    """uint8 images through `generator` in fixed-size batches (one compiled shape), back to uint8."""
+    apply = jax.jit(lambda v, x: generator.model.apply(v, x, train=False))
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
+        batch = images[start:start + batch_size]
+        padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *images.shape[1:]), np.uint8)])
+        out.append(to_uint8(apply(generator.variables, to_unit(padded)))[:len(batch)])
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
+
+
 def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Brings the target class to `target_count` Training examples and writes the derived dataset
     to `out_dir` (default WORKDIR/dataset): `method=generator` translates source-class images,
@@ -130,6 +158,7 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          "generator.msgpack (exported by a CycleGAN run)")
     meta = read_meta(config.generator_checkpoint)
     src, tgt = _check_classes(config, meta)
+    reverse = _reverse_generator(config, meta) if config.matched_negatives else None
     generator = load_generator(config.generator_checkpoint)
     out_dir = _out_dir(config, workdir)
     builder = DerivedBuilder(config.dataset, config.data, config.protocol)
@@ -150,16 +179,9 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
     target, need = _planned(config, counts, len(rows), src, tgt, default)
 
     pick = np.sort(np.random.default_rng(config.seed).choice(len(rows), need, replace=False))
-    apply = jax.jit(lambda v, x: generator.model.apply(v, x, train=False))
-    bs = config.batch_size
-    out = []
     t1 = time.perf_counter()
-    for start in tqdm(range(0, need, bs), desc=f"{EMOTIONS[src]} -> {EMOTIONS[tgt]}", unit="batch"):
-        batch = images[pick[start:start + bs]]
-        padded = np.concatenate([batch, np.zeros((bs - len(batch), *shape), np.uint8)])  # one shape
-        out.append(to_uint8(apply(generator.variables, to_unit(padded)))[:len(batch)])
+    generated = _translate(generator, images[pick], config.batch_size, f"{EMOTIONS[src]} -> {EMOTIONS[tgt]}")
     translate_seconds = time.perf_counter() - t1
-    generated = np.concatenate(out) if out else np.zeros((0, *shape), np.uint8)
     ckpt = str(generator.path.resolve())
     builder.add(generated, [tgt] * need, source="generated", base_rows=rows[pick],
                 reason=f"{meta['generator']} generator {EMOTIONS[src]}->{EMOTIONS[tgt]} (step {meta['step']})",
@@ -169,12 +191,20 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         "replace_real": config.replace_real,
                         "generator_checkpoint": ckpt, "generator": meta},
             "config": config.to_dict()}
+    if reverse is not None:  # F(G(x)) labelled source: the generators' look on both labels
+        back = _translate(reverse, generated, config.batch_size, f"{EMOTIONS[tgt]} -> {EMOTIONS[src]} (matched)")
+        builder.add(back, [src] * need, source="generated", base_rows=rows[pick],
+                    reason=f"matched negative: round trip F(G(x)) of a {EMOTIONS[src]} image, labelled "
+                           f"{EMOTIONS[src]} (reverse generator step {reverse.meta['step']})",
+                    generator_checkpoint=str(reverse.path.resolve()))
+        info["balance"]["matched_negatives"] = {"added": need, "generator_checkpoint": str(reverse.path.resolve())}
     builder.write(out_dir, invoked_command(), info, overwrite=config.overwrite)
     after = builder.counts()["train_per_class_after"]
     return {"experiment": config.name, "method": "generator", "output": str(out_dir),
             "generator_checkpoint": ckpt,
             "source_class": EMOTIONS[src], "target_class": EMOTIONS[tgt], "target_count": target,
             "generated": need, "replaced_real": int(before[tgt] - counts[tgt]),
+            "matched_negatives": need if reverse is not None else 0,
             "train_per_class_before": {n: int(c) for n, c in zip(EMOTIONS, before)},
             "train_per_class_after": after,
             "translate_seconds": round(translate_seconds, 2),

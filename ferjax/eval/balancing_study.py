@@ -22,11 +22,18 @@ from ferjax.data import derived
 from ferjax.data.balance_task import balance
 from ferjax.data.fer2013 import class_index
 from ferjax.eval import shortcut, study
+from ferjax.train.generator_export import REVERSE
 
-ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train")
+ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train", "cyclegan_matched")
 # arm -> balance_fer2013 overrides of its derived dataset
 BALANCED = {"cyclegan": ("method=generator",), "oversample": ("method=oversample",),
-            "gan_train": ("method=generator", "replace_real=True")}
+            "gan_train": ("method=generator", "replace_real=True"), "cyclegan_matched": ("method=generator",)}
+
+
+def reverse_generator(config: ml_collections.ConfigDict) -> str:
+    """The cyclegan_matched arm's reverse generator: `reverse_generator_checkpoint`, or the
+    `generator_reverse` folder beside `generator_checkpoint`."""
+    return config.reverse_generator_checkpoint or str(Path(config.generator_checkpoint).parent / REVERSE)
 
 
 def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path:
@@ -43,6 +50,12 @@ def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path
                              "folder of a cyclegan_neutral2disgust run), or leave it out with "
                              "--config.arms=as_is,oversample,class_weighted")
         overrides.append(f"generator_checkpoint={config.generator_checkpoint}")
+    if arm == "cyclegan_matched":
+        if not Path(reverse_generator(config)).is_dir():
+            raise ValueError(f"the cyclegan_matched arm needs the reverse generator {reverse_generator(config)}: "
+                             f"export it with `python -m ferjax.train.generator_export --run=RUN_DIR` or set "
+                             f"--config.reverse_generator_checkpoint=DIR")
+        overrides.append(f"matched_negatives={reverse_generator(config)}")
     if (out / "manifest.json").exists():
         made = json.loads((out / "manifest.json").read_text())["info"]["balance"]
         wanted = str(Path(config.generator_checkpoint).resolve()) if generated else None
@@ -99,8 +112,13 @@ def _learned_added(runs: dict[str, list[Path]], train: dict[str, np.ndarray], fo
     real = train["image"][train["label"] == focus]
     out = {}
     for arm, dirs in runs.items():
-        added = derived.read(workdir / "data" / arm)[2] if arm in BALANCED else None
-        rates = [shortcut.target_rates(d, focus, real, added) for d in dirs]
+        added, others = None, None
+        if arm in BALANCED:
+            _, entries, images = derived.read(workdir / "data" / arm)
+            labels = np.array([e.label for e in entries if e.added_index >= 0], np.int64)
+            order = np.array([e.added_index for e in entries if e.added_index >= 0], np.int64)
+            added, others = images[order[labels == focus]], images[order[labels != focus]]
+        rates = [shortcut.target_rates(d, focus, real, added, others) for d in dirs]
         out[arm] = {k: (float(np.mean([r[k] for r in rates])) if k.endswith("rate") else rates[0][k])
                     for k in rates[0]}
     return out
@@ -117,5 +135,7 @@ def _learned_table(learned: dict[str, dict], target: str) -> list[str]:
             "| --- | ---: | ---: |"]
     for arm, r in learned.items():
         added = f"{100 * r['added_target_rate']:.1f}% of {r['added']}" if "added" in r else "(none added)"
+        if "added_other" in r:  # matched negatives: added examples labelled another class
+            added += f" (and {100 * r['added_other_target_rate']:.1f}% of the {r['added_other']} added with another label)"
         rows.append(f"| {arm} | {100 * r['real_target_rate']:.1f}% of {r['real']} | {added} |")
     return [*rows, ""]

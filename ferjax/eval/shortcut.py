@@ -35,11 +35,16 @@ def run_predictor(run_dir: str | Path, batch_size: int = 256):
     return predict
 
 
-def target_rates(run_dir: str | Path, target: int, real: np.ndarray, added: np.ndarray | None) -> dict:
-    """The fraction of the real target-class Training images (`real`) and of the added examples
-    (`added`, None for an arm that adds none) that the run's classifier calls class `target`."""
+def target_rates(run_dir: str | Path, target: int, real: np.ndarray, added: np.ndarray | None,
+                 added_other: np.ndarray | None = None) -> dict:
+    """The fraction of the real target-class Training images (`real`), of the added target-class
+    examples (`added`, None for an arm that adds none) and of the added examples of other classes
+    (`added_other`, e.g. matched negatives) that the run's classifier calls class `target`."""
     predict = run_predictor(run_dir)
     out = {"real": int(len(real)), "real_target_rate": float(np.mean(predict(real) == target))}
     if added is not None and len(added):
         out.update(added=int(len(added)), added_target_rate=float(np.mean(predict(added) == target)))
+    if added_other is not None and len(added_other):
+        out.update(added_other=int(len(added_other)),
+                   added_other_target_rate=float(np.mean(predict(added_other) == target)))
     return out

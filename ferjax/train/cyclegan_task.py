@@ -25,7 +25,7 @@ from ferjax.data.pipeline import TrainBatches
 from ferjax.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.cyclegan_steps import create_state, make_step, to_unit
-from ferjax.train.generator_export import export_generator, to_uint8
+from ferjax.train.generator_export import FORWARD, REVERSE, export_run_generators, to_uint8
 from ferjax.train.loop import fit, flat_config
 from ferjax.train.schedules import make_optimizer, make_schedule
 
@@ -153,11 +153,11 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     state, host = fit(state, step, batches, evaluate, tcfg, workdir, mesh, on_epoch_end=on_epoch_end,
                       run_config=flat_config(config))
-    export_dir = workdir / "generator"
+    export_dir = workdir / FORWARD
     if primary:
-        export_generator(export_dir, config.generator, config.generator_kwargs.to_dict(),
-                         jax.device_get(state.variables["g"]), config.source_class,
-                         config.target_class, int(state.step), overwrite=True)
+        export_run_generators(workdir, config.generator, config.generator_kwargs.to_dict(),
+                              jax.device_get(state.variables), config.source_class,
+                              config.target_class, int(state.step))
     final = host["history"][-1] if host["history"] else {}
     quality = {}
     if config.quality.model:
@@ -172,7 +172,7 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "wall_seconds": round(time.perf_counter() - t0, 1),
                "train_seconds": round(sum(h["epoch_seconds"] for h in host["history"]), 1),
                "cycle_ssim": final.get("val_cycle_ssim"), "identity_ssim": final.get("val_identity_ssim"),
-               "generator": str(export_dir), "samples": str(samples / "latest.png"), "quality": quality}
+               "generator": str(export_dir), "generator_reverse": str(workdir / REVERSE), "samples": str(samples / "latest.png"), "quality": quality}
     if primary:
         (workdir / "report.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,6 +1,9 @@
 """A trained image-to-image generator as a folder other stages read (balancing, quality reports).
 
-The folder holds `generator.json` ({"generator": registered name, "generator_kwargs": {...},
+A CycleGAN run exports its source -> target generator G to RUN/generator and the reverse one, F,
+to RUN/generator_reverse (`export_run_generators`, also
+`python -m ferjax.train.generator_export --run=RUN_DIR` for runs made before F was exported).
+Each folder holds `generator.json` ({"generator": registered name, "generator_kwargs": {...},
 "source_class", "target_class", "step", "image_size"}) and `generator.msgpack`
 (`flax.serialization.to_bytes({"params": ..., "batch_stats": ...})`) of the source -> target
 generator, which maps [N, S, S, 1] float images in [-1, 1] (pixel p -> p / 127.5 - 1) to [-1, 1]
@@ -25,6 +28,7 @@ from ferjax.data.fer2013 import class_index
 from ferjax.registry import GENERATORS
 
 META, WEIGHTS = "generator.json", "generator.msgpack"
+FORWARD, REVERSE = "generator", "generator_reverse"  # folders inside a CycleGAN run
 COLLECTIONS = ("params", "batch_stats")
 _FIELDS = {"generator": str, "generator_kwargs": dict, "source_class": str, "target_class": str,
            "step": int, "image_size": int}
@@ -136,3 +140,56 @@ def load_generator(ckpt_dir: str | os.PathLike) -> Generator:
             f"with the generator_kwargs they were trained with")
     variables = jax.tree.map(jnp.asarray, flax.serialization.from_state_dict(template, state))
     return Generator(model, variables, meta, ckpt_dir)
+
+
+def export_run_generators(run_dir: str | os.PathLike, generator: str, generator_kwargs: dict,
+                          variables: Any, source_class: str, target_class: str, step: int,
+                          image_size: int = 48) -> tuple[Path, Path]:
+    """Exports a CycleGAN's G (`variables["g"]`, source -> target) to RUN/generator and F
+    (`variables["f"]`, target -> source) to RUN/generator_reverse, replacing earlier exports."""
+    run_dir = Path(run_dir)
+    out = []
+    for folder, key, src, tgt in ((FORWARD, "g", source_class, target_class),
+                                  (REVERSE, "f", target_class, source_class)):
+        out.append(export_generator(run_dir / folder, generator, generator_kwargs, variables[key], src, tgt,
+                                    step, image_size, overwrite=True))
+    return out[0], out[1]
+
+
+def export_from_run(run_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Both generators of a CycleGAN workdir, read from its latest checkpoint and its config.json."""
+    from ferjax.train.checkpoint import read_state_as_numpy  # noqa: PLC0415
+
+    run_dir = Path(run_dir)
+    latest = run_dir / "checkpoints" / "latest"
+    steps = sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) if latest.is_dir() else []
+    if not steps or not (run_dir / "config.json").is_file():
+        raise GeneratorCheckpointError(f"{run_dir} is not a CycleGAN workdir: expected config.json and "
+                                       f"checkpoints/latest/STEP")
+    config = json.loads((run_dir / "config.json").read_text())
+    state = read_state_as_numpy(latest / str(steps[-1]) / "state")
+    variables = state.get("variables", {})
+    if not {"g", "f"} <= set(variables):
+        raise GeneratorCheckpointError(f"{latest / str(steps[-1])} holds no CycleGAN generators "
+                                       f"(variables {sorted(variables)}; expected g and f)")
+    return export_run_generators(run_dir, config["generator"], config["generator_kwargs"], variables,
+                                 config["source_class"], config["target_class"], int(state["step"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="python -m ferjax.train.generator_export",
+                                description="Export both generators (G: source -> target, F: target -> "
+                                            "source) of a CycleGAN workdir from its latest checkpoint.")
+    p.add_argument("--run", required=True, type=Path, help="a cyclegan_* workdir")
+    args = p.parse_args(argv)
+    try:
+        forward, reverse = export_from_run(args.run)
+    except GeneratorCheckpointError as e:
+        p.error(str(e))
+    print(json.dumps({"generator": str(forward), "generator_reverse": str(reverse)}))
+
+
+if __name__ == "__main__":
+    main()
