@@ -157,6 +157,12 @@ def test_scoring_precision_recall_and_fixed_row_agreement():
     assert r["curated_agreement"] == pytest.approx(2 / 3)  # row 2 fixed, row 4 broken
     assert r["relabeled_old_agreement"] == 0.5 and r["relabeled_new_agreement"] == 0.5
     assert s["old_to_new"]["counts"][0][4] == 1 and s["old_to_new"]["counts"][6][2] == 1
+    assert "by_row_parity" not in r
+    halves = scoring.score(votes, original, curated, action, flags, [str(i) for i in range(7)],
+                           rows=np.arange(6) + 11)  # fixed rows 13, 15 odd; 14 even
+    assert halves["relabel"]["by_row_parity"] == {
+        "even": {"fixed_rows": 1, "original_agreement": 1.0, "curated_agreement": 1.0},
+        "odd": {"fixed_rows": 2, "original_agreement": 0.5, "curated_agreement": 0.5}}
     skipped = scoring.score(np.full((6, 10), -1), original, curated, action, flags, ["a"] * 7)
     assert skipped["skipped"] and "fer2013new.csv" in skipped["reason"]
 

@@ -83,7 +83,9 @@ def markdown(summary: dict, grids: dict[str, str], command: str) -> str:
         r = sc["relabel"]
         lines += ["", f"Agreement with the FER+ majority on the fixed set of {r['fixed_rows']} Training rows "
                   f"(removed rows keep their original label): original {_pct(r['original_agreement'])}, "
-                  f"curated {_pct(r['curated_agreement'])}.",
+                  f"curated {_pct(r['curated_agreement'])}" + "".join(
+                      f"; {k} CSV rows ({v['fixed_rows']}): {_pct(v['original_agreement'])} -> "
+                      f"{_pct(v['curated_agreement'])}" for k, v in r.get("by_row_parity", {}).items()) + ".",
                   f"On the {r['relabeled_rows_with_majority']} relabeled rows with a FER+ majority: old label "
                   f"{_pct(r['relabeled_old_agreement'])}, new label {_pct(r['relabeled_new_agreement'])}.", "",
                   "Old label (rows) -> new label (columns), relabeled Training rows:", ""]

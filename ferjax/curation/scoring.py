@@ -4,7 +4,9 @@
   images most FER+ voters called "not a face" (NF majority);
 - relabeling: agreement with the FER+ majority label (`ferplus_majority`) over one fixed row set,
   every Training row with a majority label, where a removed row keeps its original label (so removing
-  rows cannot raise agreement); the same over the relabeled rows only; an old -> new label table.
+  rows cannot raise agreement); the same over the relabeled rows only; an old -> new label table;
+  with the CSV rows given, the fixed-set agreement on even and on odd rows apart (a threshold looked
+  at on one half can be checked on the other).
 """
 from __future__ import annotations
 
@@ -39,9 +41,11 @@ def _pr(flagged: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def score(votes: np.ndarray, original: np.ndarray, curated: np.ndarray, action: Sequence[str],
-          non_face_flags: Mapping[str, np.ndarray], classes: Sequence[str]) -> dict:
+          non_face_flags: Mapping[str, np.ndarray], classes: Sequence[str],
+          rows: np.ndarray | None = None) -> dict:
     """FER+ figures for one curation of the Training split (arrays in Training order); see the
-    module docstring. `curated` holds each row's label after curation (removed rows: original)."""
+    module docstring. `curated` holds each row's label after curation (removed rows: original);
+    `rows`, the base CSV rows, adds the even/odd-row agreement."""
     reason = skipped_reason(votes)
     if reason:
         return {"skipped": True, "reason": reason}
@@ -59,7 +63,7 @@ def score(votes: np.ndarray, original: np.ndarray, curated: np.ndarray, action: 
     table = np.zeros((len(classes), len(classes)), np.int64)
     for a, b in zip(original[action == "relabeled"], curated[action == "relabeled"]):
         table[a, b] += 1
-    return {
+    out = {
         "skipped": False, "ferplus_not_a_face": int(truth.sum()), "removal": removal,
         "relabel": {
             "fixed_rows": int(fixed.sum()),
@@ -71,3 +75,11 @@ def score(votes: np.ndarray, original: np.ndarray, curated: np.ndarray, action: 
             "relabeled_new_agreement": float((curated[relabeled] == major[relabeled]).mean())
             if relabeled.any() else None},
         "old_to_new": {"classes": list(classes), "counts": table.tolist()}}
+    if rows is not None:
+        parity = np.asarray(rows) % 2
+        out["relabel"]["by_row_parity"] = {
+            name: {"fixed_rows": int((fixed & (parity == p)).sum()),
+                   "original_agreement": float((original == major)[fixed & (parity == p)].mean()),
+                   "curated_agreement": float((curated == major)[fixed & (parity == p)].mean())}
+            for name, p in (("even", 0), ("odd", 1))}
+    return out

@@ -179,7 +179,7 @@ def curate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     labels = np.asarray(splits["train"]["label"])
     non_face = {n: r.flagged for n, r in signals.items() if r.group == "non_face"}
     ferplus = scoring.score(splits["train"].get("ferplus_votes"), labels, decisions["label"],
-                            decisions["action"], non_face, EMOTIONS)
+                            decisions["action"], non_face, EMOTIONS, rows)
     report_dir = workdir / "report"
     grids = _grids(report_dir, splits, decisions)
     counts = builder.counts()
