@@ -239,21 +239,22 @@ def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterru
     assert bad.returncode != 0 and "expected a cyclegan workdir" in bad.stderr
 
 
-def test_export_from_run_rewrites_both_generators_from_the_checkpoint(uninterrupted, tmp_path):
+def test_export_from_run_rewrites_both_generators_from_the_checkpoint(uninterrupted, tmp_path, capsys):
     """`python -m ferjax.train.generator_export --run=RUN` (runs made before F was exported):
     the same bytes as the run's own export; a folder that is no CycleGAN run is refused."""
     import shutil
+
+    from ferjax.train import generator_export
 
     wd = tmp_path / "run"
     shutil.copytree(uninterrupted[0], wd)
     before = {d: (wd / d / "generator.msgpack").read_bytes() for d in ("generator", "generator_reverse")}
     shutil.rmtree(wd / "generator_reverse")
-    proc = subprocess.run([sys.executable, "-m", "ferjax.train.generator_export", f"--run={wd}"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["generator_reverse"] == str(wd / "generator_reverse")
+    generator_export.main([f"--run={wd}"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["generator_reverse"] == str(wd / "generator_reverse")
     for d, data in before.items():
         assert (wd / d / "generator.msgpack").read_bytes() == data, d
-    bad = subprocess.run([sys.executable, "-m", "ferjax.train.generator_export", f"--run={wd / 'samples'}"],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert bad.returncode == 2 and "is not a CycleGAN workdir" in bad.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        generator_export.main([f"--run={wd / 'samples'}"])
+    assert exit_info.value.code == 2 and "is not a CycleGAN workdir" in capsys.readouterr().err
