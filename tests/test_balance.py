@@ -307,6 +307,11 @@ def test_study_matched_arm_finds_the_reverse_generator_beside_the_forward_one(ge
     out = _prepare(cfg, "cyclegan_matched", tmp_path)
     counts = json.loads((out / "manifest.json").read_text())["counts"]["train_per_class_after"]
     assert counts["disgust"] == 30 and counts["neutral"] == 22 + 7
+    assert _prepare(cfg, "cyclegan_matched", tmp_path) == out  # made before: reused
+    other = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
+                                                "target_count=30", f"reverse_generator_checkpoint={generator_dir}"])
+    with pytest.raises(ValueError, match="was made with the reverse generator"):
+        _prepare(other, "cyclegan_matched", tmp_path)
     missing = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
                                                   f"reverse_generator_checkpoint={tmp_path / 'none'}"])
     with pytest.raises(ValueError, match="ferjax.train.generator_export --run=RUN_DIR"):

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ferjax.nn import conv3x3, conv3x3_reference, max_pool2x2
-from ferjax.train.checkpoint import read_state_as_numpy
+from ferjax.train.checkpoint import read_state_as_numpy, saved_steps
 from ferjax.train.schedules import EarlyStopping, ReduceOnPlateau, make_schedule
 from conftest import REPO, run_cli
 
@@ -82,7 +82,7 @@ def test_plateau_and_early_stopping():
 
 def _final_state(workdir):
     latest = workdir / "checkpoints" / "latest"
-    step = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    step = saved_steps(latest)[-1]
     return step, read_state_as_numpy(latest / str(step) / "state")  # the run may have used more devices
 
 
@@ -393,7 +393,7 @@ def test_ema_run_exports_the_average_and_records_it(tmp_path):
     card = json.loads((tmp_path / "export" / "model.json").read_text())
     assert card["ema_decay"] == 0.5
     best = tmp_path / "run" / "checkpoints" / "best"
-    step = max(int(p.name) for p in best.iterdir() if p.name.isdigit())
+    step = saved_steps(best)[-1]
     assert step == summary["best_step"]
     saved = ocp.PyTreeCheckpointer().restore(best / str(step) / "state")
     exported = flax.serialization.msgpack_restore((tmp_path / "export" / "model.msgpack").read_bytes())

@@ -50,18 +50,22 @@ def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path
                              "folder of a cyclegan_neutral2disgust run), or leave it out with "
                              "--config.arms=as_is,oversample,class_weighted")
         overrides.append(f"generator_checkpoint={config.generator_checkpoint}")
-    if arm == "cyclegan_matched":
-        if not Path(reverse_generator(config)).is_dir():
-            raise ValueError(f"the cyclegan_matched arm needs the reverse generator {reverse_generator(config)}: "
+    reverse = reverse_generator(config) if arm == "cyclegan_matched" else None
+    if reverse:
+        if not Path(reverse).is_dir():
+            raise ValueError(f"the cyclegan_matched arm needs the reverse generator {reverse}: "
                              f"export it with `python -m ferjax.train.generator_export --run=RUN_DIR` or set "
                              f"--config.reverse_generator_checkpoint=DIR")
-        overrides.append(f"matched_negatives={reverse_generator(config)}")
+        overrides.append(f"matched_negatives={reverse}")
     if (out / "manifest.json").exists():
         made = json.loads((out / "manifest.json").read_text())["info"]["balance"]
-        wanted = str(Path(config.generator_checkpoint).resolve()) if generated else None
-        if generated and made.get("generator_checkpoint") != wanted:
-            raise ValueError(f"{out} was made with the generator {made.get('generator_checkpoint')}, not "
-                             f"{wanted}: delete {out} and {workdir / arm} to redo the arm, or use another --workdir")
+        for key, path, have in (
+                ("generator", config.generator_checkpoint if generated else None, made.get("generator_checkpoint")),
+                ("reverse generator", reverse, made.get("matched_negatives", {}).get("generator_checkpoint"))):
+            wanted = str(Path(path).resolve()) if path else None
+            if have != wanted:
+                raise ValueError(f"{out} was made with the {key} {have}, not {wanted}: delete {out} and "
+                                 f"{workdir / arm} to redo the arm, or use another --workdir")
         print(f"{arm}: balanced data made before, kept ({out})", flush=True)
         return out
     summary = balance(cfg_lib.build("balance_fer2013", overrides), str(workdir / "data"))
@@ -107,8 +111,8 @@ def compare_balancing(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _learned_added(runs: dict[str, list[Path]], train: dict[str, np.ndarray], focus: int,
                    workdir: Path) -> dict[str, dict]:
     """Per arm, seed means of `shortcut.target_rates`: how often each trained classifier calls the
-    real target-class Training images (of FER2013's `train` split), and the examples its arm added,
-    the target class."""
+    real target-class Training images (of FER2013's `train` split), and the examples its arm added
+    (with the target label, and apart with another label), the target class."""
     real = train["image"][train["label"] == focus]
     out = {}
     for arm, dirs in runs.items():

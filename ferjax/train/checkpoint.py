@@ -104,11 +104,18 @@ def read_state_as_numpy(path: str | Path) -> dict:
         return reader.restore(path, restore_args=as_numpy)
 
 
+def saved_steps(folder: str | Path) -> list[int]:
+    """The steps saved in a checkpoint folder (`checkpoints/latest` or `checkpoints/best`), in
+    order; empty when the folder does not exist."""
+    folder = Path(folder)
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
 def best_variables(workdir: str | Path) -> dict:
     """The model variables ({"params", "batch_stats", ...}) of a finished run's best checkpoint,
     as numpy arrays (the run may have used more devices); the weight average when it kept one."""
     best = Path(workdir).absolute() / "checkpoints" / "best"
-    steps = sorted(int(p.name) for p in best.iterdir() if p.name.isdigit()) if best.is_dir() else []
+    steps = saved_steps(best)
     if not steps:
         raise FileNotFoundError(f"{best} holds no checkpoint: is {workdir} a finished training run?")
     state = read_state_as_numpy(best / str(steps[-1]) / "state")

@@ -156,7 +156,7 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     export_dir = workdir / FORWARD
     if primary:
         export_run_generators(workdir, config.generator, config.generator_kwargs.to_dict(),
-                              jax.device_get(state.variables), config.source_class,
+                              jax.device_get({k: state.variables[k] for k in ("g", "f")}), config.source_class,
                               config.target_class, int(state.step))
     final = host["history"][-1] if host["history"] else {}
     quality = {}

@@ -158,11 +158,11 @@ def export_run_generators(run_dir: str | os.PathLike, generator: str, generator_
 
 def export_from_run(run_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Both generators of a CycleGAN workdir, read from its latest checkpoint and its config.json."""
-    from ferjax.train.checkpoint import read_state_as_numpy  # noqa: PLC0415
+    from ferjax.train.checkpoint import read_state_as_numpy, saved_steps  # noqa: PLC0415
 
     run_dir = Path(run_dir)
     latest = run_dir / "checkpoints" / "latest"
-    steps = sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) if latest.is_dir() else []
+    steps = saved_steps(latest)
     if not steps or not (run_dir / "config.json").is_file():
         raise GeneratorCheckpointError(f"{run_dir} is not a CycleGAN workdir: expected config.json and "
                                        f"checkpoints/latest/STEP")
