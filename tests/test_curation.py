@@ -174,10 +174,10 @@ def _config(csv_dir: Path, tfds_dir: Path, *overrides: str) -> ml_collections.Co
 
 
 def _with_ferplus(folder: Path, rows) -> Path:
-    """Writes fer2013new.csv beside the CSV: 10 NF votes on the first Training row, sadness elsewhere."""
+    """Writes fer2013new.csv beside the CSV: 10 NF votes on the first two Training rows, sadness elsewhere."""
     lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
     for i, (_, _, usage) in enumerate(rows):
-        votes = [0] * 9 + [10] if i == 0 else [2, 0, 0, 8, 0, 0, 0, 0, 0, 0]
+        votes = [0] * 9 + [10] if i < 2 else [2, 0, 0, 8, 0, 0, 0, 0, 0, 0]
         lines.append(f"{usage},fer{i:07d}.png," + ",".join(map(str, votes)))
     (folder / "fer2013new.csv").write_text("\n".join(lines) + "\n")
     return folder
@@ -217,6 +217,10 @@ def test_curation_identical_with_and_without_ferplus(two_sources, tmp_path):
     assert b["ferplus"]["skipped"] and "fer2013new.csv" in b["ferplus"]["reason"]
     report = Path(b["report"]).read_text()
     assert "Skipped: no FER+ votes" in report
+    # the report shows the FER+ not-a-face image no signal flagged (row 1), only with the votes
+    assert "missed_non_face.png" in Path(a["report"]).read_text()
+    assert (Path(a["report"]).parent / "missed_non_face.png").is_file()
+    assert "missed_non_face" not in report and not (Path(b["report"]).parent / "missed_non_face.png").exists()
     header = prov_a.decode().splitlines()[0]
     assert "score_blank" in header and "score_duplicates" in header
     # every default signal, the detector ones included (YuNet finds no face in these bands)

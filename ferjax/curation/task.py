@@ -112,7 +112,8 @@ def _recipe(k: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _grids(out: Path, splits: Mapping, decisions: dict) -> dict[str, str]:
-    """PNG grids of removed (by group) and relabeled examples with FER+ votes under each image."""
+    """PNG grids of removed (by group) and relabeled examples with FER+ votes under each image, and
+    of the FER+ not-a-face images that no non-face signal flagged (with the votes present)."""
     train = splits["train"]
     votes = train.get("ferplus_votes")
     labels, action, new = np.asarray(train["label"]), decisions["action"], decisions["label"]
@@ -124,6 +125,9 @@ def _grids(out: Path, splits: Mapping, decisions: dict) -> dict[str, str]:
     flagged_any = np.any([g for g in groups.values()], axis=0) if groups else np.zeros(len(labels), bool)
     groups["removed_no_confident_class"] = (action == "removed") & ~flagged_any
     groups["relabeled"] = action == "relabeled"
+    if votes is not None and scoring.skipped_reason(votes) is None:  # scoring only: after every decision
+        groups["missed_non_face"] = scoring.not_a_face(votes) & ~groups.get(
+            "removed_non_face", np.zeros(len(labels), bool))
     grids = {}
     for name, mask in groups.items():
         idx = np.flatnonzero(mask)
