@@ -55,6 +55,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     t.compute_dtype = "float32"  # or "bfloat16" (mixed precision; parameters stay float32)
     t.init_from = ""  # a registered pretrained model (same classifier) whose weights start the run
     t.class_weighting = "none"  # or "balanced": loss weights n / (7 n_class) from the Training labels
+    # "select": after training, subtract tau * log(Training class frequency) from the logits, tau chosen
+    # on PublicTest (ferjax.eval.logit_adjustment); folded into the exported output bias
+    t.logit_adjustment = "none"
     t.ema_decay = 0.0  # > 0: evaluate, select and export a moving average of the weights (e.g. 0.999)
     c.export_to = ""
     c.export_name = ""

@@ -14,8 +14,9 @@ from ferjax.components.datasets import ferplus_distribution
 from ferjax.config import invoked_command
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.data.pipeline import TrainBatches
+from ferjax.eval import logit_adjustment
 from ferjax.eval.plots import plot_curves
-from ferjax.eval.predict import evaluate_split
+from ferjax.eval.predict import evaluate_split, predict_logits
 from ferjax.registry import CLASSIFIERS, DATASETS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.classifier_steps import create_state, make_steps
@@ -112,8 +113,11 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh,
                                        sync_batch_norm=tcfg.sync_batch_norm, ema_decay=ema_decay)
 
-    def logits_fn(current_state):
-        return lambda batch: sharding.fetch(eval_step(current_state, sharding.put_batch(batch, mesh)))
+    def logits_fn(current_state, shift=None):
+        def apply(batch):
+            logits = sharding.fetch(eval_step(current_state, sharding.put_batch(batch, mesh)))
+            return logits if shift is None else logits + shift
+        return apply
 
     eval_bs = tcfg.eval_batch_size
     val_split = data["validation"]
@@ -126,14 +130,21 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                       run_config=flat_config(config))
     train_seconds = time.perf_counter() - t0
     best = jax.device_put(restore_best(state, workdir, tcfg.select_metric), sharding.replicated(mesh))
+    adjustment = None  # post-hoc logit adjustment, its tau chosen on the selection split
+    if tcfg.get("logit_adjustment", "none") == "select":
+        adjustment = logit_adjustment.select(
+            predict_logits(logits_fn(best), val_split["image"], eval_bs), val_split["label"],
+            logit_adjustment.class_prior(data["train"]["label"], len(EMOTIONS)), EMOTIONS)
+    shift = adjustment["offset"] if adjustment else None
     title = f"{config.classifier}"
-    reports = {name: evaluate_split(logits_fn(best), data[name], eval_bs, EMOTIONS, config.protocol,
+    reports = {name: evaluate_split(logits_fn(best, shift), data[name], eval_bs, EMOTIONS, config.protocol,
                                     name, workdir if primary else None, title)
                for name in ("validation", "test") if name in data}
     summary = {"experiment": config.name, "classifier": config.classifier,
                "protocol": config.protocol, "epochs_run": len(host["history"]),
                "wall_seconds": round(train_seconds, 1), "best_step": int(best.step),
-               **{f"{k}_report": v for k, v in reports.items()}}
+               **{f"{k}_report": v for k, v in reports.items()},
+               **({"logit_adjustment": logit_adjustment.card_entry(adjustment)} if adjustment else {})}
     if not primary:
         return summary
     plot_curves(host["history"], workdir / "curves.png", f"{title} ({config.protocol})")
@@ -156,9 +167,12 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                 **({"vote_targets_weight": vote_weight} if vote_weight else {}),
                 **({"initialized_from": init_from} if init_from else {}),
                 **({"ema_decay": ema_decay} if ema_decay else {}),
+                **({"logit_adjustment": summary["logit_adjustment"]} if adjustment else {}),
                 "command": invoked_command(),
                 "reproduce_command": config.reproduce_command,
                 "note": config.export_note}
-        pretrained.export(best.variables, card, config.export_to)
+        variables = best.variables if shift is None else logit_adjustment.fold_into_output_bias(
+            model, best.variables, shift, val_split["image"][:8])
+        pretrained.export(variables, card, config.export_to)
         summary["exported"] = str(config.export_to)
     return summary

@@ -179,7 +179,8 @@ def fit(state: Any, train_step: Callable, batches: TrainBatches, evaluate: Calla
 # Fields a resumed run may change: how long it runs, how often it logs and saves.
 RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.log_every_steps",
                      "train.checkpoint_every_steps", "train.early_stop_patience", "data.fer2013_path",
-                     "data.tfds_data_dir", "export_to", "export_name", "export_note", "reproduce_command")
+                     "data.tfds_data_dir", "export_to", "export_name", "export_note", "reproduce_command",
+                     "train.logit_adjustment")  # acts after training: a finished run re-exports
 
 
 def flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
