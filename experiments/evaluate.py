@@ -1,6 +1,8 @@
 """Evaluate a pretrained classifier: `--config.model=NAME --config.protocol=original|ferplus`.
 
-`--config.tta=flip` also averages each face with its mirror image (test-time augmentation).
+`--config.tta=flip` also averages each face with its mirror image (test-time augmentation);
+`--config.logit_adjustment=select` subtracts tau * log(Training class frequency) from the logits,
+with tau chosen on PublicTest (ferjax.eval.logit_adjustment).
 """
 import ml_collections
 
@@ -17,6 +19,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.split = "test"
     c.batch_size = 256
     c.tta = "none"  # "flip": average the logits of each face and its mirror image
+    # "select": subtract tau * log(Training class frequency) from the logits, tau chosen on PublicTest
+    c.logit_adjustment = "none"
     c.data = ml_collections.ConfigDict({
         "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
     return c

@@ -79,3 +79,23 @@ def test_unknown_tta_mode_fails_before_loading_data(tmp_path):
                    env_extra={"FER2013_PATH": str(tmp_path / "absent.csv")}, check=False)
     assert proc.returncode == 1 and "--config.tta='mirror'" in proc.stderr
     assert "'flip'" in proc.stderr
+
+
+def test_logit_adjustment_chooses_tau_on_publictest_and_reports_it(tmp_path, synthetic_csv, tfds_dir):
+    """`--config.logit_adjustment=select`: tau from the fixed grid, chosen on the validation split
+    (its table in the report); refused when the split evaluated is the selection split itself."""
+    from ferjax.eval.logit_adjustment import TAUS
+
+    env = {"FER2013_PATH": str(synthetic_csv), "TFDS_DATA_DIR": str(tfds_dir)}
+    proc = run_cli("--experiment=evaluate", "--config.logit_adjustment=select", f"--workdir={tmp_path}",
+                   env_extra=env)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    adjustment = result["logit_adjustment"]
+    assert adjustment["tau"] in TAUS and [row["tau"] for row in adjustment["table"]] == list(TAUS)
+    assert adjustment["selected_on"] == "validation (PublicTest)" and len(adjustment["offset"]) == 7
+    proc = run_cli("--experiment=evaluate", "--config.logit_adjustment=select", "--config.split=validation",
+                   f"--workdir={tmp_path / 'v'}", env_extra=env, check=False)
+    assert proc.returncode == 1 and "--config.split=test" in proc.stderr
+    proc = run_cli("--experiment=evaluate", "--config.logit_adjustment=always", f"--workdir={tmp_path / 'w'}",
+                   env_extra=env, check=False)
+    assert proc.returncode != 0 and "logit_adjustment" in proc.stderr

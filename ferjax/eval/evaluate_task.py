@@ -6,10 +6,12 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 from ferjax import pretrained
 from ferjax.data.fer2013 import EMOTIONS
-from ferjax.eval.predict import evaluate_split
+from ferjax.eval import logit_adjustment
+from ferjax.eval.predict import evaluate_split, predict_logits
 from ferjax.registry import DATASETS
 
 
@@ -30,12 +32,28 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     split = config.split
     if split not in data:
         raise ValueError(f"split {split!r} not in dataset; available: {sorted(data)}")
+    adjust = config.get("logit_adjustment", "none")  # values checked by config.FIELD_RULES
+    if adjust == "select" and split == "validation":
+        raise ValueError("--config.logit_adjustment=select chooses tau on the validation split; "
+                         "evaluate another split (--config.split=test)")
     apply = jax.jit(TTA_MODES[config.tta](lambda v, x: model.apply(v, x, train=False)))
     out_dir = Path(workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = evaluate_split(lambda b: apply(variables, b["image"].astype("float32")), data[split],
-                            config.batch_size, EMOTIONS, config.protocol, split, out_dir,
-                            card.get("name", ""))
+
+    def logits(batch, shift=0.0):
+        return np.asarray(apply(variables, batch["image"].astype("float32"))) + shift
+
+    choice, shift = None, 0.0
+    if adjust == "select":  # tau chosen on the selection split (PublicTest), with the same TTA
+        choice = logit_adjustment.select(
+            predict_logits(logits, data["validation"]["image"], config.batch_size),
+            data["validation"]["label"], logit_adjustment.class_prior(data["train"]["label"], len(EMOTIONS)),
+            EMOTIONS)
+        shift = choice["offset"]
+    report = evaluate_split(lambda b: logits(b, shift), data[split], config.batch_size, EMOTIONS,
+                            config.protocol, split, out_dir, card.get("name", ""))
     report.update(model=card.get("name"), tta=config.tta)
+    if choice is not None:
+        report["logit_adjustment"] = logit_adjustment.card_entry(choice)
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
