@@ -7,7 +7,8 @@ Arms: as_is, cyclegan (disgust topped up to the median class size with generated
 oversample (topped up with copies of the real disgust images), class_weighted (loss weights);
 add `gan_train` to --config.arms for GAN-train (the real disgust images replaced by as many
 generated ones), and `cyclegan_matched` for the cyclegan arm plus matched negatives (each generated
-image's round trip F(G(x)) labelled neutral; balance_fer2013's `matched_negatives`).
+image's round trip F(G(x)) labelled neutral; balance_fer2013's `matched_negatives`), and
+`logit_adjusted` for the as_is classifiers with post-hoc logit adjustment (no training of its own).
 Writes WORKDIR/comparison.md (tables: mean +- sd over seeds; bootstrap 95% intervals of the
 difference from as_is over PrivateTest images) with confusion PNGs; rerun to resume.
 Variant `tiny`: 2 arms x 2 seeds of a few steps on a few hundred images (tests).
@@ -23,7 +24,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c = study_config("compare_balancing", variant, "python -m ferjax.run --experiment=compare_balancing "
                                                    "--config.generator_checkpoint=GENERATOR_DIR")
     c.arms = "as_is,oversample,class_weighted" if variant else \
-        "as_is,cyclegan,oversample,class_weighted"  # and optionally gan_train
+        "as_is,cyclegan,oversample,class_weighted"  # and optionally gan_train, cyclegan_matched, logit_adjusted
     c.generator_checkpoint = ""  # the cyclegan (and gan_train) arm's generator folder
     # the cyclegan_matched arm's reverse generator ("": generator_reverse beside generator_checkpoint)
     c.reverse_generator_checkpoint = ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -149,3 +150,27 @@ def test_curation_study_reuses_the_balancing_baseline(balancing, synthetic_csv, 
     missing = run_cli("--experiment=compare_curation:tiny", f"--workdir={tmp_path / 'x'}",
                       f"--config.curated_dir={tmp_path}", check=False)
     assert missing.returncode == 1 and "holds no derived dataset (no manifest.json)" in missing.stderr
+
+
+def test_logit_adjusted_arm_reuses_the_as_is_weights_and_only_evaluates_again(balancing, tmp_path):
+    """The `logit_adjusted` arm trains nothing: it copies each finished as_is run's checkpoints,
+    chooses tau on the validation split and predicts the test split with the as_is logits plus
+    the offset; a rerun keeps it."""
+    args, wd, _ = balancing
+    shutil.copytree(wd / "as_is", tmp_path / "as_is")
+    study_args = [a for a in args if not a.startswith("--workdir=")] + [
+        f"--workdir={tmp_path}", "--config.arms=as_is,logit_adjusted"]
+    proc = run_cli(*study_args)
+    assert "training" not in proc.stdout
+    assert "[2/4] logit_adjusted seed 0: the as_is run's weights, evaluated again" in proc.stdout
+    for seed in (0, 1):
+        run, base = tmp_path / "logit_adjusted" / f"seed{seed}", tmp_path / "as_is" / f"seed{seed}"
+        report = json.loads((run / "report.json").read_text())
+        assert report["best_step"] == json.loads((base / "report.json").read_text())["best_step"]
+        offset = np.asarray(report["logit_adjustment"]["offset"], np.float32)
+        with np.load(run / "predictions_test.npz") as adjusted, np.load(base / "predictions_test.npz") as plain:
+            np.testing.assert_allclose(adjusted["logits"], plain["logits"] + offset, atol=1e-4)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary["mean_over_seeds"]["original"]) == {"as_is", "logit_adjusted"}
+    again = run_cli(*study_args)
+    assert again.stdout.count("done before, kept") == 4

@@ -4,7 +4,8 @@ Arms: `as_is` (the original Training split), `cyclegan` (target class topped up 
 generator translated from the source class), `oversample` (topped up with copies of the real
 target-class images, to the same count) and `class_weighted` (the original data, loss weights
 n / (K n_class)); optionally `gan_train` (GAN-train: the real target-class images replaced by as
-many generated ones). The arms' datasets are derived datasets written by the `balance` task into
+many generated ones) and `logit_adjusted` (the as_is classifiers with post-hoc logit adjustment,
+tau chosen on PublicTest: no training of its own). The arms' datasets are derived datasets written by the `balance` task into
 WORKDIR/data/ARM and reused on a rerun. Scores: the untouched test split (PrivateTest) with
 the original labels, and with the FER+ majority labels where fer2013new.csv is present.
 """
@@ -24,7 +25,7 @@ from ferjax.data.fer2013 import class_index
 from ferjax.eval import shortcut, study
 from ferjax.train.generator_export import REVERSE
 
-ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train", "cyclegan_matched")
+ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train", "cyclegan_matched", "logit_adjusted")
 # arm -> balance_fer2013 overrides of its derived dataset
 BALANCED = {"cyclegan": ("method=generator",), "oversample": ("method=oversample",),
             "gan_train": ("method=generator", "replace_real=True"), "cyclegan_matched": ("method=generator",)}
@@ -87,13 +88,15 @@ def compare_balancing(config: ml_collections.ConfigDict, workdir: str) -> dict:
         class_index(config.source_class)
     except ValueError as e:
         raise ValueError(f"--config.source_class / --config.target_class: {e}") from None
-    overrides = {"as_is": [], "class_weighted": ["train.class_weighting=balanced"]}
+    overrides = {"as_is": [], "class_weighted": ["train.class_weighting=balanced"],
+                 "logit_adjusted": ["train.logit_adjustment=select"]}  # as_is's weights, adjusted
     for arm in BALANCED:
         if arm in arms:  # made in ARMS order
             overrides[arm] = ["dataset=derived", f"data.derived_dir={_prepare(config, arm, workdir)}"]
     arm_overrides = {a: overrides[a] for a in arms}
     common = [*study.data_overrides(config.data), *config.recipe_overrides]
-    runs = study.run_arms(config.recipe, arm_overrides, range(config.seeds), common, workdir)
+    runs = study.run_arms(config.recipe, arm_overrides, range(config.seeds), common, workdir,
+                          post_hoc={"logit_adjusted": "as_is"})
 
     splits = study.fer2013_splits(config.recipe, common)
     scores = study.score_test_labels(runs, splits["test"], "as_is", focus, config.bootstrap, config.balance_seed)

@@ -19,13 +19,17 @@ from ferjax.train.checkpoint import best_variables
 
 
 def run_predictor(run_dir: str | Path, batch_size: int = 256):
-    """images [N,48,48,1] uint8 -> predicted class, by a finished classifier run's best checkpoint."""
+    """images [N,48,48,1] uint8 -> predicted class, by a finished classifier run's best checkpoint
+    (with the run's logit adjustment, when its report records one)."""
     from ferjax.train.classifier_task import classifier_kwargs  # noqa: PLC0415
 
     variables = best_variables(run_dir)
     config = ml_collections.ConfigDict(json.loads((Path(run_dir) / "config.json").read_text()))
     model = CLASSIFIERS.create(config.classifier, **classifier_kwargs(config))
-    apply = jax.jit(lambda x: model.apply(variables, x, train=False).argmax(-1))
+    report = Path(run_dir) / "report.json"
+    adjustment = json.loads(report.read_text()).get("logit_adjustment") if report.is_file() else None
+    shift = np.asarray(adjustment["offset"], np.float32) if adjustment else np.float32(0.0)
+    apply = jax.jit(lambda x: (model.apply(variables, x, train=False) + shift).argmax(-1))
 
     def predict(images: np.ndarray) -> np.ndarray:
         x = np.asarray(images, np.float32)

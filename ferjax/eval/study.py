@@ -10,6 +10,7 @@ differs from the one the study would train now is refused, naming the fields.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -70,15 +71,18 @@ def _refuse_stale(run_dir: Path, config: ml_collections.ConfigDict, defaults: di
 
 def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int],
              common: Sequence[str], workdir: str | Path,
-             reuse: Mapping[str, str | Path] | None = None) -> dict[str, list[Path]]:
+             reuse: Mapping[str, str | Path] | None = None,
+             post_hoc: Mapping[str, str] | None = None) -> dict[str, list[Path]]:
     """Trains `recipe` with each arm's overrides (after `common`) and `train.seed=S` for every
     seed (all arms of seed 0 first, then of seed 1, ...) into WORKDIR/ARM/seedS; returns the run
     folders per arm. `reuse` maps an arm to another study's folder of that arm (FOLDER/seedS):
     its finished runs stand in for training, when their config is the one this study would train
-    (e.g. the shared `as_is` baseline)."""
+    (e.g. the shared `as_is` baseline). `post_hoc` maps an arm whose overrides only act after
+    training (`train.logit_adjustment`) to the arm it shares its training with (listed before it):
+    that arm's finished checkpoints are copied in and only the evaluation runs again."""
     from ferjax.train.classifier_task import train_classifier  # noqa: PLC0415
 
-    workdir, reuse = Path(workdir), reuse or {}
+    workdir, reuse, post_hoc = Path(workdir), reuse or {}, post_hoc or {}
     # Seed-major: an interrupted study already holds every arm at its first seeds.
     plan = [(arm, seed) for seed in seeds for arm in arms]
     configs = {(arm, seed): cfg_lib.build(recipe, [*common, *arms[arm], f"train.seed={seed}"])
@@ -95,7 +99,16 @@ def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int
             _refuse_stale(run_dir, configs[arm, seed], defaults)
             print(f"[{i}/{len(plan)}] {arm} seed {seed}: done before, kept ({run_dir})", flush=True)
             continue
-        print(f"[{i}/{len(plan)}] {arm} seed {seed}: training {recipe} -> {run_dir}", flush=True)
+        base = runs[post_hoc[arm]][-1] if arm in post_hoc else None
+        if base is not None and (base / "report.json").exists() and not (run_dir / "checkpoints").exists():
+            print(f"[{i}/{len(plan)}] {arm} seed {seed}: the {post_hoc[arm]} run's weights, evaluated "
+                  f"again -> {run_dir}", flush=True)
+            partial = run_dir / ".checkpoints.copying"  # renamed when complete: a kill leaves no half copy
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(base / "checkpoints", partial)
+            partial.rename(run_dir / "checkpoints")
+        else:
+            print(f"[{i}/{len(plan)}] {arm} seed {seed}: training {recipe} -> {run_dir}", flush=True)
         train_classifier(configs[arm, seed], str(run_dir))
     return runs
 
