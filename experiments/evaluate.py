@@ -21,6 +21,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.tta = "none"  # "flip": average the logits of each face and its mirror image
     # "select": subtract tau * log(Training class frequency) from the logits, tau chosen on PublicTest
     c.logit_adjustment = "none"
+    c.export_to = ""  # with logit_adjustment=select: write the adjusted model (offset in its output bias)
+    c.export_name = ""
     c.data = ml_collections.ConfigDict({
         "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
     return c

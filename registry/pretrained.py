@@ -23,6 +23,12 @@ def fer2013_distilled() -> WeightsSpec:
     return _shipped("vgg_small", "fer2013_distilled")
 
 
+@PRETRAINED.register("fer2013_distilled_adjusted")
+def fer2013_distilled_adjusted() -> WeightsSpec:
+    """fer2013_distilled with post-hoc logit adjustment (tau 0.5, chosen on PublicTest) in its output bias."""
+    return _shipped("vgg_small", "fer2013_distilled_adjusted")
+
+
 @PRETRAINED.register("ferplus_vgg_small")
 def ferplus_vgg_small() -> WeightsSpec:
     """vgg_small trained towards FER+ vote distributions (protocol `ferplus`, `ferplus_vgg:cpu`)."""

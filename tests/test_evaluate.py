@@ -45,7 +45,7 @@ def test_evaluate_reproduces_model_card_on_privatetest(tmp_path, real_fer, tfds_
     proc = run_cli("--experiment=evaluate", f"--config.data.fer2013_path={real_fer}",
                    f"--workdir={tmp_path}", env_extra={"TFDS_DATA_DIR": str(tfds_dir)})
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["n"] == card["n"] == 3589 and result["model"] == card["name"] == "fer2013_vgg_small"
+    assert result["n"] == card["n"] == 3589 and result["model"] == card["name"] == pretrained.DEFAULT
     assert result["protocol"] == card["protocol"] == "original"
     # Every figure of the card, within one image's worth (float rounding may flip a borderline face).
     private_counts = dict(zip(card["classes"], (491, 55, 528, 879, 594, 416, 626)))  # GUIDE.md
@@ -99,3 +99,28 @@ def test_logit_adjustment_chooses_tau_on_publictest_and_reports_it(tmp_path, syn
     proc = run_cli("--experiment=evaluate", "--config.logit_adjustment=always", f"--workdir={tmp_path / 'w'}",
                    env_extra=env, check=False)
     assert proc.returncode != 0 and "logit_adjustment" in proc.stderr
+
+
+def test_evaluate_exports_the_adjusted_model_with_its_card(tmp_path, synthetic_csv, tfds_dir):
+    """`--config.export_to`: the source weights with the chosen offset in the output bias (its
+    logits move by exactly the offset) and a card with the test figures just measured; refused
+    without the adjustment."""
+    import flax.serialization
+
+    env = {"FER2013_PATH": str(synthetic_csv), "TFDS_DATA_DIR": str(tfds_dir)}
+    out = tmp_path / "adjusted.msgpack"
+    proc = run_cli("--experiment=evaluate", "--config.model=fer2013_vgg_small", "--config.logit_adjustment=select",
+                   f"--config.export_to={out}", "--config.export_name=adjusted_test", f"--workdir={tmp_path / 'e'}",
+                   env_extra=env)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["name"] == "adjusted_test" and card["adjusted_from"] == "fer2013_vgg_small"
+    assert card["accuracy"] == result["accuracy"] and card["logit_adjustment"]["tau"] == result["logit_adjustment"]["tau"]
+    model, source, _ = pretrained.load("fer2013_vgg_small")
+    adjusted = flax.serialization.from_bytes(source, out.read_bytes())
+    x = np.random.default_rng(2).uniform(0, 255, (3, 48, 48, 1)).astype(np.float32)
+    delta = np.asarray(model.apply(adjusted, x, train=False)) - np.asarray(model.apply(source, x, train=False))
+    np.testing.assert_allclose(delta, np.broadcast_to(card["logit_adjustment"]["offset"], delta.shape), atol=1e-4)
+    proc = run_cli("--experiment=evaluate", f"--config.export_to={tmp_path / 'x.msgpack'}", "--config.export_name=x",
+                   f"--workdir={tmp_path / 'f'}", env_extra=env, check=False)
+    assert proc.returncode == 1 and "--config.logit_adjustment=select" in proc.stderr

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from ferjax import pretrained
+from ferjax.config import invoked_command
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.eval import logit_adjustment
 from ferjax.eval.predict import evaluate_split, predict_logits
@@ -36,6 +37,11 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     if adjust == "select" and split == "validation":
         raise ValueError("--config.logit_adjustment=select chooses tau on the validation split; "
                          "evaluate another split (--config.split=test)")
+    export_to = config.get("export_to", "")
+    if export_to and (adjust != "select" or config.tta != "none" or split != "test" or not config.export_name):
+        raise ValueError("--config.export_to writes the logit-adjusted model: it needs "
+                         "--config.logit_adjustment=select, --config.tta=none, --config.split=test and "
+                         "--config.export_name=NAME")
     apply = jax.jit(TTA_MODES[config.tta](lambda v, x: model.apply(v, x, train=False)))
     out_dir = Path(workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,5 +61,23 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     report.update(model=card.get("name"), tta=config.tta)
     if choice is not None:
         report["logit_adjustment"] = logit_adjustment.card_entry(choice)
+    if export_to:
+        _export_adjusted(model, variables, card, report, data["validation"]["image"][:8], config)
+        report["exported"] = str(export_to)
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _export_adjusted(model, variables, card: dict, report: dict, probe, config: ml_collections.ConfigDict) -> None:
+    """Writes the adjusted model (offset folded into its output bias) with a card holding the
+    source model's, the adjustment and the test figures just measured."""
+    adjusted = logit_adjustment.fold_into_output_bias(
+        model, variables, np.asarray(report["logit_adjustment"]["offset"], np.float32), probe)
+    new_card = {**card, "name": config.export_name, "adjusted_from": card.get("name"),
+                **{k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_recall")},
+                "logit_adjustment": report["logit_adjustment"], "command": invoked_command(),
+                "source_command": card.get("command"), "source_reproduce_command": card.get("reproduce_command"),
+                "reproduce_command": f"python -m ferjax.run --experiment=evaluate --config.model={card.get('name')} "
+                                     f"--config.logit_adjustment=select --config.export_to=FILE "
+                                     f"--config.export_name={config.export_name}"}
+    pretrained.export(adjusted, new_card, config.export_to)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from ferjax.atomic import atomic_write_bytes
 from ferjax.registry import CLASSIFIERS, PRETRAINED
 
-DEFAULT = "fer2013_vgg_small"
+DEFAULT = "fer2013_distilled_adjusted"
 
 
 @dataclasses.dataclass(frozen=True)
