@@ -383,7 +383,12 @@ def test_ema_state_averages_the_weights_without_changing_training():
 
 def test_ema_run_exports_the_average_and_records_it(tmp_path):
     """A run with `train.ema_decay` exports the moving average (not the live weights) of the best
-    checkpoint and names the decay in the model card."""
+    checkpoint and names the decay in the model card. Rerunning the finished run with
+    `train.logit_adjustment=select` (a resumable change: it acts after training) chooses tau on the
+    validation split, reports the test split with the adjusted logits and exports the average with
+    the offset folded into the output bias."""
+    from ferjax.eval import logit_adjustment as la
+    from ferjax.registry import CLASSIFIERS
     from ferjax.train.classifier_task import train_classifier
 
     data, config = _one_epoch_in_memory_run()
@@ -401,6 +406,20 @@ def test_ema_run_exports_the_average_and_records_it(tmp_path):
     differs = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(exported["params"]),
                                                      jax.tree.leaves(saved["params"]))]
     assert any(differs)
+
+    config.train.logit_adjustment = "select"
+    adjusted_to = tmp_path / "export" / "adjusted.msgpack"
+    config.export_to = str(adjusted_to)
+    summary = train_classifier(config, str(tmp_path / "run"), data=data)
+    adjustment = summary["logit_adjustment"]
+    assert adjustment["tau"] in la.TAUS and [r["tau"] for r in adjustment["table"]] == list(la.TAUS)
+    assert json.loads(adjusted_to.with_suffix(".json").read_text())["logit_adjustment"]["tau"] == adjustment["tau"]
+    model = CLASSIFIERS.create(config.classifier, **dict(config.classifier_kwargs))
+    images = data["test"]["image"].astype(np.float32)
+    before = np.asarray(model.apply(exported, images, train=False))
+    after = np.asarray(model.apply(flax.serialization.msgpack_restore(adjusted_to.read_bytes()), images, train=False))
+    np.testing.assert_allclose(after - before, np.broadcast_to(adjustment["offset"], before.shape), atol=1e-4)
+    assert summary["test_report"]["accuracy"] == pytest.approx(np.mean(after.argmax(1) == data["test"]["label"]))
 
 
 def test_resume_with_an_option_that_changes_the_state_is_refused_naming_it(tmp_path):
@@ -446,31 +465,3 @@ def test_resume_refuses_an_option_added_since_the_checkpoint_unless_at_its_defau
     built_in_code = {**current, "name": "not_an_experiment"}  # no recipe: added options never count
     refuse_changed_config({**saved, "name": "not_an_experiment"}, built_in_code, tmp_path)
 
-
-def test_logit_adjustment_on_a_finished_run_selects_on_validation_and_folds_into_the_export(tmp_path):
-    """`train.logit_adjustment=select` acts after training: rerunning a finished run with it
-    (a resumable change) chooses tau on the validation split, reports the test split with the
-    adjusted logits, and exports the best weights with the offset folded into the output bias."""
-    from ferjax.eval import logit_adjustment as la
-    from ferjax.registry import CLASSIFIERS
-    from ferjax.train.classifier_task import train_classifier
-
-    data, config = _one_epoch_in_memory_run()
-    train_classifier(config, str(tmp_path / "run"), data=data)
-    config.train.logit_adjustment = "select"
-    config.export_to = str(tmp_path / "export" / "model.msgpack")
-    summary = train_classifier(config, str(tmp_path / "run"), data=data)
-    adjustment = summary["logit_adjustment"]
-    assert adjustment["tau"] in la.TAUS and [r["tau"] for r in adjustment["table"]] == list(la.TAUS)
-    card = json.loads((tmp_path / "export" / "model.json").read_text())
-    assert card["logit_adjustment"]["tau"] == adjustment["tau"]
-    best = tmp_path / "run" / "checkpoints" / "best"
-    saved = ocp.PyTreeCheckpointer().restore(best / str(saved_steps(best)[-1]) / "state")
-    exported = flax.serialization.msgpack_restore((tmp_path / "export" / "model.msgpack").read_bytes())
-    model = CLASSIFIERS.create(config.classifier, **dict(config.classifier_kwargs))
-    images = data["test"]["image"].astype(np.float32)
-    before = np.asarray(model.apply({"params": saved["params"], "batch_stats": saved["batch_stats"]},
-                                    images, train=False))
-    after = np.asarray(model.apply(exported, images, train=False))
-    np.testing.assert_allclose(after - before, np.broadcast_to(adjustment["offset"], before.shape), atol=1e-4)
-    assert summary["test_report"]["accuracy"] == pytest.approx(np.mean(after.argmax(1) == data["test"]["label"]))
