@@ -12,7 +12,7 @@ from ferjax import pretrained
 from ferjax.config import invoked_command
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.eval import logit_adjustment
-from ferjax.eval.predict import evaluate_split, predict_logits
+from ferjax.eval.predict import evaluate_split
 from ferjax.registry import DATASETS
 
 
@@ -51,10 +51,7 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
 
     choice, shift = None, 0.0
     if adjust == "select":  # tau chosen on the selection split (PublicTest), with the same TTA
-        choice = logit_adjustment.select(
-            predict_logits(logits, data["validation"]["image"], config.batch_size),
-            data["validation"]["label"], logit_adjustment.class_prior(data["train"]["label"], len(EMOTIONS)),
-            EMOTIONS)
+        choice = logit_adjustment.select_on_validation(logits, data, config.batch_size, EMOTIONS)
         shift = choice["offset"]
     report = evaluate_split(lambda b: logits(b, shift), data[split], config.batch_size, EMOTIONS,
                             config.protocol, split, out_dir, card.get("name", ""))
@@ -62,17 +59,17 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     if choice is not None:
         report["logit_adjustment"] = logit_adjustment.card_entry(choice)
     if export_to:
-        _export_adjusted(model, variables, card, report, data["validation"]["image"][:8], config)
+        _export_adjusted(model, variables, card, report, shift, data["validation"]["image"][:8], config)
         report["exported"] = str(export_to)
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _export_adjusted(model, variables, card: dict, report: dict, probe, config: ml_collections.ConfigDict) -> None:
-    """Writes the adjusted model (offset folded into its output bias) with a card holding the
-    source model's, the adjustment and the test figures just measured."""
-    adjusted = logit_adjustment.fold_into_output_bias(
-        model, variables, np.asarray(report["logit_adjustment"]["offset"], np.float32), probe)
+def _export_adjusted(model, variables, card: dict, report: dict, shift: np.ndarray, probe,
+                     config: ml_collections.ConfigDict) -> None:
+    """Writes the adjusted model (the evaluated offset `shift` folded into its output bias) with a
+    card holding the source model's, the adjustment and the test figures just measured."""
+    adjusted = logit_adjustment.fold_into_output_bias(model, variables, shift, probe)
     new_card = {**card, "name": config.export_name, "adjusted_from": card.get("name"),
                 **{k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_recall")},
                 "logit_adjustment": report["logit_adjustment"], "command": invoked_command(),

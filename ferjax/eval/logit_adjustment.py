@@ -9,12 +9,13 @@ pipeline, the service) runs unchanged.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from ferjax.eval.metrics import classification_report
+from ferjax.eval.predict import predict_logits
 
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -48,6 +49,15 @@ def select(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray,
     best = max(table, key=lambda row: (row["score"], -row["tau"]))
     return {"tau": best["tau"], "offset": offset(prior, best["tau"]), "prior": prior,
             "criterion": "mean of accuracy and balanced accuracy on the selection split", "table": table}
+
+
+def select_on_validation(logits_fn: Callable[[dict], np.ndarray], splits: Mapping[str, Mapping[str, np.ndarray]],
+                         batch_size: int, class_names: Sequence[str]) -> dict:
+    """`select` on the `validation` split's logits (by `logits_fn`, a batch dict -> [B, K]), with
+    the `train` split's class frequencies as the prior."""
+    validation = splits["validation"]
+    return select(predict_logits(logits_fn, validation["image"], batch_size), validation["label"],
+                  class_prior(splits["train"]["label"], len(class_names)), class_names)
 
 
 def card_entry(choice: dict) -> dict:

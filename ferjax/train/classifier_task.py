@@ -16,7 +16,7 @@ from ferjax.data.fer2013 import EMOTIONS
 from ferjax.data.pipeline import TrainBatches
 from ferjax.eval import logit_adjustment
 from ferjax.eval.plots import plot_curves
-from ferjax.eval.predict import evaluate_split, predict_logits
+from ferjax.eval.predict import evaluate_split
 from ferjax.registry import CLASSIFIERS, DATASETS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.classifier_steps import create_state, make_steps
@@ -132,9 +132,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     best = jax.device_put(restore_best(state, workdir, tcfg.select_metric), sharding.replicated(mesh))
     adjustment = None  # post-hoc logit adjustment, its tau chosen on the selection split
     if tcfg.get("logit_adjustment", "none") == "select":
-        adjustment = logit_adjustment.select(
-            predict_logits(logits_fn(best), val_split["image"], eval_bs), val_split["label"],
-            logit_adjustment.class_prior(data["train"]["label"], len(EMOTIONS)), EMOTIONS)
+        adjustment = logit_adjustment.select_on_validation(logits_fn(best), data, eval_bs, EMOTIONS)
     shift = adjustment["offset"] if adjustment else None
     title = f"{config.classifier}"
     reports = {name: evaluate_split(logits_fn(best, shift), data[name], eval_bs, EMOTIONS, config.protocol,
