@@ -11,7 +11,9 @@ same count (random oversampling; no generator). To balance
 a curated set, set `dataset=derived` and `data.derived_dir` to it here too. `replace_real=True`
 puts generated images in place of the real target-class ones (GAN-train).
 `matched_negatives=RUN/generator_reverse` also adds each generated image's round trip F(G(x)),
-labelled with the source class.
+labelled with the source class. `source_detail_sigma=S` keeps each generated image's coarse
+content (blurred at S px) and puts the source photograph's fine detail back (a generator's blur and
+checkerboard are a signature a classifier can learn instead of the expression).
 """
 import ml_collections
 
@@ -41,6 +43,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # image G(x), add the round trip F(G(x)) labelled source_class, so that the generators' look
     # is found on both labels and cannot tell the target class ("" : off)
     c.matched_negatives = ""
+    # > 0: each generated image = its Gaussian blur at this sigma (px) + the source image's fine
+    # detail (source - its blur), so the generator's texture does not mark the added images (0: off)
+    c.source_detail_sigma = 0.0
     c.batch_size = 64  # images per generator call
     c.seed = 0  # which source images are translated
     c.out_dir = ""  # default: WORKDIR/dataset

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -316,3 +317,62 @@ def test_study_matched_arm_finds_the_reverse_generator_beside_the_forward_one(ge
                                                   f"reverse_generator_checkpoint={tmp_path / 'none'}"])
     with pytest.raises(ValueError, match="ferjax.train.generator_export --run=RUN_DIR"):
         _prepare(missing, "cyclegan_matched", tmp_path / "other")
+
+
+def test_source_detail_keeps_coarse_generated_content_and_fine_source_detail():
+    """The blend is exact where it should be: a flat generated image takes the source's texture
+    around its own level; a generated image equal to its source comes back unchanged; a
+    checkerboard (a transposed convolution's signature) is removed."""
+    rng = np.random.default_rng(0)
+    src = rng.integers(40, 200, (3, 48, 48, 1), dtype=np.uint8)
+    assert np.array_equal(balance_task.keep_source_detail(src, src, 1.0), src)
+    flat = np.full_like(src, 120)
+    out = balance_task.keep_source_detail(flat, src, 1.0).astype(np.float32)
+    detail = src.astype(np.float32) - np.stack(
+        [cv2.GaussianBlur(s[..., 0].astype(np.float32), (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+         for s in src])[..., None]
+    np.testing.assert_allclose(out, np.clip(np.rint(120 + detail), 0, 255), atol=1)
+    checker = (np.indices((48, 48)).sum(0) % 2 * 60 + 90).astype(np.uint8)[None, ..., None]
+    smooth = np.full((1, 48, 48, 1), 120, np.uint8)
+    blended = balance_task.keep_source_detail(checker, smooth, 1.0).astype(np.float32)
+    assert np.abs(np.diff(blended[0, 20:28, 20:28, 0], axis=1)).max() <= 2  # checkerboard gone
+    assert np.abs(checker[0, 20:28, 20:28, 0].astype(float) - 120).max() == 30
+    with pytest.raises(ValueError, match="expected a blur in pixels > 0"):
+        balance_task.keep_source_detail(src, src, 0.0)
+
+
+def test_source_detail_option_in_balance_and_study(generator_dir, data_args, tmp_path):
+    """balance_fer2013 with source_detail_sigma adds keep_source_detail(G(x), x) with the setting in
+    the manifest and the reason; the study's cyclegan_detail arm passes its sigma and refuses to
+    reuse data made with another; a negative sigma, or one with oversampling, fails first."""
+    from ferjax.data import derived
+    from ferjax.eval.balancing_study import _prepare
+    from ferjax.train.generator_export import load_generator
+
+    for bad in (("source_detail_sigma=-1",), ("method=oversample", "source_detail_sigma=1.0")):
+        with pytest.raises(ValueError, match="source_detail_sigma"):
+            balance_task.balance(_config(generator_dir, data_args, tmp_path, *bad), str(tmp_path))
+    summary = balance_task.balance(_config(generator_dir, data_args, tmp_path, "target_count=30",
+                                           "source_detail_sigma=1.5"), str(tmp_path))
+    assert summary["generated"] == 7
+    manifest, entries, images = derived.read(tmp_path / "out")
+    assert manifest["info"]["balance"]["source_detail_sigma"] == 1.5
+    added = [e for e in entries if e.action == "added"]
+    assert all("fine detail (above a 1.5 px Gaussian) from the source image" in e.reason for e in added)
+    cfg = cfg_lib.build("fer2013_vgg:tiny", [*data_args, "data.limit_per_split=0"])
+    base = DATASETS.create("fer2013", cfg=cfg.data, protocol="original")["train"]
+    sources = base["image"][[e.base_row for e in added]]  # synthetic Training rows are CSV rows
+    if sources.ndim == 3:
+        sources = sources[..., None]
+    generated = balance_task._translate(load_generator(generator_dir), sources, 8, "test")
+    np.testing.assert_array_equal(images[[e.added_index for e in added]],
+                                  balance_task.keep_source_detail(generated, sources, 1.5))
+
+    study = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
+                                                "target_count=30", "source_detail_sigma=2.0"])
+    out = _prepare(study, "cyclegan_detail", tmp_path / "study")
+    assert derived.read(out)[0]["info"]["balance"]["source_detail_sigma"] == 2.0
+    assert _prepare(study, "cyclegan_detail", tmp_path / "study") == out  # made before: reused
+    study.source_detail_sigma = 1.0
+    with pytest.raises(ValueError, match="was made with source_detail_sigma 2.0, not 1.0"):
+        _prepare(study, "cyclegan_detail", tmp_path / "study")

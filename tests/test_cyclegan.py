@@ -222,7 +222,9 @@ def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(
     assert 0.0 <= quality["guide_target_rate"] <= 1.0 and 0.0 <= quality["gan_test_target_rate"] <= 1.0
 
 
-def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterrupted):
+def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterrupted, monkeypatch):
+    from ferjax.eval.rescore_generator import rescore
+
     wd, _ = uninterrupted
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "FER2013_PATH": str(synthetic_csv)}
     proc = subprocess.run([sys.executable, "-m", "ferjax.eval.rescore_generator", f"--run={wd}",
@@ -237,6 +239,12 @@ def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterru
     bad = subprocess.run([sys.executable, "-m", "ferjax.eval.rescore_generator", f"--run={wd / 'samples'}"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "expected a cyclegan workdir" in bad.stderr
+    # The images balance_fer2013 adds with source_detail_sigma are other images: other scores.
+    monkeypatch.setenv("FER2013_PATH", str(synthetic_csv))
+    detail = rescore(wd, "cyclegan_neutral2disgust:tiny", source_detail_sigma=1.0)
+    assert detail["source_detail_sigma"] == 1.0 and detail["generated"] == original["generated"]
+    assert detail["kid_mean"] != pytest.approx(original["kid_mean"], rel=1e-3)
+    assert detail["target_rate_on_real_source_inputs"] == original["target_rate_on_real_source_inputs"]
 
 
 def test_export_from_run_rewrites_both_generators_from_the_checkpoint(uninterrupted, tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import jax
 import ml_collections
 import numpy as np
@@ -126,6 +127,24 @@ def _translate(generator, images: np.ndarray, batch_size: int, desc: str) -> np.
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
+def keep_source_detail(generated: np.ndarray, sources: np.ndarray, sigma: float) -> np.ndarray:
+    """uint8 [N,H,W,1]: the generated image's coarse content (a Gaussian blur of standard deviation
+    `sigma` pixels) plus the source image's fine detail (the source minus its own blur). An
+    expression change lives in the coarse content; a generator's blur and transposed-convolution
+    checkerboard live in the fine detail, which this replaces with a real photograph's."""
+    if generated.shape != sources.shape:
+        raise ValueError(f"generated images {generated.shape} and their sources {sources.shape} differ in shape")
+    if sigma <= 0:
+        raise ValueError(f"source_detail_sigma={sigma}: expected a blur in pixels > 0 (0 turns it off)")
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.GaussianBlur(im[..., 0], (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+                         for im in x])[..., None]
+
+    g, s = generated.astype(np.float32), sources.astype(np.float32)
+    return np.clip(np.rint(blur(g) + s - blur(s)), 0, 255).astype(np.uint8)
+
+
 def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Brings the target class to `target_count` Training examples and writes the derived dataset
     to `out_dir` (default WORKDIR/dataset): `method=generator` translates source-class images,
@@ -133,6 +152,9 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t0 = time.perf_counter()
     if config.method not in METHODS:
         raise ValueError(f"--config.method={config.method!r}: expected one of {list(METHODS)}")
+    if config.source_detail_sigma < 0 or (config.source_detail_sigma and config.method != "generator"):
+        raise ValueError(f"--config.source_detail_sigma={config.source_detail_sigma}: expected a blur in "
+                         f"pixels >= 0 (0: off), and only with --config.method=generator")
     if config.method == "oversample":
         if config.replace_real:
             raise ValueError("--config.replace_real needs --config.method=generator (oversampling "
@@ -183,12 +205,18 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
     generated = _translate(generator, images[pick], config.batch_size, f"{EMOTIONS[src]} -> {EMOTIONS[tgt]}")
     translate_seconds = time.perf_counter() - t1
     ckpt = str(generator.path.resolve())
-    builder.add(generated, [tgt] * need, source="generated", base_rows=rows[pick],
-                reason=f"{meta['generator']} generator {EMOTIONS[src]}->{EMOTIONS[tgt]} (step {meta['step']})",
+    reason = f"{meta['generator']} generator {EMOTIONS[src]}->{EMOTIONS[tgt]} (step {meta['step']})"
+    if config.source_detail_sigma:  # the matched negatives below round-trip G(x) itself
+        added = keep_source_detail(generated, images[pick], config.source_detail_sigma)
+        reason += f", fine detail (above a {config.source_detail_sigma:g} px Gaussian) from the source image"
+    else:
+        added = generated
+    builder.add(added, [tgt] * need, source="generated", base_rows=rows[pick], reason=reason,
                 generator_checkpoint=ckpt)
     info = {"balance": {"source_class": EMOTIONS[src], "target_class": EMOTIONS[tgt],
                         "target_count": target, "generated": need, "seed": config.seed,
                         "replace_real": config.replace_real,
+                        "source_detail_sigma": config.source_detail_sigma,
                         "generator_checkpoint": ckpt, "generator": meta},
             "config": config.to_dict()}
     if reverse is not None:  # F(G(x)) labelled source: the generators' look on both labels

@@ -25,10 +25,12 @@ from ferjax.data.fer2013 import class_index
 from ferjax.eval import shortcut, study
 from ferjax.train.generator_export import REVERSE
 
-ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train", "cyclegan_matched", "logit_adjusted")
+ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train", "cyclegan_matched", "cyclegan_detail",
+        "logit_adjusted")
 # arm -> balance_fer2013 overrides of its derived dataset
 BALANCED = {"cyclegan": ("method=generator",), "oversample": ("method=oversample",),
-            "gan_train": ("method=generator", "replace_real=True"), "cyclegan_matched": ("method=generator",)}
+            "gan_train": ("method=generator", "replace_real=True"), "cyclegan_matched": ("method=generator",),
+            "cyclegan_detail": ("method=generator",)}
 
 
 def reverse_generator(config: ml_collections.ConfigDict) -> str:
@@ -58,8 +60,15 @@ def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path
                              f"export it with `python -m ferjax.train.generator_export --run=RUN_DIR` or set "
                              f"--config.reverse_generator_checkpoint=DIR")
         overrides.append(f"matched_negatives={reverse}")
+    sigma = config.source_detail_sigma if arm == "cyclegan_detail" else 0.0
+    if sigma:
+        overrides.append(f"source_detail_sigma={sigma}")
     if (out / "manifest.json").exists():
         made = json.loads((out / "manifest.json").read_text())["info"]["balance"]
+        if made.get("source_detail_sigma", 0.0) != sigma:
+            raise ValueError(f"{out} was made with source_detail_sigma {made.get('source_detail_sigma', 0.0)}, "
+                             f"not {sigma}: delete {out} and {workdir / arm} to redo the arm, or use another "
+                             f"--workdir")
         for key, path, have in (
                 ("generator", config.generator_checkpoint if generated else None, made.get("generator_checkpoint")),
                 ("reverse generator", reverse, made.get("matched_negatives", {}).get("generator_checkpoint"))):

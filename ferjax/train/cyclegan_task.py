@@ -208,10 +208,13 @@ def class_guide(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.
 
 def generator_quality(config, g_variables, generator, source: np.ndarray, target: np.ndarray,
                       test: dict | None, tgt_idx: int, ssim: dict, judge_model: tuple,
-                      guide: Callable[[jax.Array], jax.Array] | None) -> dict:
+                      guide: Callable[[jax.Array], jax.Array] | None, source_detail_sigma: float = 0.0) -> dict:
     """KID/FID against real Training target images and GAN-test, on the features of
     `judge_model` ((model, variables) of `config.quality.model`, a classifier trained on real data);
-    cycle/identity SSIM from the final evaluation; the class guide's own rate when there is one."""
+    cycle/identity SSIM from the final evaluation; the class guide's own rate when there is one.
+    `source_detail_sigma` > 0 scores the images balance_fer2013 adds with that setting (the
+    generated coarse content with the source's fine detail) instead of the raw G(x)."""
+    from ferjax.data.balance_task import keep_source_detail
     from ferjax.eval.gan_quality import feature_fn, fid, kid
 
     q = config.quality
@@ -221,6 +224,8 @@ def generator_quality(config, g_variables, generator, source: np.ndarray, target
     translate = jax.jit(lambda x: generator.apply(g_variables, to_unit(x), train=False))
     fake = np.concatenate([to_uint8(translate(inputs[i:i + 256]))
                            for i in range(0, len(inputs), 256)])
+    if source_detail_sigma:
+        fake = keep_source_detail(fake, inputs, source_detail_sigma)
     f_real, _ = features(target)
     f_fake, p_fake = features(fake)
     _, p_src = features(inputs)
@@ -232,6 +237,8 @@ def generator_quality(config, g_variables, generator, source: np.ndarray, target
               "gan_test_target_rate": float(np.mean(p_fake.argmax(1) == tgt_idx)),
               "target_rate_on_real_source_inputs": float(np.mean(p_src.argmax(1) == tgt_idx)),
               "cycle_ssim": ssim["cycle_ssim"], "identity_ssim": ssim["identity_ssim"]}
+    if source_detail_sigma:
+        report["source_detail_sigma"] = source_detail_sigma
     if guide is not None:  # the guide's own verdict: not an independent test
         report["class_guide"] = config.gan.class_guide
         report["guide_target_rate"] = float(np.mean(np.asarray(guide(to_unit(fake))).argmax(1) == tgt_idx))
