@@ -59,6 +59,8 @@ def test_balance_writes_generated_examples_with_provenance(balanced, generator_d
     proc, summary, out = balanced
     assert "neutral -> disgust" in proc.stderr and "batch" in proc.stderr  # the progress bar
     assert summary["output"] == str(out) and summary["generated"] == 17
+    preview = cv2.imread(summary["preview"], cv2.IMREAD_GRAYSCALE)  # source and G(x) rows of 8
+    assert 0.25 < preview.shape[0] / preview.shape[1] < 0.4
     assert summary["train_per_class_before"]["disgust"] == 23
     assert summary["train_per_class_after"]["disgust"] == 40
     assert summary["train_per_class_after"]["neutral"] == summary["train_per_class_before"]["neutral"] == 22
@@ -355,6 +357,9 @@ def test_source_detail_option_in_balance_and_study(generator_dir, data_args, tmp
     summary = balance_task.balance(_config(generator_dir, data_args, tmp_path, "target_count=30",
                                            "source_detail_sigma=1.5"), str(tmp_path))
     assert summary["generated"] == 7
+    preview = cv2.imread(summary["preview"], cv2.IMREAD_GRAYSCALE)  # source, G(x) and added rows
+    assert summary["preview"] == str(tmp_path / "out_preview.png")
+    assert 0.5 < preview.shape[0] / preview.shape[1] < 0.6  # 3 rows of 7 (2 rows: 0.36)
     manifest, entries, images = derived.read(tmp_path / "out")
     assert manifest["info"]["balance"]["source_detail_sigma"] == 1.5
     added = [e for e in entries if e.action == "added"]

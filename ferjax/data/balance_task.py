@@ -145,6 +145,25 @@ def keep_source_detail(generated: np.ndarray, sources: np.ndarray, sigma: float)
     return np.clip(np.rint(blur(g) + s - blur(s)), 0, 255).astype(np.uint8)
 
 
+PREVIEW_IMAGES = 8
+
+
+def write_preview(out_dir: Path, sources: np.ndarray, generated: np.ndarray, added: np.ndarray,
+                  src: int, tgt: int) -> Path:
+    """`OUT_preview.png` beside the dataset folder: the first source images, their translation and,
+    when they differ from it, the images added (source_detail_sigma), one row each."""
+    from ferjax.curation.report import example_grid
+
+    n = min(PREVIEW_IMAGES, len(sources))
+    rows = [(sources, f"source ({EMOTIONS[src]})"), (generated, f"G(x) ({EMOTIONS[tgt]})")]
+    if not np.array_equal(generated[:n], added[:n]):
+        rows.append((added, "added"))
+    images = np.concatenate([r[:n] for r, _ in rows])
+    captions = [caption for _, caption in rows for _ in range(n)]
+    return example_grid(images, captions, out_dir.with_name(out_dir.name + "_preview.png"),
+                        f"{EMOTIONS[src]} -> {EMOTIONS[tgt]}: first {n} of {len(sources)} added", columns=n)
+
+
 def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Brings the target class to `target_count` Training examples and writes the derived dataset
     to `out_dir` (default WORKDIR/dataset): `method=generator` translates source-class images,
@@ -227,6 +246,7 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     generator_checkpoint=str(reverse.path.resolve()))
         info["balance"]["matched_negatives"] = {"added": need, "generator_checkpoint": str(reverse.path.resolve())}
     builder.write(out_dir, invoked_command(), info, overwrite=config.overwrite)
+    preview = write_preview(out_dir, images[pick], generated, added, src, tgt) if need else None
     after = builder.counts()["train_per_class_after"]
     return {"experiment": config.name, "method": "generator", "output": str(out_dir),
             "generator_checkpoint": ckpt,
@@ -235,6 +255,6 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "matched_negatives": need if reverse is not None else 0,
             "train_per_class_before": {n: int(c) for n, c in zip(EMOTIONS, before)},
             "train_per_class_after": after,
-            "translate_seconds": round(translate_seconds, 2),
+            "translate_seconds": round(translate_seconds, 2), "preview": str(preview) if preview else None,
             "wall_seconds": round(time.perf_counter() - t0, 2),
             "train_with": f"--config.dataset=derived --config.data.derived_dir={out_dir}"}
