@@ -9,7 +9,8 @@ add `gan_train` to --config.arms for GAN-train (the real disgust images replaced
 generated ones), and `cyclegan_matched` for the cyclegan arm plus matched negatives (each generated
 image's round trip F(G(x)) labelled neutral; balance_fer2013's `matched_negatives`), and
 `cyclegan_detail` for the cyclegan arm with the source photograph's fine detail in place of the
-generator's (balance_fer2013's `source_detail_sigma`), and `logit_adjusted` for the as_is classifiers with post-hoc logit adjustment (no training of its own).
+generator's (balance_fer2013's `source_detail_sigma`), and `logit_adjusted` for the as_is
+classifiers with post-hoc logit adjustment (no training of its own).
 Writes WORKDIR/comparison.md (tables: mean +- sd over seeds; bootstrap 95% intervals of the
 difference from as_is over PrivateTest images) with confusion PNGs; rerun to resume.
 Variant `tiny`: 2 arms x 2 seeds of a few steps on a few hundred images (tests).

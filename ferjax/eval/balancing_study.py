@@ -65,10 +65,10 @@ def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path
         overrides.append(f"source_detail_sigma={sigma}")
     if (out / "manifest.json").exists():
         made = json.loads((out / "manifest.json").read_text())["info"]["balance"]
-        if made.get("source_detail_sigma", 0.0) != sigma:
-            raise ValueError(f"{out} was made with source_detail_sigma {made.get('source_detail_sigma', 0.0)}, "
-                             f"not {sigma}: delete {out} and {workdir / arm} to redo the arm, or use another "
-                             f"--workdir")
+        made_sigma = made.get("source_detail_sigma", 0.0)  # datasets made before the option: 0
+        if made_sigma != sigma:
+            raise ValueError(f"{out} was made with source_detail_sigma {made_sigma}, not {sigma}: delete "
+                             f"{out} and {workdir / arm} to redo the arm, or use another --workdir")
         for key, path, have in (
                 ("generator", config.generator_checkpoint if generated else None, made.get("generator_checkpoint")),
                 ("reverse generator", reverse, made.get("matched_negatives", {}).get("generator_checkpoint"))):

@@ -1,13 +1,14 @@
 """Re-score a trained CycleGAN generator with another experiment profile's quality settings.
 
     FER2013_PATH=data/fer2013 python -m ferjax.eval.rescore_generator --run=RUN_DIR \\
-        [--experiment=cyclegan_neutral2disgust:cpu] [--out=RUN_DIR/quality_rescored.json] \
+        [--experiment=cyclegan_neutral2disgust:cpu] [--out=RUN_DIR/quality_rescored.json] \\
         [--source_detail_sigma=S]
 
 RUN_DIR is a `cyclegan_*` workdir (its `generator/` and `report.json`). The judge, feature layer
 and sample sizes come from `--experiment`'s `quality` block, so generators trained under earlier
 profiles are compared on one classifier; `--source_detail_sigma` scores the images that
-`balance_fer2013 --config.source_detail_sigma=S` adds (G(x)'s coarse content, x's fine detail). Prints the report as one JSON line.
+`balance_fer2013 --config.source_detail_sigma=S` adds (G(x)'s coarse content, x's fine detail).
+Prints the report as one JSON line.
 """
 from __future__ import annotations
 
