@@ -296,7 +296,8 @@ def test_matched_negatives_add_each_round_trip_labelled_source(generator_dir, re
     assert {e.generator_checkpoint for e in negatives} == {str(reverse_dir.resolve())}
     assert all("matched negative" in e.reason and e.source == "generated" for e in negatives)
     generated = images[[e.added_index for e in positives]]
-    expected = balance_task._translate(load_generator(reverse_dir), generated, 8, "test")
+    reverse = load_generator(reverse_dir)
+    expected = balance_task.translate_images(reverse.model, reverse.variables, generated, 8, "test")
     np.testing.assert_array_equal(images[[e.added_index for e in negatives]], expected)
 
 
@@ -369,7 +370,8 @@ def test_source_detail_option_in_balance_and_study(generator_dir, data_args, tmp
     sources = base["image"][[e.base_row for e in added]]  # synthetic Training rows are CSV rows
     if sources.ndim == 3:
         sources = sources[..., None]
-    generated = balance_task._translate(load_generator(generator_dir), sources, 8, "test")
+    forward = load_generator(generator_dir)
+    generated = balance_task.translate_images(forward.model, forward.variables, sources, 8, "test")
     np.testing.assert_array_equal(images[[e.added_index for e in added]],
                                   balance_task.keep_source_detail(generated, sources, 1.5))
 

@@ -116,14 +116,15 @@ def _reverse_generator(config: ml_collections.ConfigDict, meta: dict):
     return load_generator(config.matched_negatives)
 
 
-def _translate(generator, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
-    """uint8 images through `generator` in fixed-size batches (one compiled shape), back to uint8."""
-    apply = jax.jit(lambda v, x: generator.model.apply(v, x, train=False))
+def translate_images(model, variables, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
+    """uint8 images through the generator `model` (eval mode) in fixed-size batches (one compiled
+    shape), back to uint8."""
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
         batch = images[start:start + batch_size]
         padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *images.shape[1:]), np.uint8)])
-        out.append(to_uint8(apply(generator.variables, to_unit(padded)))[:len(batch)])
+        out.append(to_uint8(apply(variables, to_unit(padded)))[:len(batch)])
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
@@ -221,7 +222,8 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     pick = np.sort(np.random.default_rng(config.seed).choice(len(rows), need, replace=False))
     t1 = time.perf_counter()
-    generated = _translate(generator, images[pick], config.batch_size, f"{EMOTIONS[src]} -> {EMOTIONS[tgt]}")
+    generated = translate_images(generator.model, generator.variables, images[pick], config.batch_size,
+                                 f"{EMOTIONS[src]} -> {EMOTIONS[tgt]}")
     translate_seconds = time.perf_counter() - t1
     ckpt = str(generator.path.resolve())
     reason = f"{meta['generator']} generator {EMOTIONS[src]}->{EMOTIONS[tgt]} (step {meta['step']})"
@@ -239,7 +241,8 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         "generator_checkpoint": ckpt, "generator": meta},
             "config": config.to_dict()}
     if reverse is not None:  # F(G(x)) labelled source: the generators' look on both labels
-        back = _translate(reverse, generated, config.batch_size, f"{EMOTIONS[tgt]} -> {EMOTIONS[src]} (matched)")
+        back = translate_images(reverse.model, reverse.variables, generated, config.batch_size,
+                                f"{EMOTIONS[tgt]} -> {EMOTIONS[src]} (matched)")
         builder.add(back, [src] * need, source="generated", base_rows=rows[pick],
                     reason=f"matched negative: round trip F(G(x)) of a {EMOTIONS[src]} image, labelled "
                            f"{EMOTIONS[src]} (reverse generator step {reverse.meta['step']})",

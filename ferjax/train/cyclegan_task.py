@@ -214,16 +214,14 @@ def generator_quality(config, g_variables, generator, source: np.ndarray, target
     cycle/identity SSIM from the final evaluation; the class guide's own rate when there is one.
     `source_detail_sigma` > 0 scores the images balance_fer2013 adds with that setting (the
     generated coarse content with the source's fine detail) instead of the raw G(x)."""
-    from ferjax.data.balance_task import keep_source_detail
+    from ferjax.data.balance_task import keep_source_detail, translate_images
     from ferjax.eval.gan_quality import feature_fn, fid, kid
 
     q = config.quality
     features = feature_fn(*judge_model, q.feature_layer)
     rng = np.random.default_rng(q.seed)
     inputs = source[rng.choice(len(source), min(q.num_images, len(source)), replace=False)]
-    translate = jax.jit(lambda x: generator.apply(g_variables, to_unit(x), train=False))
-    fake = np.concatenate([to_uint8(translate(inputs[i:i + 256]))
-                           for i in range(0, len(inputs), 256)])
+    fake = translate_images(generator, g_variables, inputs, 256, "generator quality")
     if source_detail_sigma:
         fake = keep_source_detail(fake, inputs, source_detail_sigma)
     f_real, _ = features(target)
