@@ -2,7 +2,9 @@
 
 `--config.tta=flip` also averages each face with its mirror image (test-time augmentation);
 `--config.logit_adjustment=select` subtracts tau * log(Training class frequency) from the logits,
-with tau chosen on PublicTest (ferjax.eval.logit_adjustment).
+with tau chosen on PublicTest (ferjax.eval.logit_adjustment); `--config.training_twins=drop`
+scores only the test rows whose image has no exact or near duplicate in Training (`only`: just
+those that have one), the leak-free view of FER2013's test splits.
 """
 import ml_collections
 
@@ -21,6 +23,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.tta = "none"  # "flip": average the logits of each face and its mirror image
     # "select": subtract tau * log(Training class frequency) from the logits, tau chosen on PublicTest
     c.logit_adjustment = "none"
+    # "drop": only test rows without an exact/near duplicate in Training; "only": just those with one
+    c.training_twins = "keep"
     c.export_to = ""  # with logit_adjustment=select: write the adjusted model (offset in its output bias)
     c.export_name = ""
     c.data = ml_collections.ConfigDict({

@@ -16,7 +16,7 @@ from ferjax.curation import scoring
 from ferjax.curation.kfold import out_of_fold_probabilities, stratified_folds
 from ferjax.curation.relabel import confident_relabeling
 from ferjax.curation.signals import (BlankSignal, DuplicatesSignal, TextGraphicsSignal, curation_view,
-                                     save_npz, yaw_ratio)
+                                     save_npz, training_twins, yaw_ratio)
 from conftest import synthetic_rows, write_csv
 
 NO_DETECTOR_SIGNALS = "blank,text_graphics,duplicates"  # synthetic bands hold no faces
@@ -330,6 +330,25 @@ def test_real_duplicates_match_the_known_counts(real_fer, tfds_dir):
             info["exact_conflicting_groups"]) == (1516, 3369, 557, 57)
     assert res.count == info["leaks"] + info["within_train_repeats"] + info["conflicting_train_rows"]
     assert all(r for r, f in zip(res.reason, res.flagged) if f)
+
+
+def test_real_test_rows_with_a_training_twin(real_fer, tfds_dir):
+    """The rows `evaluate --config.training_twins=drop` and the studies' leak-free table leave out:
+    PrivateTest and PublicTest images with an exact or near (<= 2 bits) duplicate in Training."""
+    view, _ = _real_view(real_fer, tfds_dir)
+    train = view["train"]["image"]
+    assert training_twins(train, view["test"]["image"]).sum() == 357
+    assert training_twins(train, view["validation"]["image"]).sum() == 345
+
+
+def test_training_twins_finds_exact_and_near_copies_only():
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 250, (60, 48, 48, 1), dtype=np.uint8)
+    other = rng.integers(0, 250, (30, 48, 48, 1), dtype=np.uint8)
+    other[[2, 5]] = train[[10, 40]]  # exact copies
+    other[7] = train[11] + 3  # brighter: the same DCT hash, other bytes
+    np.testing.assert_array_equal(np.flatnonzero(training_twins(train, other)), [2, 5, 7])
+    assert not training_twins(train[:5], train[5:]).any()
 
 
 @pytest.mark.slow

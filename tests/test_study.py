@@ -61,6 +61,25 @@ def test_score_means_sds_and_intervals(tmp_path):
         study.load_predictions(runs, rows + 1)
 
 
+def test_test_rows_with_a_training_twin_get_their_own_table(tmp_path):
+    """A model right only on the test faces it has seen in Training scores 0 on the other rows."""
+    rng = np.random.default_rng(2)
+    train = rng.integers(0, 250, (50, 48, 48, 1), dtype=np.uint8)
+    test = rng.integers(0, 250, (40, 48, 48, 1), dtype=np.uint8)
+    test[:6] = train[:6]
+    test[6] = train[6] + 3  # a near copy
+    y, rows = rng.integers(0, 7, 40), np.arange(40)
+    seen = np.where(rows < 7, y, (y + 1) % 7)
+    runs = _fake_runs(tmp_path, {"as_is": [y, y], "seen": [seen, seen]}, rows)
+    splits = {"train": {"image": train},
+              "test": {"image": test, "label": y, "row": rows, "ferplus_votes": np.zeros((40, 10), np.int32)}}
+    scores = study.score_test_labels(runs, splits, "as_is", focus=1, n_boot=50, seed=0)
+    assert set(scores) == {"original", study.NO_TWIN}  # no FER+ majority on any row
+    assert scores["original"]["seen"]["accuracy"]["mean"] == pytest.approx(7 / 40)
+    assert scores[study.NO_TWIN]["seen"]["n_test"] == 33
+    assert scores[study.NO_TWIN]["seen"]["accuracy"]["mean"] == 0.0
+
+
 @pytest.fixture(scope="module")
 def balancing(synthetic_csv, tfds_dir, tmp_path_factory):
     """compare_balancing:tiny run once: 3 arms x 2 seeds of fer2013_vgg:tiny on the synthetic CSV."""

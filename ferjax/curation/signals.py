@@ -313,6 +313,37 @@ def _exact_counts(group: np.ndarray, labels: np.ndarray, split_of: np.ndarray) -
     return out
 
 
+def duplicate_groups(grey: np.ndarray, max_distance: int, min_std: float
+                     ) -> tuple[np.ndarray, list[tuple[int, int]], int, np.ndarray]:
+    """Groups of identical or near-identical images: (group id per image, the linked index pairs,
+    how many of those pairs are exact (they come first), the 64-bit DCT hashes). Near: hashes at
+    most `max_distance` bits apart, both images with pixel std above `min_std`."""
+    exact_key: dict[bytes, int] = {}
+    pairs = []
+    for i, g in enumerate(grey):
+        k = hashlib.sha1(g.tobytes()).digest()
+        if k in exact_key:
+            pairs.append((exact_key[k], i))
+        else:
+            exact_key[k] = i
+    n_exact_pairs = len(pairs)
+    hashes = perceptual_hash(grey)
+    usable = grey.reshape(len(grey), -1).std(1) > min_std
+    pairs += _near_pairs(hashes, usable, max_distance)
+    return _groups(len(grey), pairs), pairs, n_exact_pairs, hashes
+
+
+def training_twins(train_images: np.ndarray, images: np.ndarray, max_distance: int = 2,
+                   min_std: float = 2.0) -> np.ndarray:
+    """bool per row of `images` (uint8 [N, H, W, C], another split): True where the image is an
+    exact or near duplicate (the `duplicates` signal's rule) of a Training image, so a model that
+    trained on that image has seen the test face."""
+    grey = np.concatenate([_grey(train_images), _grey(images)])
+    group, _, _, _ = duplicate_groups(grey, max_distance, min_std)
+    n_train = len(train_images)
+    return np.isin(group[n_train:], group[:n_train])
+
+
 class DuplicatesSignal:
     """Exact and near duplicates within Training and across splits. A Training image that also
     sits in another split leaks it and is removed; within Training, a group whose labels agree
@@ -336,19 +367,7 @@ class DuplicatesSignal:
                                for s in names])
         split_of = np.concatenate([[s] * len(splits[s]["label"]) for s in names])
         n_train = len(splits["train"]["label"])
-        exact_key = {}
-        pairs = []
-        for i, g in enumerate(grey):
-            k = hashlib.sha1(g.tobytes()).digest()
-            if k in exact_key:
-                pairs.append((exact_key[k], i))
-            else:
-                exact_key[k] = i
-        n_exact_pairs = len(pairs)
-        hashes = perceptual_hash(grey)
-        usable = grey.reshape(len(grey), -1).std(1) > self.min_std
-        pairs += _near_pairs(hashes, usable, self.max_distance)
-        group = _groups(len(grey), pairs)
+        group, pairs, n_exact_pairs, hashes = duplicate_groups(grey, self.max_distance, self.min_std)
         score = np.full(len(grey), 64.0)
         for a, b in pairs:
             d = float(np.bitwise_count(hashes[a] ^ hashes[b]))

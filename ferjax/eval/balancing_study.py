@@ -108,7 +108,7 @@ def compare_balancing(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           post_hoc={"logit_adjusted": "as_is"})
 
     splits = study.fer2013_splits(config.recipe, common)
-    scores = study.score_test_labels(runs, splits["test"], "as_is", focus, config.bootstrap, config.balance_seed)
+    scores = study.score_test_labels(runs, splits, "as_is", focus, config.bootstrap, config.balance_seed)
     header = (f"Recipe `{config.recipe}`, {config.seeds} seeds per arm, trained on FER2013 Training "
               f"(arms: {', '.join(arms)}), tested on PrivateTest (never balanced). Bootstrap: "
               f"{config.bootstrap} resamples of the test images. Made by "

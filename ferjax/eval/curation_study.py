@@ -32,7 +32,8 @@ def compare_curation(config: ml_collections.ConfigDict, workdir: str) -> dict:
     common = [*study.data_overrides(config.data), *config.recipe_overrides]
     reuse = {"as_is": Path(config.reuse_baseline_from) / "as_is"} if config.reuse_baseline_from else None
     runs = study.run_arms(config.recipe, arms, range(config.seeds), common, workdir, reuse)
-    scores = study.score_test_labels(runs, study.fer2013_splits(config.recipe, common)["test"], "as_is", focus, config.bootstrap, config.seed)
+    scores = study.score_test_labels(runs, study.fer2013_splits(config.recipe, common), "as_is", focus,
+                                     config.bootstrap, config.seed)
     header = (f"Recipe `{config.recipe}`, {config.seeds} seeds per arm: `as_is` trained on FER2013 Training, "
               f"`curated` on the curated Training split ({config.curated_dir}); tested on PrivateTest "
               f"(never curated). Bootstrap: {config.bootstrap} resamples of the test images. Made by "

@@ -38,10 +38,11 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
         raise ValueError("--config.logit_adjustment=select chooses tau on the validation split; "
                          "evaluate another split (--config.split=test)")
     export_to = config.get("export_to", "")
-    if export_to and (adjust != "select" or config.tta != "none" or split != "test" or not config.export_name):
+    if export_to and (adjust != "select" or config.tta != "none" or split != "test" or not config.export_name
+                      or config.get("training_twins", "keep") != "keep"):
         raise ValueError("--config.export_to writes the logit-adjusted model: it needs "
-                         "--config.logit_adjustment=select, --config.tta=none, --config.split=test and "
-                         "--config.export_name=NAME")
+                         "--config.logit_adjustment=select, --config.tta=none, --config.split=test, "
+                         "--config.training_twins=keep and --config.export_name=NAME")
     apply = jax.jit(TTA_MODES[config.tta](lambda v, x: model.apply(v, x, train=False)))
     out_dir = Path(workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,13 +50,20 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     def logits(batch, shift=0.0):
         return np.asarray(apply(variables, batch["image"].astype("float32"))) + shift
 
+    twins = config.get("training_twins", "keep")  # values checked by config.FIELD_RULES
+    evaluated, twin_rows = data[split], None
+    if twins != "keep":
+        evaluated, twin_rows = _by_training_twins(data["train"]["image"], data[split], twins)
     choice, shift = None, 0.0
     if adjust == "select":  # tau chosen on the selection split (PublicTest), with the same TTA
         choice = logit_adjustment.select_on_validation(logits, data, config.batch_size, EMOTIONS)
         shift = choice["offset"]
-    report = evaluate_split(lambda b: logits(b, shift), data[split], config.batch_size, EMOTIONS,
+    report = evaluate_split(lambda b: logits(b, shift), evaluated, config.batch_size, EMOTIONS,
                             config.protocol, split, out_dir, card.get("name", ""))
     report.update(model=card.get("name"), tta=config.tta)
+    if twin_rows is not None:
+        report.update(training_twins=twins, split_rows=len(data[split]["label"]),
+                      rows_with_training_twin=twin_rows)
     if choice is not None:
         report["logit_adjustment"] = logit_adjustment.card_entry(choice)
     if export_to:
@@ -63,6 +71,16 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
         report["exported"] = str(export_to)
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _by_training_twins(train_images: np.ndarray, split: dict, twins: str) -> tuple[dict, int]:
+    """The rows of `split` without (`drop`) or with (`only`) an exact or near duplicate among the
+    Training images (ferjax.curation.signals.training_twins), and how many rows have one."""
+    from ferjax.curation.signals import training_twins
+
+    has_twin = training_twins(train_images, split["image"])
+    keep = ~has_twin if twins == "drop" else has_twin
+    return {k: np.asarray(v)[keep] for k, v in split.items()}, int(has_twin.sum())
 
 
 def _export_adjusted(model, variables, card: dict, report: dict, shift: np.ndarray, probe,

@@ -24,6 +24,8 @@ from ferjax.eval.plots import plot_confusions
 from ferjax.train.loop import changed_fields, flat_config, recipe_defaults
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+# the label set of the test rows without an exact or near duplicate in Training
+NO_TWIN = "original_without_training_twins"
 DATA_KEYS = ("fer2013_path", "tfds_data_dir", "skip_bad_rows", "limit_per_split")
 """Data config keys a study passes on to every run (where the files are), never `derived_dir`."""
 
@@ -191,15 +193,22 @@ def fer2013_splits(recipe: str, common: Sequence[str]) -> dict[str, dict[str, np
     return DATASETS.create("fer2013", cfg=cfg_lib.build(recipe, common).data, protocol="original")
 
 
-def score_test_labels(runs: Mapping[str, Sequence[Path]], test: Mapping[str, np.ndarray],
+def score_test_labels(runs: Mapping[str, Sequence[Path]], splits: Mapping[str, Mapping[str, np.ndarray]],
                       baseline: str, focus: int, n_boot: int, seed: int) -> dict[str, dict]:
-    """`score` on the untouched FER2013 test split (`fer2013_splits(...)["test"]`) with its original
-    labels and, where fer2013new.csv gives them, the FER+ majority labels (only the rows that have one)."""
+    """`score` on the untouched FER2013 test split of `fer2013_splits(...)`: with its original labels;
+    with them on the rows whose image has no exact or near duplicate in Training (a model trained on
+    such a twin has seen the test face; ferjax.curation.signals.training_twins); and, where
+    fer2013new.csv gives them, with the FER+ majority labels (only the rows that have one)."""
     from ferjax.components.datasets import ferplus_majority  # noqa: PLC0415
+    from ferjax.curation.signals import training_twins  # noqa: PLC0415
 
+    test = splits["test"]
     preds = load_predictions(runs, test["row"])
     every = np.ones(len(test["label"]), bool)
     scores = {"original": score(preds, test["label"], every, baseline, focus, n_boot, seed)}
+    twin = training_twins(splits["train"]["image"], test["image"])
+    if twin.any():
+        scores[NO_TWIN] = score(preds, test["label"], ~twin, baseline, focus, n_boot, seed)
     ferplus = ferplus_majority(test["ferplus_votes"])
     if (ferplus >= 0).any():
         scores["ferplus"] = score(preds, ferplus, ferplus >= 0, baseline, focus, n_boot, seed)
