@@ -207,7 +207,7 @@ def score_test_labels(runs: Mapping[str, Sequence[Path]], splits: Mapping[str, M
     every = np.ones(len(test["label"]), bool)
     scores = {"original": score(preds, test["label"], every, baseline, focus, n_boot, seed)}
     twin = training_twins(splits["train"]["image"], test["image"])
-    if twin.any():
+    if twin.any() and not twin.all():  # a table of no rows (or of all of them again) says nothing
         scores[NO_TWIN] = score(preds, test["label"], ~twin, baseline, focus, n_boot, seed)
     ferplus = ferplus_majority(test["ferplus_votes"])
     if (ferplus >= 0).any():
