@@ -37,9 +37,10 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     if adjust == "select" and split == "validation":
         raise ValueError("--config.logit_adjustment=select chooses tau on the validation split; "
                          "evaluate another split (--config.split=test)")
+    twins = config.get("training_twins", "keep")  # values checked by config.FIELD_RULES
     export_to = config.get("export_to", "")
     if export_to and (adjust != "select" or config.tta != "none" or split != "test" or not config.export_name
-                      or config.get("training_twins", "keep") != "keep"):
+                      or twins != "keep"):
         raise ValueError("--config.export_to writes the logit-adjusted model: it needs "
                          "--config.logit_adjustment=select, --config.tta=none, --config.split=test, "
                          "--config.training_twins=keep and --config.export_name=NAME")
@@ -50,7 +51,6 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     def logits(batch, shift=0.0):
         return np.asarray(apply(variables, batch["image"].astype("float32"))) + shift
 
-    twins = config.get("training_twins", "keep")  # values checked by config.FIELD_RULES
     evaluated, twin_rows = data[split], None
     if twins != "keep":
         evaluated, twin_rows = _by_training_twins(data["train"]["image"], data[split], twins)
