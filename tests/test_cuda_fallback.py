@@ -296,6 +296,19 @@ def test_haar_finds_its_cascade_without_cv2_data(frame, tmp_path, monkeypatch):
     assert det.backend == cuda.CPU and len(det(frame)) == 1
 
 
+def test_haar_on_an_opencv_without_cascade_classifier_is_skipped_with_the_reason(monkeypatch):
+    """OpenCV 5 (the H200 image's opencv-python-headless 5.0.0) has no cv2.CascadeClassifier: Haar
+    raises ImportError naming the version, which the realtime benchmark turns into a skipped row."""
+    from ferjax.realtime import bench
+
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    with pytest.raises(ImportError, match=f"OpenCV \\({cv2.__version__}\\) has no cv2.CascadeClassifier"):
+        DETECTORS.create("haar", use_cuda=False)
+    rows = bench.run_bench(lambda name: DETECTORS.create(name, use_cuda=False), ["haar"], ["unused.mp4"])
+    assert rows == [{"detector": "haar", "skipped": rows[0]["skipped"]}]
+    assert "opencv-python-headless<5" in rows[0]["skipped"]
+
+
 def test_check_script_reports_this_machine_and_fails_require_gpu(tmp_path, capsys):
     """tools/check_cuda.py on this CPU machine: no device, no DNN CUDA target, every OpenCV
     detector on the CPU finding the face of the real frame, JAX on the CPU; --require-gpu fails."""
