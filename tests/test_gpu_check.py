@@ -155,3 +155,21 @@ def test_unknown_experiment_is_refused_before_training(tmp_path, small_compact, 
     said = capsys.readouterr().out
     assert code == 2 and "experiment 'no_such_experiment:gpu' does not build" in said, said
     assert not (tmp_path / "work" / "run").exists()
+
+
+def test_set_adds_config_overrides_and_a_malformed_one_is_refused(tmp_path, small_compact, capsys, monkeypatch):
+    """`--set KEY=VALUE` reaches the training command as --config.KEY=VALUE (an unknown field stops
+    ferjax.run, naming it); without '=' it is refused before anything runs."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / gpu_check.MARKER).write_text(json.dumps({"source": gpu_check.source_digest()}))
+    common = ["run", "--allow-cpu", "--no-bench", "--site", str(site), "--out", str(tmp_path / "out"),
+              "--data", str(small_compact), "--workdir", str(tmp_path / "work")]
+    assert gpu_check.main([*common, "--set", "classifier"]) == 2
+    assert "--set 'classifier': expected KEY=VALUE" in capsys.readouterr().out
+    assert not (tmp_path / "work" / "run").exists()
+    assert gpu_check.main([*common, "--set", "train.no_such_field=1"]) == 1
+    said = capsys.readouterr().out
+    assert "--config.train.no_such_field=1" in said and "training exited" in said, said
+    assert "no_such_field" in (tmp_path / "out" / "train.log").read_text()

@@ -577,6 +577,11 @@ def run(args: argparse.Namespace) -> int:
               if on_gpu else list(CPU_DRY_RUN))  # checkpoints at epoch ends only
     if args.max_steps:
         limits.append(f"--config.train.max_steps={args.max_steps}")
+    for item in args.set:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            return finish(2, f"--set {item!r}: expected KEY=VALUE, a config field of {args.experiment} "
+                             f"(e.g. --set classifier=vgg_small)")
+        limits.append(f"--config.{item}")
     try:
         before = config_values(site, args.experiment, [a.split("=")[0][len("--config."):] for a in limits])
     except RuntimeError as e:
@@ -657,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", default="", help="a compact FER2013 file (default: the carried parts, joined)")
     r.add_argument("--epochs", type=_positive_int, default=GPU_EPOCHS, help="train.epochs on a GPU")
     r.add_argument("--max_steps", type=_positive_int, default=0, help="train.max_steps (0: no cap)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another config override of the training, repeatable (e.g. classifier=vgg_small, "
+                        "export_to=/tmp/model.msgpack)")
     r.add_argument("--budget_s", type=float, default=285.0, help="wall-time target of the whole run")
     r.add_argument("--bench_reserve_s", type=float, default=90.0, help="kept for the benchmark")
     r.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True)
