@@ -173,3 +173,7 @@ def test_set_adds_config_overrides_and_a_malformed_one_is_refused(tmp_path, smal
     said = capsys.readouterr().out
     assert "--config.train.no_such_field=1" in said and "training exited" in said, said
     assert "no_such_field" in (tmp_path / "out" / "train.log").read_text()
+    # the dry run's limits skip fields an experiment lacks (a CycleGAN has no train.eval_batch_size)
+    assert gpu_check.main([*common, "--experiment=cyclegan_neutral2disgust:tiny", "--set", "train.no_such_field=1"]) == 1
+    limited = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("limited: "))
+    assert "train.batch_size=32" in limited and "eval_batch_size" not in limited, limited
