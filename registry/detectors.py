@@ -69,12 +69,12 @@ class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
                  cuda_cascade: str | None = None, models_dir: str | None = None,
                  cuda_probe: cuda.CudaProbe | None = None):
         super().__init__(detect_width)
-        path = cascade or haar_cascade_path(models_dir)
-        self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
         if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved it out of the main modules
             raise ImportError(f"this OpenCV ({cv2.__version__}) has no cv2.CascadeClassifier: OpenCV 5 "
                               f"moved the Haar cascades out of its main modules; install "
                               f"opencv-python-headless<5 (ferjax's requirement) or use another detector")
+        path = cascade or haar_cascade_path(models_dir)
+        self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
         self._cpu = cv2.CascadeClassifier(str(path))
         if self._cpu.empty():
             raise FileNotFoundError(f"cannot load Haar cascade {path}")
