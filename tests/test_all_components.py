@@ -167,11 +167,11 @@ def _output_and_check_gradients(model, objective):
     """Output on two faces in [-1, 1] (inference mode), after checking that the training-mode
     gradient of `objective(output)` is finite and not zero."""
     x = _faces_in_unit_range(2)
-    variables = model.init(jax.random.key(0), x, train=False)
-    grads = jax.grad(lambda p: objective(_apply(model, {**variables, "params": p}, x, train=True)))(
+    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
+    grads = jax.jit(jax.grad(lambda p: objective(_apply(model, {**variables, "params": p}, x, train=True))))(
         variables["params"])
     assert _finite(grads) and float(optax.tree.norm(grads)) > 0
-    return _apply(model, variables, x)
+    return jax.jit(lambda v: _apply(model, v, x))(variables)
 
 
 @pytest.mark.parametrize("name", GENERATORS.names())
