@@ -177,3 +177,52 @@ def test_set_adds_config_overrides_and_a_malformed_one_is_refused(tmp_path, smal
     assert gpu_check.main([*common, "--experiment=cyclegan_neutral2disgust:tiny", "--set", "train.no_such_field=1"]) == 1
     limited = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("limited: "))
     assert "train.batch_size=32" in limited and "eval_batch_size" not in limited, limited
+
+
+def test_export_parts_join_back_with_their_card_and_checks(tmp_path, capsys):
+    model = tmp_path / "m.msgpack"
+    model.write_bytes(bytes(range(256)) * 10)  # 2,560 bytes
+    card = {"name": "m", "classifier": "vgg13"}
+    manifest = gpu_check.split_for_return(model, tmp_path / "out", card, max_bytes=1000)
+    assert [p["bytes"] for p in manifest["parts"]] == [1000, 1000, 560]
+    dest = tmp_path / "here" / "m.msgpack"
+    assert gpu_check.main(["join", "--from", str(tmp_path / "out"), "--to", str(dest)]) == 0
+    assert dest.read_bytes() == model.read_bytes()
+    assert json.loads(dest.with_suffix(".json").read_text()) == card
+    dest.unlink()
+    (tmp_path / "out" / "m.msgpack.part2").write_bytes(b"x" * 1000)  # same size, other bytes
+    assert gpu_check.main(["join", "--from", str(tmp_path / "out"), "--to", str(dest)]) == 2
+    said = capsys.readouterr().err
+    assert "part2: 1000 bytes, not the 1000 with the sha256 that export_parts.json names" in said, said
+    assert not dest.exists()
+    assert gpu_check.main(["join", "--from", str(tmp_path), "--to", str(dest)]) == 2
+    assert "no export_parts.json" in capsys.readouterr().err
+
+
+def test_run_export_returns_the_trained_model_in_at_most_eight_files(tmp_path, capsys, monkeypatch):
+    """A dry run of `run --export NAME` (the tiny profile, this environment's ferjax via the marker):
+    refused with the benchmark or a bad name before training; otherwise the exported weights come
+    back in parts beside the logs, at most 8 files, and `join` rebuilds the exported file exactly."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    write_csv(tmp_path / "src" / "fer2013.csv", synthetic_rows((70, 14, 14)))  # the dry run's batch is 32
+    data = compact.write(tmp_path / "fer2013.npz.xz", fer.iter_records(tmp_path / "src" / "fer2013.csv"))
+    site, work, out = tmp_path / "site", tmp_path / "work", tmp_path / "out"
+    site.mkdir()
+    (site / gpu_check.MARKER).write_text(json.dumps({"source": gpu_check.source_digest()}))
+    common = ["run", "--allow-cpu", "--experiment=fer2013_vgg:tiny", "--site", str(site), "--out", str(out),
+              "--data", str(data), "--workdir", str(work)]
+    assert gpu_check.main([*common, "--export", "tiny_model"]) == 2
+    assert "add --no-bench" in capsys.readouterr().out
+    assert gpu_check.main([*common, "--no-bench", "--export", "a/b"]) == 2
+    assert "--export 'a/b': expected a model name" in capsys.readouterr().out
+    assert not (work / "run").exists()
+    for stale in out.iterdir():
+        stale.unlink()
+    assert gpu_check.main([*common, "--no-bench", "--export", "tiny_model"]) == 0, capsys.readouterr().out
+    returned = sorted(p.name for p in out.iterdir())
+    assert len(returned) <= 8 and "export_parts.json" in returned and "tiny_model.msgpack.part1" in returned
+    exported = work / "export" / "tiny_model.msgpack"
+    dest = tmp_path / "back" / "tiny_model.msgpack"
+    assert gpu_check.main(["join", "--from", str(out), "--to", str(dest)]) == 0
+    assert dest.read_bytes() == exported.read_bytes()
+    assert json.loads(dest.with_suffix(".json").read_text())["name"] == "tiny_model"

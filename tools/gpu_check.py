@@ -19,7 +19,9 @@ There, with the machine's own JAX (never replaced) and no network, two calls bac
 installs first when `install` has not (wheels still present), refuses without a GPU visible to JAX
 unless `--allow-cpu` (a dry run with tiny limits, here), limits the profile's epochs so that the
 whole check fits the time budget (printing what it limited), prints the evaluation JSON and the
-benchmark table, and writes logs and results to $OUT (or --out). Where a network exists,
+benchmark table, and writes logs and results to $OUT (or --out); `run --export NAME --no-bench` also
+returns the trained model in parts that `python tools/gpu_check.py join --from DIR --to FILE`
+puts back together here. Where a network exists,
 `pip install '.[cuda13]'` and `python -m ferjax.run --config.data.fer2013_path=FILE.npz.xz` do
 the same without this tool.
 """
@@ -49,6 +51,8 @@ BUNDLE_LIMIT = 60 * 2 ** 20  # each bundle; a device call carries at most 64 MiB
 CALL_LIMIT = 64 * 2 ** 20
 DATA_NAME = "fer2013.npz.xz"
 PARTS_MANIFEST = "data_parts.json"
+EXPORT_MANIFEST = "export_parts.json"  # an exported model's parts in $OUT, its card inside
+RETURN_PART_BYTES = 15 * 2 ** 20  # a device call returns at most 8 files of at most 16 MiB each
 TARGET_PYTHON = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
@@ -279,16 +283,37 @@ def split_file(path: Path, first_bytes: int, first: Path, second: Path) -> dict:
     return manifest
 
 
-def join_parts(folders: Sequence[Path], out: Path) -> Path:
-    """Joins the data parts found in `folders` (first match of each) into `out`, checking every
-    part's and the whole file's sha256 against the manifest; errors name what is missing."""
-    manifests = [f / PARTS_MANIFEST for f in folders if (f / PARTS_MANIFEST).is_file()]
+def split_for_return(path: Path, folder: Path, card: dict, max_bytes: int = RETURN_PART_BYTES) -> dict:
+    """Splits an exported model into `NAME.partK` files of at most `max_bytes` in `folder` (what a
+    device call can return), with EXPORT_MANIFEST holding the parts' and the whole file's sha256 and
+    the model card `card`; `join` puts them back together here."""
+    data = path.read_bytes()
+    manifest = {"file": path.name, "bytes": len(data), "sha256": _sha256(path), "card": card, "parts": []}
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, start in enumerate(range(0, max(len(data), 1), max_bytes), 1):
+        chunk = data[start:start + max_bytes]
+        (folder / f"{path.name}.part{i}").write_bytes(chunk)
+        manifest["parts"].append({"name": f"{path.name}.part{i}", "bytes": len(chunk),
+                                  "sha256": hashlib.sha256(chunk).hexdigest()})
+    (folder / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def join_parts(folders: Sequence[Path], out: Path, manifest_name: str = PARTS_MANIFEST) -> Path:
+    """Joins the parts found in `folders` (first match of each) into `out`, checking every part's
+    and the whole file's sha256 against the manifest `manifest_name`; errors name what is missing."""
+    manifests = [f / manifest_name for f in folders if (f / manifest_name).is_file()]
     if not manifests:
-        raise FileNotFoundError(f"no {PARTS_MANIFEST} in {', '.join(map(str, folders))}: carry "
-                                f".gpu_check/run in this call (made by `python tools/gpu_check.py prepare`)")
+        raise FileNotFoundError(f"no {manifest_name} in {', '.join(map(str, folders))}: carry "
+                                f".gpu_check/run in this call (made by `python tools/gpu_check.py prepare`)"
+                                if manifest_name == PARTS_MANIFEST else
+                                f"no {manifest_name} in {', '.join(map(str, folders))}: point --from at the "
+                                f"files a `run --export NAME` call returned")
     manifest = json.loads(manifests[0].read_text())
     if out.is_file() and out.stat().st_size == manifest["bytes"] and _sha256(out) == manifest["sha256"]:
         return out
+    data_parts = manifest_name == PARTS_MANIFEST
+    again = "run prepare again and carry both parts" if data_parts else "fetch the call's files again"
     chunks = []
     for part in manifest["parts"]:
         found = [f / part["name"] for f in folders if (f / part["name"]).is_file()]
@@ -296,16 +321,17 @@ def join_parts(folders: Sequence[Path], out: Path) -> Path:
             raise FileNotFoundError(
                 f"data part {part['name']} not found in {', '.join(map(str, folders))}. Part 1 comes with "
                 f"the install call (carry .gpu_check/install), part 2 with the run call (carry "
-                f".gpu_check/run); make them back to back, as the machine stays warm only ~30 s")
+                f".gpu_check/run); make them back to back, as the machine stays warm only ~30 s"
+                if data_parts else f"part {part['name']} not found in {', '.join(map(str, folders))}")
         chunk = found[0].read_bytes()
         if len(chunk) != part["bytes"] or hashlib.sha256(chunk).hexdigest() != part["sha256"]:
             raise ValueError(f"{found[0]}: {len(chunk)} bytes, not the {part['bytes']} with the sha256 "
-                             f"that {PARTS_MANIFEST} names; run prepare again and carry both parts")
+                             f"that {manifest_name} names; {again}")
         chunks.append(chunk)
     data = b"".join(chunks)
     if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-        raise ValueError(f"the joined parts do not give {manifest['file']} (sha256 differs); run prepare "
-                         f"again: the parts come from two different exports")
+        raise ValueError(f"the joined parts do not give {manifest['file']} (sha256 differs); {again}: "
+                         f"the parts come from two different runs")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(data)
@@ -582,6 +608,15 @@ def run(args: argparse.Namespace) -> int:
               if on_gpu else list(CPU_DRY_RUN))  # checkpoints at epoch ends only
     if args.max_steps:
         limits.append(f"--config.train.max_steps={args.max_steps}")
+    if args.export:
+        if args.bench:
+            return finish(2, "--export NAME returns the model in parts, and a device call returns at most "
+                             "8 files: add --no-bench (run the benchmark in a call of its own)")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.export):
+            return finish(2, f"--export {args.export!r}: expected a model name of letters, digits, "
+                             f"'_', '.' and '-' (it names the returned files)")
+        limits += [f"--config.export_to={work / 'export' / (args.export + '.msgpack')}",
+                   f"--config.export_name={args.export}"]
     for item in args.set:
         if "=" not in item or not item.split("=", 1)[0].strip():
             return finish(2, f"--set {item!r}: expected KEY=VALUE, a config field of {args.experiment} "
@@ -627,9 +662,22 @@ def run(args: argparse.Namespace) -> int:
         log(f"test (PrivateTest): accuracy {test.get('accuracy')}, balanced accuracy "
             f"{test.get('balanced_accuracy')}, n {test.get('n')}; {summary.get('epochs_run')} epochs, "
             f"training {summary.get('wall_seconds')} s")
-    for name in ("confusion_test.png", "curves.png"):  # $OUT takes at most 8 files
-        if (workdir / name).is_file():
-            shutil.copy2(workdir / name, out / name)
+    if args.export:  # the weights in parts of at most 15 MiB, the card inside the manifest
+        exported = Path(summary.get("exported") or "")
+        if not exported.is_file():
+            return finish(1, f"--export {args.export}: the training wrote no model (summary: "
+                             f"exported={summary.get('exported')!r}); train.log")
+        card_file = exported.with_suffix(".json")
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        manifest = split_for_return(exported, out, card)
+        result["export"] = {k: v for k, v in manifest.items() if k != "card"}
+        log(f"export: {exported.name} ({manifest['bytes'] / 2 ** 20:.1f} MiB) in {len(manifest['parts'])} "
+            f"parts + {EXPORT_MANIFEST} in {out}; here: python tools/gpu_check.py join --from DIR "
+            f"--to ferjax/pretrained/{exported.name}")
+    else:
+        for name in ("confusion_test.png", "curves.png"):  # $OUT takes at most 8 files
+            if (workdir / name).is_file():
+                shutil.copy2(workdir / name, out / name)
     if args.bench:
         flags = (args.bench_flags or (GPU_BENCH if on_gpu else CPU_BENCH)).split()
         cmd = [sys.executable, "-m", "ferjax.bench", *flags, f"--json_out={out / 'bench.json'}"]
@@ -679,7 +727,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bench_flags", default="", help="ferjax.bench flags (default: a GPU or CPU set)")
     r.add_argument("--allow-cpu", "--allow_cpu", dest="allow_cpu", action="store_true",
                    help="dry run without a GPU, with tiny limits")
+    r.add_argument("--export", default="", metavar="NAME",
+                   help="export the trained model as NAME and return it in parts (with --no-bench)")
+    j = sub.add_parser("join", help="here: join the parts a `run --export NAME` call returned")
+    j.add_argument("--from", dest="src", required=True, help="folder holding the returned files")
+    j.add_argument("--to", dest="dest", required=True, help="the model file to write (its card beside it)")
     return p
+
+
+def join_export(src: Path, dest: Path) -> int:
+    """Writes the model a `run --export` call returned in parts to `dest` and its card beside it."""
+    try:
+        join_parts([src], dest, EXPORT_MANIFEST)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"join: {e}", file=sys.stderr)
+        return 2
+    card = json.loads((src / EXPORT_MANIFEST).read_text()).get("card") or {}
+    if card:
+        dest.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"joined {dest} ({dest.stat().st_size / 2 ** 20:.1f} MiB, sha256 checked)"
+          + (f" and its card {dest.with_suffix('.json')}" if card else " (no card came with it)"))
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -693,6 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "prepare":
         return prepare(args)
+    if args.cmd == "join":
+        return join_export(Path(args.src), Path(args.dest))
     if args.cmd == "install":
         Path(args.out).mkdir(parents=True, exist_ok=True)
         with open(Path(args.out) / "install.log", "w") as f:
