@@ -226,3 +226,8 @@ def test_run_export_returns_the_trained_model_in_at_most_eight_files(tmp_path, c
     assert gpu_check.main(["join", "--from", str(out), "--to", str(dest)]) == 0
     assert dest.read_bytes() == exported.read_bytes()
     assert json.loads(dest.with_suffix(".json").read_text())["name"] == "tiny_model"
+    monkeypatch.setattr(gpu_check, "RETURN_PART_BYTES", exported.stat().st_size // 8 + 1)  # 8 parts
+    for stale in out.iterdir():
+        stale.unlink()
+    assert gpu_check.main([*common, "--no-bench", "--export", "tiny_model"]) == 1
+    assert "more than a device call returns (8 files, 64 MiB)" in capsys.readouterr().out

@@ -669,8 +669,13 @@ def run(args: argparse.Namespace) -> int:
                              f"exported={summary.get('exported')!r}); train.log")
         card_file = exported.with_suffix(".json")
         card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-        manifest = split_for_return(exported, out, card)
+        manifest = split_for_return(exported, out, card, RETURN_PART_BYTES)
         result["export"] = {k: v for k, v in manifest.items() if k != "card"}
+        files = [p for p in out.iterdir() if p.is_file()] + [out / "gpu_check.json"]  # written at finish
+        if len(set(files)) > 8 or sum(p.stat().st_size for p in files if p.is_file()) > 64 * 2 ** 20:
+            return finish(1, f"--export {args.export}: {manifest['bytes'] / 2 ** 20:.1f} MiB in "
+                             f"{len(manifest['parts'])} parts makes {len(set(files))} files in {out}, more "
+                             f"than a device call returns (8 files, 64 MiB): export a smaller model")
         log(f"export: {exported.name} ({manifest['bytes'] / 2 ** 20:.1f} MiB) in {len(manifest['parts'])} "
             f"parts + {EXPORT_MANIFEST} in {out}; here: python tools/gpu_check.py join --from DIR "
             f"--to ferjax/pretrained/{exported.name}")
