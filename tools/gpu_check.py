@@ -52,7 +52,8 @@ CALL_LIMIT = 64 * 2 ** 20
 DATA_NAME = "fer2013.npz.xz"
 PARTS_MANIFEST = "data_parts.json"
 EXPORT_MANIFEST = "export_parts.json"  # an exported model's parts in $OUT, its card inside
-RETURN_PART_BYTES = 15 * 2 ** 20  # a device call returns at most 8 files of at most 16 MiB each
+RETURN_FILES, RETURN_BYTES = 8, 64 * 2 ** 20  # what a device call returns: 8 files, 16 MiB each, 64 MiB in all
+RETURN_PART_BYTES = 15 * 2 ** 20  # an exported model's parts, each under the 16 MiB a returned file may have
 TARGET_PYTHON = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
@@ -266,53 +267,51 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def split_file(path: Path, first_bytes: int, first: Path, second: Path) -> dict:
-    """Splits `path` into `NAME.part1` (its first `first_bytes` bytes) in `first` and `NAME.part2`
-    in `second`, each folder with a manifest naming both parts and the whole file's sha256."""
+def _write_parts(path: Path, pieces: Sequence[tuple[Path, int, int]], manifest_name: str, **extra) -> dict:
+    """Writes bytes [start, end) of `path` as `NAME.partK` into each piece's folder, and into every
+    folder used a manifest `manifest_name` naming the parts and the whole file's sha256 (plus `extra`)."""
     data = path.read_bytes()
-    parts = [(first, data[:first_bytes]), (second, data[first_bytes:])]
-    manifest = {"file": path.name, "bytes": len(data), "sha256": _sha256(path), "parts": []}
-    for i, (folder, chunk) in enumerate(parts, 1):
-        name = f"{path.name}.part{i}"
+    manifest = {"file": path.name, "bytes": len(data), "sha256": _sha256(path), **extra, "parts": []}
+    for i, (folder, start, end) in enumerate(pieces, 1):
+        chunk, name = data[start:end], f"{path.name}.part{i}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(chunk)
         manifest["parts"].append({"name": name, "bytes": len(chunk),
                                   "sha256": hashlib.sha256(chunk).hexdigest()})
-    for folder, _ in parts:
-        (folder / PARTS_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    for folder in dict.fromkeys(folder for folder, _, _ in pieces):
+        (folder / manifest_name).write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def split_file(path: Path, first_bytes: int, first: Path, second: Path) -> dict:
+    """Splits `path` into `NAME.part1` (its first `first_bytes` bytes) in `first` and `NAME.part2`
+    in `second`, each folder with a manifest naming both parts and the whole file's sha256."""
+    size = path.stat().st_size
+    return _write_parts(path, [(first, 0, first_bytes), (second, first_bytes, size)], PARTS_MANIFEST)
 
 
 def split_for_return(path: Path, folder: Path, card: dict, max_bytes: int = RETURN_PART_BYTES) -> dict:
     """Splits an exported model into `NAME.partK` files of at most `max_bytes` in `folder` (what a
     device call can return), with EXPORT_MANIFEST holding the parts' and the whole file's sha256 and
     the model card `card`; `join` puts them back together here."""
-    data = path.read_bytes()
-    manifest = {"file": path.name, "bytes": len(data), "sha256": _sha256(path), "card": card, "parts": []}
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, start in enumerate(range(0, max(len(data), 1), max_bytes), 1):
-        chunk = data[start:start + max_bytes]
-        (folder / f"{path.name}.part{i}").write_bytes(chunk)
-        manifest["parts"].append({"name": f"{path.name}.part{i}", "bytes": len(chunk),
-                                  "sha256": hashlib.sha256(chunk).hexdigest()})
-    (folder / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return manifest
+    starts = range(0, max(path.stat().st_size, 1), max_bytes)
+    return _write_parts(path, [(folder, s, s + max_bytes) for s in starts], EXPORT_MANIFEST, card=card)
 
 
 def join_parts(folders: Sequence[Path], out: Path, manifest_name: str = PARTS_MANIFEST) -> Path:
     """Joins the parts found in `folders` (first match of each) into `out`, checking every part's
     and the whole file's sha256 against the manifest `manifest_name`; errors name what is missing."""
+    data_parts = manifest_name == PARTS_MANIFEST  # the carried data; otherwise a returned export
     manifests = [f / manifest_name for f in folders if (f / manifest_name).is_file()]
     if not manifests:
         raise FileNotFoundError(f"no {manifest_name} in {', '.join(map(str, folders))}: carry "
                                 f".gpu_check/run in this call (made by `python tools/gpu_check.py prepare`)"
-                                if manifest_name == PARTS_MANIFEST else
+                                if data_parts else
                                 f"no {manifest_name} in {', '.join(map(str, folders))}: point --from at the "
                                 f"files a `run --export NAME` call returned")
     manifest = json.loads(manifests[0].read_text())
     if out.is_file() and out.stat().st_size == manifest["bytes"] and _sha256(out) == manifest["sha256"]:
         return out
-    data_parts = manifest_name == PARTS_MANIFEST
     again = "run prepare again and carry both parts" if data_parts else "fetch the call's files again"
     chunks = []
     for part in manifest["parts"]:
@@ -672,15 +671,16 @@ def run(args: argparse.Namespace) -> int:
         manifest = split_for_return(exported, out, card, RETURN_PART_BYTES)
         result["export"] = {k: v for k, v in manifest.items() if k != "card"}
         files = [p for p in out.iterdir() if p.is_file()] + [out / "gpu_check.json"]  # written at finish
-        if len(set(files)) > 8 or sum(p.stat().st_size for p in files if p.is_file()) > 64 * 2 ** 20:
+        if len(set(files)) > RETURN_FILES or sum(p.stat().st_size for p in files if p.is_file()) > RETURN_BYTES:
             return finish(1, f"--export {args.export}: {manifest['bytes'] / 2 ** 20:.1f} MiB in "
                              f"{len(manifest['parts'])} parts makes {len(set(files))} files in {out}, more "
-                             f"than a device call returns (8 files, 64 MiB): export a smaller model")
+                             f"than a device call returns ({RETURN_FILES} files, {RETURN_BYTES // 2 ** 20} MiB): "
+                             f"export a smaller model")
         log(f"export: {exported.name} ({manifest['bytes'] / 2 ** 20:.1f} MiB) in {len(manifest['parts'])} "
             f"parts + {EXPORT_MANIFEST} in {out}; here: python tools/gpu_check.py join --from DIR "
             f"--to ferjax/pretrained/{exported.name}")
     else:
-        for name in ("confusion_test.png", "curves.png"):  # $OUT takes at most 8 files
+        for name in ("confusion_test.png", "curves.png"):  # $OUT returns at most RETURN_FILES files
             if (workdir / name).is_file():
                 shutil.copy2(workdir / name, out / name)
     if args.bench:
