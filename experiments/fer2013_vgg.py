@@ -59,6 +59,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # on PublicTest (ferjax.eval.logit_adjustment); folded into the exported output bias
     t.logit_adjustment = "none"
     t.ema_decay = 0.0  # > 0: evaluate, select and export a moving average of the weights (e.g. 0.999)
+    # > 0: adversarial training on L2 PGD examples within this radius (pixels in [0, 1]), each of
+    # adversarial_steps steps costing about one more train step: a robust classifier (class guides)
+    t.adversarial_eps = 0.0
+    t.adversarial_steps = 1
     c.export_to = ""
     c.export_name = ""
     c.export_note = ""

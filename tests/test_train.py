@@ -465,3 +465,62 @@ def test_resume_refuses_an_option_added_since_the_checkpoint_unless_at_its_defau
     built_in_code = {**current, "name": "not_an_experiment"}  # no recipe: added options never count
     refuse_changed_config({**saved, "name": "not_an_experiment"}, built_in_code, tmp_path)
 
+
+
+def test_l2_adversarial_examples_stay_in_the_ball_and_raise_the_loss():
+    """`l2_adversarial`: every example moves at most eps (L2, pixels in [0, 255]), stays in
+    [0, 255], and the loss on the moved batch is higher than on the clean one; more steps move
+    further up the loss than one."""
+    from ferjax.registry import CLASSIFIERS, LOSSES
+    from ferjax.train.classifier_steps import l2_adversarial
+
+    model = CLASSIFIERS.create("vgg_small", width=0.25, dropout=0.0)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    loss = LOSSES.create("cross_entropy", num_classes=7)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 7, 8).astype(np.int32))
+
+    def loss_of(xi):
+        return loss(model.apply(variables, xi, train=False), y)
+    eps = 2.0 * 255.0
+    moved = {steps: l2_adversarial(loss_of, x, jax.random.key(1), eps, steps) for steps in (1, 5)}
+    for xa in moved.values():
+        dist = np.sqrt(np.sum(np.square(np.asarray(xa - x)), axis=(1, 2, 3)))
+        assert np.all(dist <= eps * (1 + 1e-4)) and np.all(dist > 0.1 * eps)
+        assert float(jnp.min(xa)) >= 0.0 and float(jnp.max(xa)) <= 255.0
+    clean = float(loss_of(x))
+    assert float(loss_of(moved[1])) > clean + 0.05
+    assert float(loss_of(moved[5])) > float(loss_of(moved[1]))
+
+
+def test_adversarial_training_step_trains_on_moved_inputs_and_refuses_bad_settings():
+    """`train.adversarial_eps` > 0 changes the step (it trains on attacked inputs), 0 is the plain
+    step to the bit, and a negative radius or zero steps is refused before any work."""
+    import optax
+
+    from ferjax.experiments.fer2013_vgg import get_config
+    from ferjax.registry import CLASSIFIERS, LOSSES
+    from ferjax.train import sharding
+    from ferjax.train.classifier_steps import create_state, make_steps
+
+    config = get_config("tiny")
+    model = CLASSIFIERS.create("vgg_small", width=0.25, dropout=0.0)
+    loss = LOSSES.create("cross_entropy", num_classes=7)
+    tx, mesh = optax.adam(1e-2), sharding.data_mesh(1)
+    rng = np.random.default_rng(0)
+    batch = sharding.put_batch({"image": rng.integers(0, 256, (8, 48, 48, 1)).astype(np.uint8),
+                                "label": rng.integers(0, 7, 8).astype(np.int32)}, mesh)
+    states = {}
+    for name, kwargs in (("plain", {}), ("zero", {"adversarial_eps": 0.0}),
+                         ("robust", {"adversarial_eps": 1.0, "adversarial_steps": 2})):
+        step, _ = make_steps(model, tx, loss, config.augment, 0, mesh, **kwargs)
+        states[name], metrics = step(create_state(model, tx, 0), batch)
+        assert np.isfinite(float(metrics["loss"]))
+    _assert_same_state(states["plain"].params, states["zero"].params)
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(jax.tree.leaves(states["plain"].params), jax.tree.leaves(states["robust"].params)))
+    assert diff > 1e-6
+    for bad in ({"adversarial_eps": -0.1}, {"adversarial_eps": 1.0, "adversarial_steps": 0}):
+        with pytest.raises(ValueError, match="adversarial_eps"):
+            make_steps(model, tx, loss, config.augment, 0, mesh, **bad)

@@ -111,7 +111,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     state = create_state(model, tx, tcfg.seed, variables=initial_variables(model, init_from) if init_from else None,
                          ema=ema_decay > 0)
     train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh,
-                                       sync_batch_norm=tcfg.sync_batch_norm, ema_decay=ema_decay)
+                                       sync_batch_norm=tcfg.sync_batch_norm, ema_decay=ema_decay,
+                                       adversarial_eps=tcfg.get("adversarial_eps", 0.0),
+                                       adversarial_steps=tcfg.get("adversarial_steps", 1))
 
     def logits_fn(current_state, shift=None):
         def apply(batch):
