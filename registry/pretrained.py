@@ -6,9 +6,16 @@ from ferjax.realtime import models
 from ferjax.registry import PRETRAINED
 
 
+def _card_kwargs(card) -> dict:
+    """The `classifier_kwargs` a model card records ({} when it has none or is missing)."""
+    return json.loads(card.read_text()).get("classifier_kwargs", {}) if card.is_file() else {}
+
+
 def _shipped(classifier: str, name: str) -> WeightsSpec:
-    """A model shipped inside the package: `name`.msgpack with its card `name`.json."""
-    return WeightsSpec(classifier, packaged(f"{name}.msgpack"), packaged(f"{name}.json"))
+    """A model shipped inside the package: `name`.msgpack with its card `name`.json (whose
+    `classifier_kwargs`, when present, rebuild the network: a width other than the default)."""
+    card = packaged(f"{name}.json")
+    return WeightsSpec(classifier, packaged(f"{name}.msgpack"), card, _card_kwargs(card))
 
 
 @PRETRAINED.register("fer2013_vgg_small")
@@ -50,5 +57,4 @@ def vggface() -> WeightsSpec:
     path = next((d / "vggface.msgpack" for d in models.search_dirs() if (d / "vggface.msgpack").is_file()),
                 models.DEFAULT_DIR / "vggface.msgpack")
     card = path.with_suffix(".json")
-    kwargs = json.loads(card.read_text()).get("classifier_kwargs", {}) if card.is_file() else {}
-    return WeightsSpec("vggface", path, card, kwargs)
+    return WeightsSpec("vggface", path, card, _card_kwargs(card))

@@ -524,3 +524,29 @@ def test_adversarial_training_step_trains_on_moved_inputs_and_refuses_bad_settin
     for bad in ({"adversarial_eps": -0.1}, {"adversarial_eps": 1.0, "adversarial_steps": 0}):
         with pytest.raises(ValueError, match="adversarial_eps"):
             make_steps(model, tx, loss, config.augment, 0, mesh, **bad)
+
+
+def test_exported_card_rebuilds_a_narrow_network_and_names_adversarial_training(tmp_path, monkeypatch):
+    """The model card records `classifier_kwargs` (here width 0.25, not the factory's default)
+    and the adversarial settings; a model shipped with such a card loads into the network it
+    describes (`registry/pretrained.py`'s `_shipped`) and gives the run's own test predictions."""
+    import ferjax.components.pretrained as shipped
+    from ferjax import pretrained
+    from ferjax.train.classifier_task import train_classifier
+
+    data, config = _one_epoch_in_memory_run()
+    config.classifier_kwargs.width = 0.25
+    config.train.adversarial_eps = 0.5
+    config.export_to = str(tmp_path / "export" / "narrow.msgpack")
+    train_classifier(config, str(tmp_path / "run"), data=data)
+    card = json.loads((tmp_path / "export" / "narrow.json").read_text())
+    assert card["classifier_kwargs"] == dict(config.classifier_kwargs) and card["classifier_kwargs"]["width"] == 0.25
+    assert card["adversarial_eps"] == 0.5 and card["adversarial_steps"] == 1
+    monkeypatch.setattr(shipped, "packaged", lambda filename: tmp_path / "export" / filename)
+    spec = shipped._shipped("vgg_small", "narrow")
+    assert spec.kwargs == card["classifier_kwargs"]
+    monkeypatch.setitem(pretrained.PRETRAINED._entries, "narrow_test", lambda: spec)
+    model, variables, _ = pretrained.load("narrow_test")
+    logits = np.asarray(model.apply(variables, data["test"]["image"].astype(np.float32), train=False))
+    saved = np.load(tmp_path / "run" / "predictions_test.npz")
+    np.testing.assert_allclose(logits, saved["logits"], rtol=1e-4, atol=1e-4)

@@ -151,7 +151,10 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     (workdir / "report.json").write_text(json.dumps(summary, indent=2))
     if config.export_to:
         test = reports.get("test", {})
+        adversarial_eps = tcfg.get("adversarial_eps", 0.0)
         card = {"name": config.export_name or config.classifier, "classifier": config.classifier,
+                # what loading needs to rebuild the network (registry/pretrained.py reads it)
+                "classifier_kwargs": dict(config.classifier_kwargs),
                 "classes": list(EMOTIONS), "data": "FER2013 (Kaggle CSV), Training split" + (
                     ", rows with a FER+ majority label" if config.protocol == "ferplus" else ""),
                 "protocol": config.protocol, "selected_on": "validation (PublicTest)",
@@ -167,6 +170,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                 **({"vote_targets_weight": vote_weight} if vote_weight else {}),
                 **({"initialized_from": init_from} if init_from else {}),
                 **({"ema_decay": ema_decay} if ema_decay else {}),
+                **({"adversarial_eps": adversarial_eps, "adversarial_steps": tcfg.get("adversarial_steps", 1)}
+                   if adversarial_eps else {}),
                 **({"logit_adjustment": summary["logit_adjustment"]} if adjustment else {}),
                 "command": invoked_command(),
                 "reproduce_command": config.reproduce_command,
