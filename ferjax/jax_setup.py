@@ -28,8 +28,31 @@ def split_host_cpu(num_devices: int | None = None) -> int:
     n = num_devices if num_devices is not None else (os.cpu_count() or 1)
     flags = os.environ.get("XLA_FLAGS", "")
     if n > 1 and "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+        flags = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+        if _knows_collective_timeout() and "collective_call_terminate_timeout" not in flags:
+            flags += f" --xla_cpu_collective_call_terminate_timeout_seconds={COLLECTIVE_TIMEOUT_S}"
+        os.environ["XLA_FLAGS"] = flags
     return max(1, n)
+
+
+# XLA:CPU aborts the whole process when one device's thread reaches an all-reduce more than 60 s
+# after the others (measured 2026-12-01: a balancing-study training on 2 devices died that way at
+# epoch 2 while the test suite ran on the same 2 cores). A starved thread is slow, not stuck, so
+# the split CPU waits up to an hour.
+COLLECTIVE_TIMEOUT_S = 3600
+
+
+def _knows_collective_timeout() -> bool:
+    """Whether the installed jaxlib's XLA has `--xla_cpu_collective_call_terminate_timeout_seconds`
+    (verified on 0.10.2; an XLA that lacks a flag in XLA_FLAGS aborts at start, so older ones
+    keep their default)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(p) for p in version("jaxlib").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (0, 10)
 
 
 def accelerator_present() -> tuple[bool, str]:
