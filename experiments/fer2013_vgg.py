@@ -63,6 +63,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # adversarial_steps steps costing about one more train step: a robust classifier (class guides)
     t.adversarial_eps = 0.0
     t.adversarial_steps = 1
+    t.adversarial_warmup_epochs = 0.0  # the radius grows from 0 over these epochs
     c.export_to = ""
     c.export_name = ""
     c.export_note = ""

@@ -61,6 +61,7 @@ FIELD_RULES: dict[str, registry.Check] = {
     "training_twins": registry.one_of("keep", "drop", "only"),
     "adversarial_eps": registry.Check(lambda v: isinstance(v, float) and v >= 0.0, "a float >= 0 (0: off)"),
     "adversarial_steps": _POSITIVE_INT,
+    "adversarial_warmup_epochs": registry.Check(lambda v: isinstance(v, float) and v >= 0.0, "a float >= 0"),
     "ema_decay": registry.Check(lambda v: isinstance(v, float) and 0.0 <= v < 1.0, "a float in [0, 1)"),
     "video_out": registry.Check(lambda v: v == "" or str(v).lower().endswith(VIDEO_SUFFIXES),
                                 f"'' (no video) or a file name ending in {' or '.join(VIDEO_SUFFIXES)}"),

@@ -496,7 +496,8 @@ def test_l2_adversarial_examples_stay_in_the_ball_and_raise_the_loss():
 
 def test_adversarial_training_step_trains_on_moved_inputs_and_refuses_bad_settings():
     """`train.adversarial_eps` > 0 changes the step (it trains on attacked inputs), 0 is the plain
-    step to the bit, and a negative radius or zero steps is refused before any work."""
+    step to the bit, the ramp starts the radius near 0, and a negative radius or zero steps is
+    refused before any work."""
     import optax
 
     from ferjax.experiments.fer2013_vgg import get_config
@@ -513,7 +514,9 @@ def test_adversarial_training_step_trains_on_moved_inputs_and_refuses_bad_settin
                                 "label": rng.integers(0, 7, 8).astype(np.int32)}, mesh)
     states = {}
     for name, kwargs in (("plain", {}), ("zero", {"adversarial_eps": 0.0}),
-                         ("robust", {"adversarial_eps": 1.0, "adversarial_steps": 2})):
+                         ("robust", {"adversarial_eps": 1.0, "adversarial_steps": 2}),
+                         # at step 0 of a 10^9-step ramp the radius is ~1e-9: the plain step
+                         ("ramped", {"adversarial_eps": 1.0, "adversarial_ramp_steps": 10 ** 9})):
         step, _ = make_steps(model, tx, loss, config.augment, 0, mesh, **kwargs)
         states[name], metrics = step(create_state(model, tx, 0), batch)
         assert np.isfinite(float(metrics["loss"]))
@@ -521,6 +524,8 @@ def test_adversarial_training_step_trains_on_moved_inputs_and_refuses_bad_settin
     diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                for a, b in zip(jax.tree.leaves(states["plain"].params), jax.tree.leaves(states["robust"].params)))
     assert diff > 1e-6
+    for a, b in zip(jax.tree.leaves(states["plain"].params), jax.tree.leaves(states["ramped"].params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     for bad in ({"adversarial_eps": -0.1}, {"adversarial_eps": 1.0, "adversarial_steps": 0}):
         with pytest.raises(ValueError, match="adversarial_eps"):
             make_steps(model, tx, loss, config.augment, 0, mesh, **bad)

@@ -90,7 +90,8 @@ def l2_adversarial(loss_of_input: Callable, x: jax.Array, key: jax.Array, eps: f
 
 def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Callable,
                augment: ml_collections.ConfigDict, seed: int, mesh: Mesh, sync_batch_norm: bool = False,
-               ema_decay: float = 0.0, adversarial_eps: float = 0.0, adversarial_steps: int = 1):
+               ema_decay: float = 0.0, adversarial_eps: float = 0.0, adversarial_steps: int = 1,
+               adversarial_ramp_steps: int = 0):
     """(train_step, eval_step), jitted over `mesh`: state replicated, batches split on `data`.
 
     By default each device runs forward and backward on its shard with its own batch-norm
@@ -103,6 +104,8 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
     in [0, 1]) trains on `l2_adversarial` examples of each augmented batch instead of the batch
     itself (adversarial training: a robust classifier, whose input gradients change faces the way
     other classifiers read, for class guides); each attack step costs about one more train step.
+    The radius grows linearly from 0 over the first `adversarial_ramp_steps` steps (at the full
+    radius from the start, a small network from scratch stays at the majority class).
     """
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay={ema_decay}: expected a decay in [0, 1)")
@@ -125,8 +128,10 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Call
                                train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
 
         if adversarial_eps > 0:
+            ramp = jnp.minimum(1.0, (state.step + 1) / adversarial_ramp_steps) if adversarial_ramp_steps else 1.0
             x = l2_adversarial(lambda xi: loss_fn(forward(state.params, xi)[0], batch["label"], *extra),
-                               x, jax.random.fold_in(key, 0xAD7), adversarial_eps * 255.0, adversarial_steps)
+                               x, jax.random.fold_in(key, 0xAD7), adversarial_eps * 255.0 * ramp,
+                               adversarial_steps)
 
         def objective(params):
             logits, updates = forward(params, x)

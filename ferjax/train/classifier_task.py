@@ -113,7 +113,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh,
                                        sync_batch_norm=tcfg.sync_batch_norm, ema_decay=ema_decay,
                                        adversarial_eps=tcfg.get("adversarial_eps", 0.0),
-                                       adversarial_steps=tcfg.get("adversarial_steps", 1))
+                                       adversarial_steps=tcfg.get("adversarial_steps", 1),
+                                       adversarial_ramp_steps=round(tcfg.get("adversarial_warmup_epochs", 0.0)
+                                                                    * batches.steps_per_epoch))
 
     def logits_fn(current_state, shift=None):
         def apply(batch):
@@ -170,7 +172,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                 **({"vote_targets_weight": vote_weight} if vote_weight else {}),
                 **({"initialized_from": init_from} if init_from else {}),
                 **({"ema_decay": ema_decay} if ema_decay else {}),
-                **({"adversarial_eps": adversarial_eps, "adversarial_steps": tcfg.get("adversarial_steps", 1)}
+                **({"adversarial_eps": adversarial_eps, "adversarial_steps": tcfg.get("adversarial_steps", 1),
+                    "adversarial_warmup_epochs": tcfg.get("adversarial_warmup_epochs", 0.0)}
                    if adversarial_eps else {}),
                 **({"logit_adjustment": summary["logit_adjustment"]} if adjustment else {}),
                 "command": invoked_command(),
