@@ -6,22 +6,24 @@ from conftest import REPO
 
 
 def test_moved_faces_stay_within_the_budget_and_turn_to_the_target_class():
-    """`move_towards` keeps every face within its L2 budget and [0, 255], and the guide calls the
+    """`mover` keeps every face within its L2 budget and [0, 255], and the guide calls the
     moved faces the target class far more often than the originals (real shipped weights)."""
     from ferjax import pretrained
-    from ferjax.eval.guide_transfer import move_towards, target_rate
+    from ferjax.eval.guide_transfer import mover, target_rate
+    from ferjax.inference import Predictor
 
     model, variables, _ = pretrained.load("fer2013_vgg_small")
+    predict = Predictor(model, variables)
     rng = np.random.default_rng(0)
     # smooth synthetic "faces": low-frequency noise, so no class is favoured by texture alone
     base = rng.normal(128, 40, (16, 6, 6, 1))
     images = np.clip(np.kron(base, np.ones((1, 8, 8, 1))), 0, 255).astype(np.uint8)
     budget = 2.0
-    moved = move_towards(model, variables, images, target=1, budget=budget)
+    moved = mover(model, variables, target=1)(images, budget)
     dist = np.sqrt(np.sum(np.square(moved - images.astype(np.float32)), axis=(1, 2, 3)))
     assert np.all(dist <= budget * 255.0 * (1 + 1e-4)) and moved.min() >= 0 and moved.max() <= 255
-    before = target_rate(model, variables, images.astype(np.float32), 1)
-    after = target_rate(model, variables, moved, 1)
+    before = target_rate(predict, images, 1)
+    after = target_rate(predict, moved, 1)
     assert after >= 0.9 and after > before + 0.5
 
 

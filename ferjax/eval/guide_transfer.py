@@ -15,6 +15,7 @@ only that guide reads. Prints a table and, last, one JSON line; `--grid` draws t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -24,57 +25,59 @@ import numpy as np
 ATTACK_STEPS = 20
 
 
-def move_towards(model, variables, images: np.ndarray, target: int, budget: float,
-                 seed: int = 0, batch: int = 250) -> np.ndarray:
-    """`images` (uint8 range) moved within L2 `budget` (pixels in [0, 1]) towards class `target`
-    by the classifier's gradient; float32 in [0, 255]."""
+def mover(model, variables, target: int, seed: int = 0, batch: int = 250):
+    """A function (images in uint8 range, L2 budget with pixels in [0, 1]) -> the images moved
+    within that budget towards class `target` by the classifier's gradient, float32 in [0, 255].
+    The budget is a compile-time constant (one compile per budget): traced, it rounds differently
+    and 20 normalised steps carry that into other pixels."""
     import jax
     import jax.numpy as jnp
     import optax
 
     from ferjax.train.classifier_steps import l2_adversarial
 
-    @jax.jit
-    def attack(x, key):
+    @functools.partial(jax.jit, static_argnums=2)
+    def attack(x, key, eps):
         def towards(xi):  # ascending this lowers the cross-entropy of the target class
             logits = model.apply(variables, xi, train=False)
             labels = jnp.full(logits.shape[:1], target)
             return -optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return l2_adversarial(towards, x, key, budget * 255.0, ATTACK_STEPS)
+        return l2_adversarial(towards, x, key, eps, ATTACK_STEPS)
 
-    key = jax.random.key(seed)
-    out = [np.asarray(attack(jnp.asarray(images[i:i + batch], jnp.float32), jax.random.fold_in(key, i)))
-           for i in range(0, len(images), batch)]
-    return np.concatenate(out)
+    def move(images: np.ndarray, budget: float) -> np.ndarray:
+        key = jax.random.key(seed)
+        return np.concatenate([
+            np.asarray(attack(jnp.asarray(images[i:i + batch], jnp.float32), jax.random.fold_in(key, i),
+                              budget * 255.0))
+            for i in range(0, len(images), batch)])
+    return move
 
 
-def target_rate(model, variables, images: np.ndarray, target: int, batch: int = 250) -> float:
-    """Fraction of `images` the classifier calls class `target`."""
-    import jax
-
-    apply = jax.jit(lambda x: model.apply(variables, x, train=False))
-    preds = np.concatenate([np.asarray(apply(images[i:i + batch])).argmax(1)
-                            for i in range(0, len(images), batch)])
-    return float(np.mean(preds == target))
+def target_rate(predictor, images: np.ndarray, target: int) -> float:
+    """Fraction of `images` a `ferjax.inference.Predictor` calls class `target`."""
+    return float(np.mean(predictor(images).argmax(1) == target))
 
 
 def transfer_table(guides: list[str], judge: str, images: np.ndarray, target: int,
                    budgets: list[float]) -> tuple[list[dict], dict]:
     """Rows {guide, budget, guide_rate, judge_rate, seconds} and the moved images per (guide, budget)."""
-    from ferjax import pretrained
+    from ferjax.inference import load_predictor
 
-    judge_model = pretrained.load(judge)[:2]
+    def predictor(name):  # one compiled batch size for every call
+        return load_predictor(name, buckets=(256,))
+    judge_predict = predictor(judge)
     rows, moved = [], {}
     for name in guides:
-        guide_model = pretrained.load(name)[:2]
-        rows.append({"guide": name, "budget": 0.0, "guide_rate": target_rate(*guide_model, images, target),
-                     "judge_rate": target_rate(*judge_model, images, target), "seconds": 0.0})
+        guide_predict = predictor(name)
+        move = mover(guide_predict.model, guide_predict.variables, target)
+        rows.append({"guide": name, "budget": 0.0, "guide_rate": target_rate(guide_predict, images, target),
+                     "judge_rate": target_rate(judge_predict, images, target), "seconds": 0.0})
         for budget in budgets:
             t0 = time.perf_counter()
-            x = np.round(move_towards(*guide_model, images, target, budget)).astype(np.uint8)
+            x = np.round(move(images, budget)).astype(np.uint8)
             moved[name, budget] = x
-            rows.append({"guide": name, "budget": budget, "guide_rate": target_rate(*guide_model, x, target),
-                         "judge_rate": target_rate(*judge_model, x, target),
+            rows.append({"guide": name, "budget": budget, "guide_rate": target_rate(guide_predict, x, target),
+                         "judge_rate": target_rate(judge_predict, x, target),
                          "seconds": round(time.perf_counter() - t0, 1)})
     return rows, moved
 

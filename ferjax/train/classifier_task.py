@@ -108,13 +108,15 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
     init_from = tcfg.get("init_from", "")
     ema_decay = tcfg.get("ema_decay", 0.0)
+    adversarial = {k: tcfg.get(k, default) for k, default in (
+        ("adversarial_eps", 0.0), ("adversarial_steps", 1), ("adversarial_warmup_epochs", 0.0))}
     state = create_state(model, tx, tcfg.seed, variables=initial_variables(model, init_from) if init_from else None,
                          ema=ema_decay > 0)
     train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh,
                                        sync_batch_norm=tcfg.sync_batch_norm, ema_decay=ema_decay,
-                                       adversarial_eps=tcfg.get("adversarial_eps", 0.0),
-                                       adversarial_steps=tcfg.get("adversarial_steps", 1),
-                                       adversarial_ramp_steps=round(tcfg.get("adversarial_warmup_epochs", 0.0)
+                                       adversarial_eps=adversarial["adversarial_eps"],
+                                       adversarial_steps=adversarial["adversarial_steps"],
+                                       adversarial_ramp_steps=round(adversarial["adversarial_warmup_epochs"]
                                                                     * batches.steps_per_epoch))
 
     def logits_fn(current_state, shift=None):
@@ -153,7 +155,6 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     (workdir / "report.json").write_text(json.dumps(summary, indent=2))
     if config.export_to:
         test = reports.get("test", {})
-        adversarial_eps = tcfg.get("adversarial_eps", 0.0)
         card = {"name": config.export_name or config.classifier, "classifier": config.classifier,
                 # what loading needs to rebuild the network (registry/pretrained.py reads it)
                 "classifier_kwargs": dict(config.classifier_kwargs),
@@ -172,9 +173,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
                 **({"vote_targets_weight": vote_weight} if vote_weight else {}),
                 **({"initialized_from": init_from} if init_from else {}),
                 **({"ema_decay": ema_decay} if ema_decay else {}),
-                **({"adversarial_eps": adversarial_eps, "adversarial_steps": tcfg.get("adversarial_steps", 1),
-                    "adversarial_warmup_epochs": tcfg.get("adversarial_warmup_epochs", 0.0)}
-                   if adversarial_eps else {}),
+                **(adversarial if adversarial["adversarial_eps"] else {}),
                 **({"logit_adjustment": summary["logit_adjustment"]} if adjustment else {}),
                 "command": invoked_command(),
                 "reproduce_command": config.reproduce_command,
