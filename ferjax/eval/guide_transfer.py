@@ -66,12 +66,13 @@ def transfer_table(guides: list[str], judge: str, images: np.ndarray, target: in
     def predictor(name):  # one compiled batch size for every call
         return load_predictor(name, buckets=(256,))
     judge_predict = predictor(judge)
+    judge_unmoved = target_rate(judge_predict, images, target)
     rows, moved = [], {}
     for name in guides:
         guide_predict = predictor(name)
         move = mover(guide_predict.model, guide_predict.variables, target)
         rows.append({"guide": name, "budget": 0.0, "guide_rate": target_rate(guide_predict, images, target),
-                     "judge_rate": target_rate(judge_predict, images, target), "seconds": 0.0})
+                     "judge_rate": judge_unmoved, "seconds": 0.0})
         for budget in budgets:
             t0 = time.perf_counter()
             x = np.round(move(images, budget)).astype(np.uint8)
@@ -85,6 +86,7 @@ def transfer_table(guides: list[str], judge: str, images: np.ndarray, target: in
 def main(argv: list[str] | None = None) -> None:
     from ferjax.data.fer2013 import class_index
     from ferjax.data.loading import load_splits
+    from ferjax.train.cyclegan_steps import to_unit
     from ferjax.train.cyclegan_task import sample_grid, write_png
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['guide']} | {r['budget']:g} | {100 * r['guide_rate']:.1f}% | {100 * r['judge_rate']:.1f}% |")
     if a.grid:
         shown = [images[:12]] + [moved[g, b][:12] for g in guides for b in budgets]
-        write_png(Path(a.grid), sample_grid([r.astype(np.float32) / 127.5 - 1.0 for r in shown]))
+        write_png(Path(a.grid), sample_grid([to_unit(r) for r in shown]))
     summary = {"source": a.source, "target": a.target, "num_images": int(len(images)), "judge": a.judge,
                "attack_steps": ATTACK_STEPS, "rows": rows}
     if a.out:
