@@ -51,9 +51,12 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
                                        # A frozen pretrained classifier pushing G(A) towards the
                                        # target class (weight lambda_class; 0: off, the paper),
                                        # until it gives probability class_guide_margin; the weight
-                                       # ramps up over class_guide_warmup_epochs
+                                       # ramps up over class_guide_warmup_epochs; with
+                                       # class_guide_min_cycle_ssim > 0 it pulls only on images
+                                       # whose cycle SSIM is at least that (0: always)
                                        "class_guide": "", "lambda_class": 0.0,
-                                       "class_guide_margin": 0.0, "class_guide_warmup_epochs": 0.0})
+                                       "class_guide_margin": 0.0, "class_guide_warmup_epochs": 0.0,
+                                       "class_guide_min_cycle_ssim": 0.0})
     # Quality report after training (KID/FID on this classifier's features, GAN-test); '' skips it.
     # feature_layer: a module of that classifier (a spatial output is averaged over positions).
     c.quality = ml_collections.ConfigDict({"model": "fer2013_vgg_small", "feature_layer": "Dense_0",

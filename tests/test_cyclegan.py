@@ -266,3 +266,39 @@ def test_export_from_run_rewrites_both_generators_from_the_checkpoint(uninterrup
     with pytest.raises(SystemExit) as exit_info:
         generator_export.main([f"--run={wd / 'samples'}"])
     assert exit_info.value.code == 2 and "is not a CycleGAN workdir" in capsys.readouterr().err
+
+
+def test_guide_pulls_only_on_images_whose_cycle_ssim_clears_the_gate():
+    import ml_collections
+    import optax
+
+    from ferjax.registry import DISCRIMINATORS, GENERATORS, LOSSES
+    from ferjax.train import sharding
+    from ferjax.train.cyclegan_steps import create_state, make_step
+
+    gen = GENERATORS.create("resnet", base=4, blocks=1)
+    disc = DISCRIMINATORS.create("patchgan", base=4, layers=2)
+    tx = optax.adam(1e-3)
+    cycle = LOSSES.create("cycle_l1_l2_ssim")
+    rng = np.random.default_rng(0)
+    batch = {"a": rng.integers(0, 256, (2, 48, 48, 1), dtype=np.uint8),
+             "b": rng.integers(0, 256, (2, 48, 48, 1), dtype=np.uint8)}
+    guide = lambda x: jnp.stack([x.mean(axis=(1, 2, 3))] * 7, axis=-1) * jnp.arange(7.0)  # differentiable
+
+    def first_step(**gan):
+        cfg = {"lambda_cycle": 5.0, "lambda_identity": 0.5, "flip_labels": True, "pool_size": 2,
+               "lambda_class": 1.0, **gan}
+        step = make_step(gen, disc, tx, tx, cycle, cycle, LOSSES.create("lsgan"),
+                         ml_collections.ConfigDict(cfg), 0, sharding.data_mesh(1),
+                         class_guide=guide, target_class=1)
+        state = create_state(gen, disc, tx, tx, 0, 2)
+        return jax.device_get(step(state, batch)[1])
+
+    plain = first_step(lambda_class=0.0)
+    shut = first_step(class_guide_min_cycle_ssim=0.99)  # an untrained cycle is far below 0.99
+    open_ = first_step(class_guide_min_cycle_ssim=0.0)
+    assert float(shut["guide_open"]) == 0.0
+    np.testing.assert_allclose(shut["g_loss"], plain["g_loss"], rtol=1e-6)  # no pull at all
+    assert float(open_["g_loss"]) > float(plain["g_loss"]) + 0.1  # the ungated guide adds its CE
+    with pytest.raises(ValueError, match="class_guide_min_cycle_ssim=1.0"):
+        first_step(class_guide_min_cycle_ssim=1.0)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import flax.struct
 import jax
+import dm_pix as pix
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -140,6 +141,9 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
     cross-entropy at -log(margin); 0: plain cross-entropy) and its weight ramps up linearly over
     class_guide_warmup_epochs, so the generator first learns to keep faces (a full-weight guide
     from step 0 turned G(A) into textures the guide called disgust and nothing else did).
+    class_guide_min_cycle_ssim > 0 gates the pull per image: it acts on G(a) only while
+    SSIM(F(G(a)), a) is at least that value, so the guide cannot trade away the face (a strong
+    guide otherwise collapsed every G(a) into one pattern with cycle SSIM 0.1).
     """
     base_key = jax.random.key(seed)
     policy = parse_augment_policy(cfg.get("diff_augment", ""))
@@ -153,6 +157,9 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
         raise ValueError(f"gan.class_guide_margin={margin}: expected a probability in [0, 1)")
     ce_floor = -float(jnp.log(margin)) if margin > 0 else 0.0
     warmup_steps = float(cfg.get("class_guide_warmup_epochs", 0.0)) * steps_per_epoch
+    min_cycle_ssim = float(cfg.get("class_guide_min_cycle_ssim", 0.0))
+    if not 0.0 <= min_cycle_ssim < 1.0:
+        raise ValueError(f"gan.class_guide_min_cycle_ssim={min_cycle_ssim}: expected an SSIM in [0, 1)")
 
     def judge(vd, x, key):
         """Discriminator output on (augmented) `x` in training mode, with its batch statistics."""
@@ -194,7 +201,12 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
                 labels = jnp.full(logits.shape[:1], target_class)
                 ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
                 ramp = jnp.minimum(1.0, state.step / warmup_steps) if warmup_steps > 0 else 1.0
-                total = total + lambda_class * ramp * jnp.mean(jax.nn.relu(ce - ce_floor))
+                pull = jax.nn.relu(ce - ce_floor)
+                if min_cycle_ssim > 0:
+                    kept = pix.ssim(jax.lax.stop_gradient(rec_a), a, max_val=2.0) >= min_cycle_ssim
+                    pull = jnp.where(kept, pull, 0.0)
+                    metrics["guide_open"] = kept.mean()
+                total = total + lambda_class * ramp * jnp.mean(pull)
                 metrics.update(guide_ce=ce.mean(), guide_weight=lambda_class * ramp,
                                guide_target_rate=jnp.mean(logits.argmax(-1) == target_class))
             aux = {"fake_a": fake_a, "fake_b": fake_b, "g": vg, "f": vf, "metrics": metrics}
