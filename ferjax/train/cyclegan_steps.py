@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
+import dm_pix as pix
 import flax.struct
 import jax
-import dm_pix as pix
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -37,6 +37,12 @@ class CycleGANState:
 def to_unit(images: jax.Array) -> jax.Array:
     """uint8-range grey levels 0..255 -> [-1, 1]."""
     return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def unit_ssim(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-image SSIM (dm-pix) of [N,H,W,C] images in [-1, 1]: the cycle and identity SSIM that
+    runs report and that `gan.class_guide_min_cycle_ssim` gates on."""
+    return pix.ssim(x, y, max_val=2.0)
 
 
 def create_state(generator: nn.Module, discriminator: nn.Module, g_tx: optax.GradientTransformation,
@@ -203,7 +209,7 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
                 ramp = jnp.minimum(1.0, state.step / warmup_steps) if warmup_steps > 0 else 1.0
                 pull = jax.nn.relu(ce - ce_floor)
                 if min_cycle_ssim > 0:
-                    kept = pix.ssim(jax.lax.stop_gradient(rec_a), a, max_val=2.0) >= min_cycle_ssim
+                    kept = unit_ssim(jax.lax.stop_gradient(rec_a), a) >= min_cycle_ssim
                     pull = jnp.where(kept, pull, 0.0)
                     metrics["guide_open"] = kept.mean()
                 total = total + lambda_class * ramp * jnp.mean(pull)

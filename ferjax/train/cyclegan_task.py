@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import cv2
-import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,7 +23,7 @@ from ferjax.data import fer2013
 from ferjax.data.pipeline import TrainBatches
 from ferjax.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
 from ferjax.train import sharding
-from ferjax.train.cyclegan_steps import create_state, make_step, to_unit
+from ferjax.train.cyclegan_steps import create_state, make_step, to_unit, unit_ssim
 from ferjax.train.generator_export import FORWARD, REVERSE, export_run_generators, to_uint8
 from ferjax.train.loop import fit, flat_config
 from ferjax.train.schedules import make_optimizer, make_schedule
@@ -132,7 +131,7 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         guide and the quality classifier (the GAN-test judge) call G(A) the target class."""
         v = jax.device_get(current.variables)
         out = translate_both(v, probe_a, probe_b)
-        ssim = lambda x, y: float(jnp.mean(pix.ssim(x, y, max_val=2.0)))
+        ssim = lambda x, y: float(jnp.mean(unit_ssim(x, y)))
         metrics = {"cycle_ssim": (ssim(out["fg_a"], out["a"]) + ssim(out["gf_b"], out["b"])) / 2,
                    "identity_ssim": (ssim(out["id_a"], out["a"]) + ssim(out["id_b"], out["b"])) / 2}
         for name, net in (("guide", guide), ("judge", judge)):
