@@ -302,3 +302,62 @@ def test_guide_pulls_only_on_images_whose_cycle_ssim_clears_the_gate():
     assert float(open_["g_loss"]) > float(plain["g_loss"]) + 0.1  # the ungated guide adds its CE
     with pytest.raises(ValueError, match="class_guide_min_cycle_ssim=1.0"):
         first_step(class_guide_min_cycle_ssim=1.0)
+
+
+def test_projected_discriminator_trains_heads_on_the_frozen_classifier_features():
+    import ml_collections
+    import optax
+
+    from ferjax import pretrained
+    from ferjax.registry import DISCRIMINATORS, GENERATORS, LOSSES
+    from ferjax.train import sharding
+    from ferjax.train.cyclegan_steps import create_state, make_step
+
+    disc = DISCRIMINATORS.create("projected", base=4, layers=2)
+    assert disc.feature_model == "fer2013_robust_small"
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (3, 48, 48, 1)), jnp.float32)
+    # The frozen maps are the pretrained classifier's own intermediate outputs, in inference mode.
+    model, variables, _ = pretrained.load("fer2013_robust_small")
+    _, inter = model.apply(variables, (x + 1.0) * 127.5, train=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+    maps = disc.features(x)
+    for got, name in zip(maps, ("BatchNorm_5", "BatchNorm_7")):
+        np.testing.assert_allclose(got, inter["intermediates"][name]["__call__"][0], rtol=1e-5, atol=1e-5)
+    v = disc.init({"params": jax.random.key(0)}, x, train=False)
+    head_params = sum(p.size for p in jax.tree.leaves(v["params"]))
+    assert head_params < sum(p.size for p in jax.tree.leaves(variables["params"])) / 50  # heads only
+    assert disc.apply(v, x, train=False).shape == (3, 12 * 12 + 6 * 6)  # one logit per position
+    grad = jax.grad(lambda im: disc.apply(v, im, train=False).sum())(x)
+    assert float(jnp.abs(grad).sum()) > 0  # the generator's gradient passes the frozen features
+    with pytest.raises(ValueError, match=r"unknown \['Conv9'\]; it has \['BatchNorm_0'"):
+        DISCRIMINATORS.create("projected", feature_layers="BatchNorm_5,Conv9")
+
+    # One CycleGAN step with it: the heads move, the classifier weights are not part of the state.
+    gen = GENERATORS.create("resnet", base=4, blocks=1)
+    tx = optax.adam(1e-3)
+    cycle = LOSSES.create("cycle_l1_l2_ssim")
+    cfg = ml_collections.ConfigDict({"lambda_cycle": 5.0, "lambda_identity": 0.5, "flip_labels": True,
+                                     "pool_size": 2})
+    step = make_step(gen, disc, tx, tx, cycle, cycle, LOSSES.create("lsgan"), cfg, 0, sharding.data_mesh(1))
+    state = create_state(gen, disc, tx, tx, 0, 2)
+    before = jax.device_get(state.variables["d_b"]["params"])
+    batch = {k: rng.integers(0, 256, (2, 48, 48, 1), dtype=np.uint8) for k in "ab"}
+    state, metrics = step(state, batch)
+    after = jax.device_get(state.variables["d_b"]["params"])
+    assert jax.tree.structure(after) == jax.tree.structure(v["params"])
+    assert np.isfinite(float(metrics["d_b"])) and np.isfinite(float(metrics["g_adv"]))
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+
+
+def test_projected_discriminator_on_the_judge_is_refused_before_training(synthetic_csv, tmp_path):
+    from ferjax.experiments.cyclegan_neutral2disgust import get_config
+    from ferjax.train.cyclegan_task import cyclegan_train
+
+    c = get_config("tiny")
+    c.data.fer2013_path = str(synthetic_csv)
+    c.discriminator = "projected"
+    c.quality.model = "fer2013_robust_small"  # the projected discriminator's default features
+    with pytest.raises(ValueError, match="graded by the network that trained it"):
+        cyclegan_train(c, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()

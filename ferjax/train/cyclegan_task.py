@@ -101,6 +101,11 @@ def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     generator = GENERATORS.create(config.generator, **config.generator_kwargs)
     discriminator = DISCRIMINATORS.create(config.discriminator, **config.discriminator_kwargs)
+    if config.quality.model and getattr(discriminator, "feature_model", "") == config.quality.model:
+        raise ValueError(f"config.discriminator={config.discriminator!r} judges on the features of "
+                         f"{config.quality.model!r}, the GAN-test judge (config.quality.model): the generator "
+                         f"would be graded by the network that trained it; set config.quality.model to "
+                         f"another pretrained classifier")
     batches = PairedBatches(source, target, tcfg.batch_size, tcfg.seed)
     g_tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
     d_tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
