@@ -42,8 +42,9 @@ class ProjectedDiscriminator(nn.Module):
     """A discriminator on the feature maps of a frozen pretrained classifier (after Sauer et al.
     2021, "Projected GANs"): per feature map a small trainable head (1x1 conv, then `layers` - 1
     3x3 convs with norm and leaky ReLU, then one logit per position); the logits of all maps are
-    concatenated. `features` maps images in [-1, 1] to the frozen maps; its weights are constants,
-    never trained, and the generator's gradient flows through them to its images."""
+    concatenated ([N, positions, 1], like PatchGAN's one score per patch). `features` maps images
+    in [-1, 1] to the frozen maps; its weights are constants, never trained, and the generator's
+    gradient flows through them to its images."""
 
     features: Callable[[jax.Array], list[jax.Array]]
     feature_model: str = ""  # the pretrained classifier behind `features` (it must not be the judge)
@@ -63,7 +64,7 @@ class ProjectedDiscriminator(nn.Module):
                 else:
                     y = nn.BatchNorm(use_running_average=not train, momentum=0.9)(y)
                 y = nn.leaky_relu(y, 0.2)
-            logits.append(nn.Conv(1, (3, 3))(y).reshape(x.shape[0], -1))
+            logits.append(nn.Conv(1, (3, 3))(y).reshape(x.shape[0], -1, 1))
         return jnp.concatenate(logits, axis=1)
 
 

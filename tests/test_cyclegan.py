@@ -327,7 +327,7 @@ def test_projected_discriminator_trains_heads_on_the_frozen_classifier_features(
     v = disc.init({"params": jax.random.key(0)}, x, train=False)
     head_params = sum(p.size for p in jax.tree.leaves(v["params"]))
     assert head_params < sum(p.size for p in jax.tree.leaves(variables["params"])) / 50  # heads only
-    assert disc.apply(v, x, train=False).shape == (3, 12 * 12 + 6 * 6)  # one logit per position
+    assert disc.apply(v, x, train=False).shape == (3, 12 * 12 + 6 * 6, 1)  # one logit per position
     grad = jax.grad(lambda im: disc.apply(v, im, train=False).sum())(x)
     assert float(jnp.abs(grad).sum()) > 0  # the generator's gradient passes the frozen features
     with pytest.raises(ValueError, match=r"unknown \['Conv9'\]; it has \['BatchNorm_0'"):
