@@ -35,7 +35,7 @@ def uninterrupted(synthetic_csv, tmp_path_factory):
 def test_tiny_run_writes_grids_report_and_a_loadable_generator(uninterrupted):
     wd, proc = uninterrupted
     out = proc.stdout + proc.stderr
-    assert "profile tiny (forced by :tiny)" in out.splitlines()[0] or "profile tiny (forced by :tiny)" in out
+    assert "neutral -> disgust, profile tiny (forced by :tiny)" in out
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["epochs_run"] == 2 and summary["steps"] == 10  # 22 neutral faces / batch 4, 2 epochs
     assert summary["source_images"] == 22 and summary["target_images"] == 23

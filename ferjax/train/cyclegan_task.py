@@ -70,7 +70,8 @@ def sample_grid(rows: list[np.ndarray], scale: int = 2) -> np.ndarray:
 def cyclegan_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config.generator` / `config.discriminator` from `source_class` to `target_class`."""
     t0 = time.perf_counter()
-    print(f"{config.name}: profile {config.profile} ({config.profile_reason})", flush=True)
+    print(f"{config.name}: {config.source_class} -> {config.target_class}, "
+          f"profile {config.profile} ({config.profile_reason})", flush=True)
     src_idx = class_index(config.source_class, "source_class")
     tgt_idx = class_index(config.target_class, "target_class")
     if src_idx == tgt_idx:
