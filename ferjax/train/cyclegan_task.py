@@ -188,27 +188,51 @@ def unit_image_classifier(model, variables) -> Callable[[jax.Array], jax.Array]:
     return jax.jit(lambda x: model.apply(variables, (jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5, train=False))
 
 
+def guide_names(value: str) -> list[str]:
+    """The pretrained classifiers named by `gan.class_guide` (one name, or several joined by commas)."""
+    return [n.strip() for n in str(value or "").split(",") if n.strip()]
+
+
+def ensemble_log_probs(members: list[Callable[[jax.Array], jax.Array]]) -> Callable[[jax.Array], jax.Array]:
+    """Several classifiers as one: the mean of their log-probabilities (a normalised geometric mean
+    of their probabilities once softmaxed), so the pull is strongest where they all agree."""
+    if len(members) == 1:
+        return members[0]
+    return jax.jit(lambda x: jnp.mean(jnp.stack([jax.nn.log_softmax(m(x), -1) for m in members]), 0))
+
+
 def class_guide(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array] | None:
-    """The frozen classifier named by `gan.class_guide` when `gan.lambda_class` > 0, checked before
-    any training: it must be differentiable in its input and must not be the GAN-test judge."""
-    weight, name = config.gan.get("lambda_class", 0.0), config.gan.get("class_guide", "")
+    """The frozen classifier(s) named by `gan.class_guide` when `gan.lambda_class` > 0, checked
+    before any training: each must be differentiable in its input and must be neither the GAN-test
+    judge nor distilled from it. Several names (comma-separated) guide as an ensemble
+    (`ensemble_log_probs`): a pull that moves several networks at once is more likely to move an
+    unseen one (the judge) too."""
+    weight, names = config.gan.get("lambda_class", 0.0), guide_names(config.gan.get("class_guide", ""))
     if weight <= 0:
         return None
-    if not name:
+    if not names:
         raise ValueError("config.gan.lambda_class > 0 needs config.gan.class_guide, a pretrained "
-                         "classifier name (see `python -m ferjax.run --list`)")
-    if name == config.quality.model:
-        raise ValueError(f"config.gan.class_guide and config.quality.model are both {name!r}: GAN-test "
-                         f"would grade the generator with the classifier that trained it; set "
-                         f"config.quality.model to another pretrained classifier")
+                         "classifier name or several joined by commas (see `python -m ferjax.run --list`)")
     from ferjax import pretrained
 
-    guide = unit_image_classifier(*pretrained.load(name)[:2])
-    probe = jax.random.uniform(jax.random.key(0), (2, 48, 48, 1), minval=-0.9, maxval=0.9)
-    if not np.any(np.asarray(jax.grad(lambda x: guide(x).sum())(probe))):
-        raise ValueError(f"config.gan.class_guide={name!r} passes no gradient to its input (its "
-                         f"preprocessing rounds pixels); choose a classifier that takes float pixels")
-    return guide
+    judge = config.quality.model
+    members = []
+    for name in names:
+        if name == judge:
+            raise ValueError(f"config.gan.class_guide names {name!r}, which is also config.quality.model: "
+                             f"GAN-test would grade the generator with the classifier that trained it; "
+                             f"set config.quality.model to another pretrained classifier")
+        model, variables, card = pretrained.load(name)
+        if judge and judge in (card.get("distilled_from") or {}):
+            raise ValueError(f"config.gan.class_guide member {name!r} was distilled from the GAN-test judge "
+                             f"{judge!r} (its model card): GAN-test would not be independent; leave it out")
+        member = unit_image_classifier(model, variables)
+        probe = jax.random.uniform(jax.random.key(0), (2, 48, 48, 1), minval=-0.9, maxval=0.9)
+        if not np.any(np.asarray(jax.grad(lambda x, m=member: m(x).sum())(probe))):
+            raise ValueError(f"config.gan.class_guide={name!r} passes no gradient to its input (its "
+                             f"preprocessing rounds pixels); choose a classifier that takes float pixels")
+        members.append(member)
+    return ensemble_log_probs(members)
 
 
 def generator_quality(config, g_variables, generator, source: np.ndarray, target: np.ndarray,
