@@ -48,8 +48,9 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
                                        # DiffAugment policy for every discriminator input, e.g.
                                        # "brightness,contrast,translation,cutout" ("": off, the paper)
                                        "diff_augment": "",
-                                       # A frozen pretrained classifier pushing G(A) towards the
-                                       # target class (weight lambda_class; 0: off, the paper),
+                                       # A frozen pretrained classifier (or several, comma-joined:
+                                       # an ensemble of their mean log-probabilities) pushing G(A)
+                                       # towards the target class (weight lambda_class; 0: off, the paper),
                                        # until it gives probability class_guide_margin; the weight
                                        # ramps up over class_guide_warmup_epochs; with
                                        # class_guide_min_cycle_ssim > 0 it pulls only on images
