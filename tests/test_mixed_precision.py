@@ -26,6 +26,9 @@ def test_bfloat16_forward_matches_float32(name, kwargs):
     assert np.linalg.norm(np.asarray(b) - a) / np.linalg.norm(a) < 0.05
 
 
+# Two CLI trainings, 127 s of the 1,293 s default suite on the 2-core VM (2026-12-02): an accuracy
+# claim rather than a unit check; the forward-parity test above stays in the default suite.
+@pytest.mark.slow
 def test_bfloat16_training_reaches_float32_accuracy_within_one_point(tmp_path):
     data = tmp_path / "data"
     # a task with a ceiling below 100%: 15% random labels in every split
