@@ -9,8 +9,8 @@ degrees, zoomed in 1.6-2.3x off centre, or shifted 10-16 px); both kinds pass th
 warp, interpolation and border rule, so neither is told apart by resampling alone. Two folds by
 CSV-row parity: a model trained on the even rows scores the odd rows, and the other way round.
 The score (probability of "mis-registered") is then compared with the FER+ NF-majority Training
-images (read for scoring only), alone and added to the `blank`, `text_graphics` and `no_face`
-flags at their defaults, per parity half. Prints one line per figure and a JSON summary last.
+images (read for scoring only), alone and added to the flags of the non-face signals (group
+`non_face`) as `curate_fer2013` configures them, per parity half. Prints one line per figure and a JSON summary last.
 """
 from __future__ import annotations
 
@@ -25,9 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-NON_FACE_SIGNALS = ("blank", "text_graphics", "no_face")
-
 
 def warp(img: np.ndarray, angle: float, scale: float, dx: float, dy: float) -> np.ndarray:
     """The 48x48 image rotated `angle` degrees and scaled about its centre, then shifted."""
@@ -112,10 +109,11 @@ def auc(score: np.ndarray, truth: np.ndarray) -> float:
 
 
 def main() -> None:
-    from ferjax.curation.scoring import not_a_face  # noqa: PLC0415
+    from ferjax.config import load_experiment  # noqa: PLC0415
+    from ferjax.curation.scoring import not_a_face, precision_recall  # noqa: PLC0415
     from ferjax.curation.signals import curation_view  # noqa: PLC0415
+    from ferjax.curation.task import run_signals  # noqa: PLC0415
     from ferjax.data.loading import load_splits  # noqa: PLC0415
-    from ferjax.registry import CURATION_SIGNALS  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fer2013", required=True, help="folder with fer2013.csv(.gz) and fer2013new.csv")
@@ -133,9 +131,9 @@ def main() -> None:
     rows = np.asarray(train["row"])
     halves = {"even": rows % 2 == 0, "odd": rows % 2 == 1, "all": np.ones(len(rows), bool)}
 
-    view, cache = curation_view(splits), Path(args.cache) if args.cache else None
-    flagged = np.any([CURATION_SIGNALS.create_accepting(name, {})(view, cache).flagged
-                      for name in NON_FACE_SIGNALS], axis=0)
+    signals = run_signals(load_experiment("curate_fer2013"), curation_view(splits),
+                          Path(args.cache) if args.cache else None)
+    flagged = np.any([r.flagged for r in signals.values() if r.group == "non_face"], axis=0)
 
     score = np.zeros(len(images))
     for train_half, test_half in (("even", "odd"), ("odd", "even")):
@@ -152,13 +150,12 @@ def main() -> None:
         print(f"{name} rows: {int(t.sum())} FER+ NF; score AUC {half['auc']}; {half['nf_in_top_n']} NF among "
               f"the {int(t.sum())} top-scoring; the non-face signals flag {int(f.sum())} ({int((f & t).sum())} NF)")
         for threshold in map(float, args.thresholds.split(",")):
-            union = f | (s >= threshold)
-            added = union & ~f
-            tp = int((union & t).sum())
+            added = (s >= threshold) & ~f
+            union = precision_recall(f | added, t)
             half["added"][threshold] = {"added": int(added.sum()), "added_nf": int((added & t).sum()),
-                                        "precision": round(tp / int(union.sum()), 3), "recall": round(tp / int(t.sum()), 3)}
+                                        "precision": round(union["precision"], 3), "recall": round(union["recall"], 3)}
             print(f"  + score >= {threshold}: {int(added.sum())} more flagged ({int((added & t).sum())} NF): "
-                  f"precision {tp / union.sum():.1%}, recall {tp / t.sum():.1%}")
+                  f"precision {union['precision']:.1%}, recall {union['recall']:.1%}")
         summary["halves"][name] = half
     print(json.dumps(summary))
 

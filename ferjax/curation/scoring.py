@@ -33,7 +33,8 @@ def not_a_face(votes: np.ndarray) -> np.ndarray:
     return (votes.min(1) >= 0) & (votes[:, 9] > votes[:, :9].max(1))
 
 
-def _pr(flagged: np.ndarray, truth: np.ndarray) -> dict:
+def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict:
+    """How many rows are flagged, how many of them are true, and the precision and recall."""
     tp = int((flagged & truth).sum())
     n = int(flagged.sum())
     return {"flagged": n, "true_positives": tp,
@@ -52,11 +53,11 @@ def score(votes: np.ndarray, original: np.ndarray, curated: np.ndarray, action: 
     votes = np.asarray(votes)
     truth = not_a_face(votes)
     action = np.asarray(action)
-    removal = {name: _pr(np.asarray(f, bool), truth) for name, f in non_face_flags.items()}
+    removal = {name: precision_recall(np.asarray(f, bool), truth) for name, f in non_face_flags.items()}
     if non_face_flags:
         union = np.any([np.asarray(f, bool) for f in non_face_flags.values()], axis=0)
-        removal["combined"] = _pr(union, truth)
-    removal["all_removals"] = _pr(action == "removed", truth)
+        removal["combined"] = precision_recall(union, truth)
+    removal["all_removals"] = precision_recall(action == "removed", truth)
     major = ferplus_majority(votes)
     fixed = major >= 0
     relabeled = fixed & (action == "relabeled")
