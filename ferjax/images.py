@@ -7,8 +7,11 @@ Anything unusable raises `ImageError` naming the input and the reason.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import re
+import struct
 from pathlib import Path
 from typing import Any, Union
 
@@ -18,6 +21,8 @@ import numpy as np
 from ferjax.realtime.capture import as_bgr
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 8000 x 5000; a decompression bomb declares far more
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF", "PNM")
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")  # the same, as Pillow names them
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]  # Any: PIL.Image.Image
 # EXIF orientation tag (0x0112) -> how to turn the stored pixels upright.
 _EXIF_FIX = {
@@ -70,28 +75,56 @@ def load_image(image: ImageInput, *, channels: str = "bgr", max_pixels: int = DE
     raise ImageError(f"{name}: expected a path, encoded image bytes, a PIL image or a NumPy array")
 
 
-def decode(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decodes an encoded image (JPEG, PNG, WebP, BMP, TIFF, GIF, PNM) to upright BGR uint8."""
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """What an encoded image declares before any pixel is decoded."""
+
+    format: str        # PIL's name: one of PIL_FORMATS
+    width: int
+    height: int
+    orientation: int   # EXIF orientation tag, 1 (upright) when absent
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def header(data: bytes, *, name: str = "<bytes>") -> Header:
+    """Format, size and EXIF orientation of encoded image bytes, read from the header only.
+
+    Only `PIL_FORMATS` are identified: anything else (EPS, which would start Ghostscript, and every
+    other Pillow plugin) is refused as not an image.
+    """
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
     try:
-        with Image.open(io.BytesIO(data)) as header:  # reads the header only
-            width, height = header.size
-            orientation = int(header.getexif().get(0x0112, 1) or 1)
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:  # reads the header only
+            return Header(str(im.format), int(im.size[0]), int(im.size[1]),
+                          int(im.getexif().get(0x0112, 1) or 1))
     except Image.DecompressionBombError as e:  # PIL's own, higher limit, also from the header
-        raise ImageError(f"{name}: exceeds the limit of {max_pixels} pixels ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{name}: not a decodable image ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ImageError(f"{name}: exceeds PIL's pixel limit ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a decodable image (expected {', '.join(ACCEPTED_FORMATS)})") from None
+    except (OSError, ValueError, SyntaxError, TypeError, struct.error) as e:
+        raise ImageError(f"{name}: not a decodable image ({type(e).__name__}: {_clean(e)})") from None
+
+
+def decode(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decodes an encoded image (JPEG, PNG, WebP, BMP, TIFF, GIF, PNM) to upright BGR uint8."""
+    from PIL import Image  # noqa: PLC0415
+
+    head = header(data, name=name)
+    width, height, orientation = head.width, head.height, head.orientation
     if width * height > max_pixels:
         raise ImageError(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
                          f"{max_pixels} (raise max_pixels to accept it)")
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:  # a format OpenCV lacks (e.g. some GIFs): let PIL decode it
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
                 return _from_pil(im, name, max_pixels)
         except (OSError, ValueError, SyntaxError) as e:
-            raise ImageError(f"{name}: truncated or corrupt image data ({str(e)[:120]})") from None
+            raise ImageError(f"{name}: truncated or corrupt image data ({_clean(e)})") from None
     out = from_array(pixels, channels="bgr", name=name, max_pixels=max_pixels)
     fix = _EXIF_FIX.get(orientation)
     return np.ascontiguousarray(fix(out)) if fix else out
@@ -136,3 +169,8 @@ def _from_pil(im: Any, name: str, max_pixels: int) -> np.ndarray:
     if im.mode not in ("L", "RGB", "RGBA"):
         im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
     return from_array(np.asarray(im), channels="rgb", name=name, max_pixels=max_pixels)
+
+
+def _clean(error: BaseException) -> str:
+    """A library's message, short and without memory addresses (`<... object at 0x...>`)."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<input>", str(error))[:120]
