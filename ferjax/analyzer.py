@@ -34,6 +34,7 @@ def build_detector(name: str, args: Mapping[str, Any] | None = None,
                    settings: Mapping[str, Any] | None = None) -> Detector:
     """The registered detector `name` built with `args`.
 
+    `args` are checked against the bounds the detector was registered with (RegistryError).
     `settings` holds framework-wide options (an experiment config works). A factory receives
     `models_dir` when it declares that parameter (or takes **kwargs), and each parameter listed
     in its `config_args` mapping (parameter -> settings key) when that key is set.
@@ -49,6 +50,7 @@ def build_detector(name: str, args: Mapping[str, Any] | None = None,
         value = settings.get(key)
         if value and (param in accepted or "**" in accepted):
             kwargs.setdefault(param, value)
+    DETECTORS.check_args(name, kwargs)  # the bounds it was registered with, as configs get them
     return factory(**kwargs)
 
 
