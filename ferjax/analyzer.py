@@ -9,7 +9,8 @@ photos, batches of photos or video.
 
 Photos are detected at full resolution up to `max_side` pixels on the longer side (larger images
 are scaled down for detection; crops always come from the original pixels); video keeps each
-detector's fast working width (`detect_width`, 320 px for the built-in detectors).
+detector's fast working width (`detect_width`, 320 px for the built-in detectors). In every mode
+the copy a detector sees is at most `max_side` on its longer side (a tall 320x78000 frame too).
 """
 from __future__ import annotations
 
@@ -165,6 +166,20 @@ class Analyzer:
         h, w = frame.shape[:2]
         return w if max(h, w) <= self.max_side else max(1, round(w * self.max_side / max(h, w)))
 
+    def video_width(self, frame: np.ndarray) -> int:
+        """Detection width for a video frame: the detector's fast working width (`detect_width`),
+        narrower where needed so that the longer side stays within `max_side` as for photos.
+
+        The working width alone bounds nothing for a tall frame: a 320x78000 image was detected at
+        full size (25 Mpx, 3 s of the one worker); capped, it is detected at 8x2048."""
+        w = frame.shape[1]
+        working = getattr(self.detector, "detect_width", None) or w
+        return min(working, w, self.photo_width(frame))
+
+    def detection_width(self, frame: np.ndarray, video: bool = False) -> int:
+        """The width `frame` is detected at: `video_width` for video frames, else `photo_width`."""
+        return self.video_width(frame) if video else self.photo_width(frame)
+
     # ------------------------------------------------------------------ public API
     def analyze(self, image: images.ImageInput, channels: str = "bgr") -> list[Face]:
         """Faces in one photo: box, detector score, landmarks, label and probabilities by class.
@@ -207,10 +222,11 @@ class Analyzer:
     def analyze_frames(self, frames: Sequence[np.ndarray], video: bool | Sequence[bool] = False) -> list[list[Face]]:
         """Faces of decoded BGR uint8 images (detected one by one, classified in one batch).
         Photos detect at full resolution up to `max_side`; `video` frames at the detector's
-        own working width (its fast path, e.g. live camera frames)."""
+        own working width (its fast path, e.g. live camera frames); in both modes the detection
+        copy's longer side is at most `max_side` (see `detection_width`)."""
         self.warmup()
         fast = [video] * len(frames) if isinstance(video, bool) else list(video)
-        dets = [self._core.detect(f, None if v else self.photo_width(f)) for f, v in zip(frames, fast)]
+        dets = [self._core.detect(f, self.detection_width(f, v)) for f, v in zip(frames, fast)]
         crops = [self._core.crops(f, d) for f, d in zip(frames, dets)]
         probs = self._core.classify(np.concatenate(crops) if crops else np.zeros((0, 48, 48), np.uint8))
         out, start = [], 0
@@ -232,7 +248,7 @@ class Analyzer:
             for n, (index, frame) in enumerate(src):
                 if max_frames is not None and n >= max_frames:
                     break
-                result, _ = pipe.process(index, frame, draw=False)
+                result, _ = pipe.process(index, frame, draw=False, detect_width=self.video_width(frame))
                 yield FrameFaces(index, result.faces(self.class_names), result.ms, frame if keep_frames else None)
 
     def draw(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:

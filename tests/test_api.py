@@ -209,3 +209,23 @@ def test_yunet_ships_in_the_package_with_its_notice(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "PACKAGED_DIR", damaged)
     with pytest.raises(OSError, match="damaged"):
         models.locate(models.YUNET)
+
+
+def test_tall_frames_are_detected_within_max_side_in_every_mode(face):
+    """A 320x78000 frame in video mode was detected at full size (25 Mpx, seconds of the worker):
+    the copy a detector sees is at most `max_side` on its longer side in photo and video mode."""
+    analyzer = Analyzer(build_detector("yunet"), default_analyzer().predictor, max_side=1024)
+    seen: list[tuple[int, int]] = []
+    detect_small = analyzer.detector.detect_small
+
+    def recorded(small: np.ndarray):
+        seen.append(small.shape[:2])
+        return detect_small(small)
+
+    analyzer.detector.detect_small = recorded
+    tall = np.full((78_000, 320, 3), 90, np.uint8)
+    assert analyzer.analyze_frames([tall, tall], video=[True, False]) == [[], []]
+    assert len(seen) == 2 and all(max(s) <= 1024 for s in seen), seen
+    seen.clear()
+    assert len(analyzer.analyze_frames([face], video=True)[0]) == 1  # normal frames: the working width
+    assert seen == [(180, 320)], seen
