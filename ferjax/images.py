@@ -3,7 +3,9 @@
 Every input becomes a contiguous HxWx3 uint8 BGR array (OpenCV's order, what detectors take).
 Encoded images are checked against a pixel limit from their header before any pixel is decoded,
 EXIF orientation is applied, and grey, grey+alpha, RGBA, palette and 16-bit images are converted.
-Anything unusable raises `ImageError` naming the input and the reason.
+Anything unusable raises `ImageError` naming the input and the reason: every failure of a
+decoder (OpenCV, Pillow) on the bytes it was given is reported as one, never as the library's own
+exception, and messages carry neither memory addresses nor library source paths.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import dataclasses
 import io
 import os
 import re
-import struct
 from pathlib import Path
 from typing import Any, Union
 
@@ -24,6 +25,7 @@ DEFAULT_MAX_PIXELS = 40_000_000  # ~ 8000 x 5000; a decompression bomb declares 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF", "PNM")
 PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")  # the same, as Pillow names them
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]  # Any: PIL.Image.Image
+ORIENTATION_TAG = 0x0112  # EXIF / TIFF tag 274
 # EXIF orientation tag (0x0112) -> how to turn the stored pixels upright.
 _EXIF_FIX = {
     2: lambda a: cv2.flip(a, 1), 3: lambda a: cv2.rotate(a, cv2.ROTATE_180), 4: lambda a: cv2.flip(a, 0),
@@ -41,7 +43,7 @@ def describe(image: object) -> str:
     if isinstance(image, (str, os.PathLike)):
         return str(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return f"<{len(image)} bytes>"
+        return f"<{memoryview(image).nbytes} bytes>"
     if isinstance(image, np.ndarray):
         return f"<array {image.shape} {image.dtype}>"
     return f"<{type(image).__name__}>"
@@ -60,14 +62,19 @@ def load_image(image: ImageInput, *, channels: str = "bgr", max_pixels: int = DE
         path = Path(image)
         if not path.is_file():
             raise ImageError(f"{name}: no such file")
-        size = path.stat().st_size
-        if max_bytes is not None and size > max_bytes:
-            raise ImageError(f"{name}: file of {size} bytes exceeds the limit of {max_bytes}")
-        return decode(path.read_bytes(), name=name, max_pixels=max_pixels)
+        try:
+            size = path.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ImageError(f"{name}: file of {size} bytes exceeds the limit of {max_bytes}")
+            data = path.read_bytes()
+        except OSError as e:  # permissions, a file removed meanwhile, an I/O error
+            raise ImageError(f"{name}: cannot read ({e.strerror or type(e).__name__})") from None
+        return decode(data, name=name, max_pixels=max_pixels)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        if max_bytes is not None and len(image) > max_bytes:
+        data = bytes(image)
+        if max_bytes is not None and len(data) > max_bytes:
             raise ImageError(f"{name}: exceeds the limit of {max_bytes} bytes")
-        return decode(bytes(image), name=name, max_pixels=max_pixels)
+        return decode(data, name=name, max_pixels=max_pixels)
     if isinstance(image, np.ndarray):
         return from_array(image, channels=channels, name=name, max_pixels=max_pixels)
     if hasattr(image, "getexif") and hasattr(image, "mode"):
@@ -79,10 +86,14 @@ def load_image(image: ImageInput, *, channels: str = "bgr", max_pixels: int = DE
 class Header:
     """What an encoded image declares before any pixel is decoded."""
 
-    format: str        # PIL's name: one of PIL_FORMATS
+    format: str        # PIL's name: one of PIL_FORMATS (or MPO, Pillow's name for a multi-picture JPEG)
     width: int
     height: int
-    orientation: int   # EXIF orientation tag, 1 (upright) when absent
+    orientation: int   # EXIF orientation tag (or XMP tiff:Orientation), 1 (upright) when absent
+    # True when `orientation` is the TIFF's own tag 274, which OpenCV's TIFF decoder applies itself
+    # (grfmt_tiff.cpp, whatever the imdecode flags); JPEG, PNG and WebP EXIF is left to the caller
+    # under IMREAD_UNCHANGED, and BMP, GIF and PNM carry none.
+    decoder_orients: bool = False
 
     @property
     def pixels(self) -> int:
@@ -93,41 +104,70 @@ def header(data: bytes, *, name: str = "<bytes>") -> Header:
     """Format, size and EXIF orientation of encoded image bytes, read from the header only.
 
     Only `PIL_FORMATS` are identified: anything else (EPS, which would start Ghostscript, and every
-    other Pillow plugin) is refused as not an image.
+    other Pillow plugin) is refused as not an image. No pixel is decoded, also for a PNG whose EXIF
+    would follow its pixel data (that EXIF is not read).
     """
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
     try:
-        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
+            exif = Image.Image.getexif(im)  # the base method: PNG's own would decode the pixels
+            orientation = exif.get(ORIENTATION_TAG, 1)
+            tiff_tag = getattr(im, "tag_v2", {}).get(ORIENTATION_TAG) if im.format == "TIFF" else None
             return Header(str(im.format), int(im.size[0]), int(im.size[1]),
-                          int(im.getexif().get(0x0112, 1) or 1))
+                          orientation if isinstance(orientation, int) and orientation in _EXIF_FIX else 1,
+                          decoder_orients=tiff_tag is not None)
     except Image.DecompressionBombError as e:  # PIL's own, higher limit, also from the header
-        raise ImageError(f"{name}: exceeds PIL's pixel limit ({e})") from None
+        raise ImageError(f"{name}: exceeds PIL's pixel limit ({_clean(e)})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a decodable image (expected {', '.join(ACCEPTED_FORMATS)})") from None
-    except (OSError, ValueError, SyntaxError, TypeError, struct.error) as e:
-        raise ImageError(f"{name}: not a decodable image ({type(e).__name__}: {_clean(e)})") from None
+    except Exception as e:  # noqa: BLE001 - any failure of a header parser on these bytes is a bad image
+        raise ImageError(f"{name}: not a decodable image ({_clean(e)})") from None
 
 
 def decode(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decodes an encoded image (JPEG, PNG, WebP, BMP, TIFF, GIF, PNM) to upright BGR uint8."""
-    from PIL import Image  # noqa: PLC0415
+    """Decodes an encoded image (JPEG, PNG, WebP, BMP, TIFF, GIF, PNM) to upright BGR uint8.
 
+    OpenCV decodes first; what it cannot (a format it lacks, a side over its 2^20 limit) or fails
+    on, Pillow decodes; when both fail the error is an `ImageError` naming the input.
+    """
     head = header(data, name=name)
-    width, height, orientation = head.width, head.height, head.orientation
+    width, height = head.width, head.height
     if width * height > max_pixels:
         raise ImageError(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
                          f"{max_pixels} (raise max_pixels to accept it)")
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None:  # a format OpenCV lacks (e.g. some GIFs): let PIL decode it
-        try:
-            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
-                return _from_pil(im, name, max_pixels)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageError(f"{name}: truncated or corrupt image data ({_clean(e)})") from None
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except Exception:  # noqa: BLE001 - cv2.error (a side over 2^20, a corrupt stream), MemoryError: try Pillow
+        pixels = None
+    if pixels is None:
+        return _decode_pil(data, name, max_pixels, head.orientation)
     out = from_array(pixels, channels="bgr", name=name, max_pixels=max_pixels)
+    return out if head.decoder_orients else _orient(out, head.orientation)
+
+
+def _decode_pil(data: bytes, name: str, max_pixels: int, orientation: int) -> np.ndarray:
+    """Upright BGR pixels of encoded bytes decoded by Pillow. The header's `orientation` is applied
+    unless Pillow's decoder already did (Pillow 13 turns TIFFs upright and drops the tag on load)."""
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
+            im.load()
+            if ORIENTATION_TAG not in im.getexif():
+                orientation = 1
+            pixels = _pil_pixels(im, name, max_pixels)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated data, a bad stream, a decoder's MemoryError ...
+        raise ImageError(f"{name}: truncated or corrupt image data ({_clean(e)})") from None
+    return _orient(pixels, orientation)
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels turned upright according to an EXIF orientation (1..8; others: unchanged)."""
     fix = _EXIF_FIX.get(orientation)
-    return np.ascontiguousarray(fix(out)) if fix else out
+    return np.ascontiguousarray(fix(pixels)) if fix else pixels
 
 
 def from_array(array: np.ndarray, *, channels: str = "bgr", name: str = "<array>",
@@ -141,10 +181,13 @@ def from_array(array: np.ndarray, *, channels: str = "bgr", name: str = "<array>
     if a.shape[0] * a.shape[1] > max_pixels:
         raise ImageError(f"{name}: {a.shape[1]}x{a.shape[0]} pixels exceeds the limit of {max_pixels}")
     if a.dtype.kind == "f":
-        a = np.clip(np.nan_to_num(a) * (255.0 if a.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    elif a.dtype == np.uint16:
+        f = np.clip(np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0), 0, 255)
+        a = (f * 255.0 if f.max(initial=0) <= 1.0 else f).astype(np.uint8)
+    elif a.dtype.kind == "u" and a.dtype.itemsize == 2:  # either byte order
         a = (a >> 8).astype(np.uint8)
-    elif a.dtype != np.uint8:
+    elif a.dtype.kind == "u" and a.dtype.itemsize == 1:
+        a = a.astype(np.uint8, copy=False)
+    else:
         raise ImageError(f"{name}: expected uint8, uint16 or float pixels, got {a.dtype}")
     if a.ndim == 3 and a.shape[2] == 2:  # grey + alpha
         a = a[..., 0]
@@ -157,13 +200,29 @@ def from_array(array: np.ndarray, *, channels: str = "bgr", name: str = "<array>
 
 
 def _from_pil(im: Any, name: str, max_pixels: int) -> np.ndarray:
-    """An upright BGR copy of a PIL image (EXIF orientation applied)."""
-    from PIL import ImageOps  # noqa: PLC0415
-
+    """An upright BGR copy of a PIL image (EXIF orientation applied, unless its loading did)."""
     w, h = im.size
     if w * h > max_pixels:
         raise ImageError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-    im = ImageOps.exif_transpose(im)
+    try:
+        im.load()  # first: loading may turn it upright itself (Pillow 13 does for TIFF)
+        pixels = _pil_pixels(im, name, max_pixels)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a lazily opened image whose data is bad
+        raise ImageError(f"{name}: truncated or corrupt image data ({_clean(e)})") from None
+    try:
+        orientation = int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the pixels as stored
+        orientation = 1
+    return _orient(pixels, orientation)
+
+
+def _pil_pixels(im: Any, name: str, max_pixels: int) -> np.ndarray:
+    """A BGR copy of a PIL image's stored pixels, any mode converted."""
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
     if im.mode.startswith("I;16"):
         return from_array(np.asarray(im).astype(np.uint16), name=name, max_pixels=max_pixels)
     if im.mode not in ("L", "RGB", "RGBA"):
@@ -172,5 +231,14 @@ def _from_pil(im: Any, name: str, max_pixels: int) -> np.ndarray:
 
 
 def _clean(error: BaseException) -> str:
-    """A library's message, short and without memory addresses (`<... object at 0x...>`)."""
-    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<input>", str(error))[:120]
+    """A library's error as one short line: its type, its message without memory addresses
+    (`<... object at 0x...>`) and without OpenCV's version and source-file prefix."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<input>", text)
+    text = re.sub(r"0x[0-9a-fA-F]{8,}", "<address>", text)
+    text = re.sub(r"^OpenCV\([^)]*\)\s*\S*?:-?\d+:\s*error:\s*", "", text)  # version, source file
+    text = re.sub(r"^\(-?\d+:([^)]*)\)\s*", r"\1: ", text)  # "(-215:Assertion failed) x" -> "Assertion failed: x"
+    text = re.sub(r"\s*in function '.*$", "", text)
+    text = " ".join(text.split()).rstrip(": ")
+    return f"{type(error).__name__}: {text[:120]}" if text else type(error).__name__
