@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from ferjax import registry
+from ferjax.data.fer2013 import EMOTIONS
 
 EXPERIMENT_GROUP = "ferjax.experiments"
 # Config keys whose values must name a registered component of the given kind.
@@ -38,35 +39,117 @@ COMPONENT_KEYS = {
     "discriminator": registry.DISCRIMINATORS, "loss": registry.LOSSES,
     "detector": registry.DETECTORS, "dataset": registry.DATASETS, "task": registry.TASKS,
     "pretrained": registry.PRETRAINED, "model": registry.PRETRAINED, "init_from": registry.PRETRAINED,
-    "curation_signal": registry.CURATION_SIGNALS,
+    "curation_signal": registry.CURATION_SIGNALS, "teacher": registry.PRETRAINED,
+}
+# Config keys holding several names of one kind (comma-separated), beyond the plurals of the above.
+NAME_LIST_KEYS = {"class_guide": registry.PRETRAINED}
+
+
+_POSITIVE_INT = registry.integer(1)
+_COUNT = registry.integer(0, note="0: no limit")
+_SEED = registry.integer(0)
+_FRACTION = registry.number(0.0, 1.0)
+_DECAY = registry.number(0.0, 1.0, open_high=True)  # Adam's b1/b2, momentum: 1 never forgets
+_NON_NEGATIVE = registry.number(0.0)
+_POSITIVE = registry.number(0.0, open_low=True)
+VIDEO_SUFFIXES = (".mp4", ".avi")  # the containers ferjax's OpenCV writer encodes (mp4v, MJPG)
+WEIGHTS_SUFFIX = ".msgpack"  # exported weights; the model card is the same path with .json
+# Names accepted by ferjax.train.schedules and the tasks (tests check each list against the code).
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "linear_decay")
+TTA = ("none", "flip")
+DIFF_AUGMENTS = ("brightness", "contrast", "translation", "cutout")
+# Validation metrics `train.select_metric` may name, by task: `fit` selects checkpoints on them.
+SELECT_METRICS = {
+    "train_classifier": ("accuracy", "balanced_accuracy", "macro_f1", "loss"),
+    "cyclegan_train": ("cycle_ssim", "identity_ssim", "guide_target_rate", "judge_target_rate"),
 }
 
 
-_POSITIVE_INT = registry.Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                               "an integer > 0")
-_COUNT = registry.Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                        "an integer >= 0 (0: no limit)")
-VIDEO_SUFFIXES = (".mp4", ".avi")  # the containers ferjax's OpenCV writer encodes (mp4v, MJPG)
-# Bounds and choices by field name, wherever the field sits in an experiment config.
+def _names_in(choices: tuple[str, ...], empty_ok: bool = True) -> registry.Check:
+    """A comma-separated list of names from `choices` ('' allowed when `empty_ok`)."""
+    return registry.Check(
+        lambda v: isinstance(v, str) and (empty_ok or bool(_names(v))) and all(n in choices for n in _names(v)),
+        f"{'empty or ' if empty_ok else ''}comma-separated names from {', '.join(choices)}")
+
+
+def _weights_list(v: Any) -> bool:
+    return isinstance(v, str) and all(registry.number(0.0)(float(w)) for w in v.split(",") if w.strip())
+
+
+def _positive_ints(length: int | None = None) -> registry.Check:
+    """A non-empty sequence (of `length` items when given) of integers > 0."""
+    return registry.Check(
+        lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and (length is None or len(v) == length)
+        and all(_POSITIVE_INT(b) for b in v),
+        f"{'a non-empty sequence' if length is None else f'a sequence of {length}'} of integers > 0")
+
+
+_CLASS = registry.Check(lambda v: str(v).strip().lower() in EMOTIONS, f"a class name: {', '.join(EMOTIONS)}")
+
+
+# Bounds and choices by field name, wherever the field sits in an experiment config. Every numeric
+# field of every experiment needs one here or in the bounds its component declared when registered
+# (tests/test_config.py walks every experiment and variant); floats are finite.
 FIELD_RULES: dict[str, registry.Check] = {
+    # training loop
     "batch_size": _POSITIVE_INT, "eval_batch_size": _POSITIVE_INT, "epochs": _POSITIVE_INT,
     "log_every_steps": _POSITIVE_INT, "checkpoint_every_steps": _POSITIVE_INT,
-    "max_faces": _POSITIVE_INT, "max_steps": _COUNT, "max_frames": _COUNT, "warmup_frames": _COUNT,
-    "reconnects": _COUNT, "limit_per_split": _COUNT, "num_devices": _COUNT,
-    "learning_rate": registry.greater(0.0), "select_mode": registry.one_of("max", "min"),
-    "display": registry.one_of("auto", "yes", "no"),
+    "max_steps": _COUNT, "num_devices": registry.integer(0, note="0: every device"), "seed": _SEED,
+    "early_stop_patience": registry.integer(0, note="0: off"), "patience": _POSITIVE_INT,
+    "factor": registry.number(0.0, 1.0, open_low=True, note="1: off"),
+    "min_scale": registry.number(0.0, 1.0, open_low=True),
+    "select_mode": registry.one_of("max", "min"),
+    "select_metric": registry.one_of(*dict.fromkeys(m for ms in SELECT_METRICS.values() for m in ms)),
     "compute_dtype": registry.one_of("float32", "bfloat16"),
+    # optimizer and schedule
+    "optimizer": registry.one_of(*OPTIMIZERS), "schedule": registry.one_of(*SCHEDULES),
+    "learning_rate": _POSITIVE, "b1": _DECAY, "b2": _DECAY, "momentum": _DECAY,
+    "weight_decay": _NON_NEGATIVE, "grad_clip": registry.number(0.0, note="0: no clipping"),
+    "warmup_epochs": _NON_NEGATIVE, "decay_start_epoch": _NON_NEGATIVE, "final_lr_ratio": _FRACTION,
+    "ema_decay": registry.number(0.0, 1.0, open_high=True, note="0: off"),
+    "adversarial_eps": registry.number(0.0, note="0: off"), "adversarial_steps": _POSITIVE_INT,
+    "adversarial_warmup_epochs": _NON_NEGATIVE,
+    # model, loss and augmentation
+    "dropout": _DECAY, "width": registry.number(0.0, 4.0, open_low=True),
+    "widths": _positive_ints(), "image_size": registry.integer(32, note="pixels"),
+    "num_classes": registry.integer(len(EMOTIONS), len(EMOTIONS), note="the FER2013 expression classes"),
+    "label_smoothing": _DECAY, "temperature": _POSITIVE, "weight": _FRACTION,
+    "teacher_weights": registry.Check(_weights_list, "comma-separated finite numbers >= 0 ('': equal)"),
+    "tta": registry.one_of(*TTA), "crop_pad": registry.integer(0, 24, note="pixels"),
+    "rotate_deg": registry.number(0.0, 180.0), "jitter": _FRACTION,
     "class_weighting": registry.one_of("none", "balanced"),
     "logit_adjustment": registry.one_of("none", "select"),
     "training_twins": registry.one_of("keep", "drop", "only"),
-    "adversarial_eps": registry.Check(lambda v: isinstance(v, float) and v >= 0.0, "a float >= 0 (0: off)"),
-    "adversarial_steps": _POSITIVE_INT,
-    "adversarial_warmup_epochs": registry.Check(lambda v: isinstance(v, float) and v >= 0.0, "a float >= 0"),
-    "ema_decay": registry.Check(lambda v: isinstance(v, float) and 0.0 <= v < 1.0, "a float in [0, 1)"),
+    "split": registry.one_of("train", "validation", "test"),
+    "export_to": registry.Check(lambda v: v == "" or (str(v).endswith(WEIGHTS_SUFFIX) and len(str(v)) > len(WEIGHTS_SUFFIX)),
+                                f"'' (no export) or a file name ending in {WEIGHTS_SUFFIX} (its model card "
+                                f"is written beside it with .json)"),
+    # GANs
+    "base": _POSITIVE_INT, "blocks": registry.integer(0), "layers": _POSITIVE_INT,
+    "norm": registry.one_of("batch", "instance"), "upsample": registry.one_of("transpose", "resize"),
+    "pool_size": registry.integer(0, note="0: no image pool"), "lambda_class": _NON_NEGATIVE,
+    "lambda_cycle": _NON_NEGATIVE, "lambda_identity": _NON_NEGATIVE, "class_guide_margin": _NON_NEGATIVE,
+    "class_guide_min_cycle_ssim": registry.number(0.0, 1.0, note="0: no gate"),
+    "class_guide_warmup_epochs": _NON_NEGATIVE, "diff_augment": _names_in(DIFF_AUGMENTS),
+    "source_class": _CLASS, "target_class": _CLASS, "focus_class": _CLASS,
+    "num_images": _POSITIVE_INT, "kid_subset_size": _POSITIVE_INT, "kid_subsets": _POSITIVE_INT,
+    "source_detail_sigma": _NON_NEGATIVE,
+    # data, studies, curation
+    "limit_per_split": _COUNT, "target_count": registry.integer(0, note="0: the median class size"),
+    "balance_seed": _SEED, "seeds": _POSITIVE_INT, "bootstrap": _POSITIVE_INT,
+    "folds": registry.Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 2),
+                            "0 (no relabeling) or an integer >= 2"),
+    "selection_fraction": registry.number(0.0, 0.5, open_low=True, open_high=True), "min_prob": _FRACTION,
+    # realtime
+    "max_faces": _POSITIVE_INT, "max_frames": _COUNT, "warmup_frames": _COUNT, "reconnects": _COUNT,
+    "num_threads": registry.integer(0, note="0: all cores"), "margin": _FRACTION,
+    "smoothing_alpha": registry.number(0.0, 1.0, open_low=True), "smoothing_iou": _FRACTION,
+    "input_size": _positive_ints(2),
+    "display": registry.one_of("auto", "yes", "no"),
     "video_out": registry.Check(lambda v: v == "" or str(v).lower().endswith(VIDEO_SUFFIXES),
                                 f"'' (no video) or a file name ending in {' or '.join(VIDEO_SUFFIXES)}"),
-    "buckets": registry.Check(lambda v: len(v) > 0 and all(_POSITIVE_INT(b) for b in v),
-                              "a non-empty sequence of integers > 0"),
+    "buckets": _positive_ints(),
 }
 
 
@@ -171,6 +254,8 @@ def _component_registry(key: str) -> tuple[registry.Registry | None, bool]:
     """(registry, plural) for a field named like a component kind (`detector`, `detectors`)."""
     if key in COMPONENT_KEYS:
         return COMPONENT_KEYS[key], False
+    if key in NAME_LIST_KEYS:
+        return NAME_LIST_KEYS[key], True
     if key.endswith("_loss"):  # role-named losses: cycle_loss, identity_loss, ...
         return registry.LOSSES, False
     if key.endswith("s") and key[:-1] in COMPONENT_KEYS:
@@ -219,6 +304,61 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
                 _check_args(reg, name, {k: config[k] for k in params if k in config and k != key}, prefix)
 
 
+def _is_numeric(value: Any) -> bool:
+    """An int or float (not a bool), or a non-empty sequence of them: a field that needs bounds."""
+    if isinstance(value, (tuple, list)):
+        return len(value) > 0 and all(_is_numeric(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def unbounded_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Paths of numeric fields with no bound: neither a `FIELD_RULES` entry nor a check declared
+    by the component whose arguments they are (`X_kwargs` beside `X`, `X_args.NAME`)."""
+    out = []
+
+    def walk(node: ml_collections.ConfigDict, path: str, declared: dict) -> None:
+        for key, value in node.items():
+            here = f"{path}{key}"
+            if isinstance(value, ml_collections.ConfigDict):
+                owner = key.removesuffix("_kwargs")
+                args_reg, _ = _component_registry(key.removesuffix("_args"))
+                if key.endswith("_kwargs") and owner in COMPONENT_KEYS and node.get(owner):
+                    walk(value, here + ".", COMPONENT_KEYS[owner].declared_checks(node[owner]))
+                elif key.endswith("_args") and args_reg is not None:
+                    for name, kwargs in value.items():
+                        walk(kwargs, f"{here}.{name}.", args_reg.declared_checks(name))
+                else:
+                    walk(value, here + ".", {})
+            elif _is_numeric(value) and key not in FIELD_RULES and key not in declared:
+                out.append(here)
+
+    walk(config, prefix, {})
+    return out
+
+
+def check_combinations(config: ml_collections.ConfigDict) -> None:
+    """Checks that join several fields: the selection metric is one the task's validation
+    reports, and `distill.teacher_weights` has one weight per teacher."""
+    train = config.get("train")
+    metric = train.get("select_metric") if isinstance(train, ml_collections.ConfigDict) else None
+    metrics = SELECT_METRICS.get(config.get("task"))
+    if metric is not None and metrics is not None:
+        gan = config.get("gan") or {}
+        present = {"guide_target_rate": bool(gan.get("class_guide")) and gan.get("lambda_class", 0.0) > 0,
+                   "judge_target_rate": bool((config.get("quality") or {}).get("model"))}
+        available = [m for m in metrics if present.get(m, True)]
+        if metric not in available:
+            raise ConfigError(f"config.train.select_metric={metric!r}: task {config.task!r} reports "
+                              f"{', '.join(available)} on validation; expected one of those")
+    distill = config.get("distill")
+    if isinstance(distill, ml_collections.ConfigDict) and "teachers" in distill:
+        teachers = _names(distill.teachers)
+        weights = _names(distill.get("teacher_weights", ""))
+        if weights and (len(weights) != len(teachers) or sum(float(w) for w in weights) <= 0):
+            raise ConfigError(f"config.distill.teacher_weights={distill.teacher_weights!r}: expected "
+                              f"{len(teachers)} weights >= 0 (one per teacher in {teachers}), not all zero")
+
+
 def _validate_names(reg: registry.Registry, names: list[str], path: str) -> None:
     for name in names:
         try:
@@ -243,5 +383,6 @@ def build(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict
     if "task" not in config:
         raise ConfigError(f"experiment {spec!r} has no `task` field")
     validate(config)
+    check_combinations(config)
     config.lock()
     return config

@@ -10,6 +10,7 @@ import difflib
 import importlib
 import inspect
 import logging
+import math
 from importlib import metadata
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
@@ -60,16 +61,43 @@ def one_of(*choices: Any) -> Check:
     return Check(lambda v: v in choices, f"one of {', '.join(map(repr, choices))}")
 
 
+def _real(v: Any) -> bool:
+    """A finite int or float (not a bool): NaN and infinities satisfy no bound."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def greater(bound: float) -> Check:
-    return Check(lambda v: not isinstance(v, bool) and v > bound, f"a number > {bound}")
+    return Check(lambda v: _real(v) and v > bound, f"a number > {bound}")
 
 
 def at_least(bound: float) -> Check:
-    return Check(lambda v: not isinstance(v, bool) and v >= bound, f"a number >= {bound}")
+    return Check(lambda v: _real(v) and v >= bound, f"a number >= {bound}")
 
 
 def between(low: float, high: float) -> Check:
-    return Check(lambda v: not isinstance(v, bool) and low <= v <= high, f"a number in [{low}, {high}]")
+    return Check(lambda v: _real(v) and low <= v <= high, f"a number in [{low}, {high}]")
+
+
+def number(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False,
+           note: str = "") -> Check:
+    """A finite int or float in the interval from `low` to `high` (`open_*`: that end excluded)."""
+    def ok(v: Any) -> bool:
+        return (_real(v) and (v > low if open_low else v >= low)
+                and (v < high if open_high else v <= high))
+
+    if high == math.inf:
+        what = f"a finite number {'>' if open_low else '>='} {low}"
+    else:
+        what = f"a number in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    return Check(ok, what + (f" ({note})" if note else ""))
+
+
+def integer(low: int, high: int | None = None, note: str = "") -> Check:
+    """An int (not a bool, not a float) in [low, high] (no upper end when `high` is None)."""
+    what = ("an integer > 0" if (low, high) == (1, None) else f"an integer >= {low}" if high is None else f"the integer {low}" if high == low
+            else f"an integer in [{low}, {high}]")
+    return Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+                 and (high is None or v <= high), what + (f" ({note})" if note else ""))
 
 
 class Registry:
@@ -124,6 +152,11 @@ class Registry:
         for arg, check in self._checks.get(name, {}).items():
             if arg in kwargs and not check(kwargs[arg]):
                 raise RegistryError(f"{arg}={kwargs[arg]!r}: {self.kind} {name!r} expects {check.expected}")
+
+    def declared_checks(self, name: str) -> dict[str, Check]:
+        """The bounds `name` declared for its keyword arguments when registered."""
+        self.get(name)
+        return dict(self._checks.get(name, {}))
 
     def accepted(self, name: str) -> set[str] | None:
         """Keyword names the factory ``name`` accepts; None when it takes ``**kwargs``."""

@@ -114,3 +114,123 @@ def test_missing_data_says_where_to_get_it(tmp_path):
                    f"--workdir={tmp_path / 'w'}", check=False)
     assert proc.returncode == 1
     assert "kaggle.com" in proc.stderr and "FER2013_PATH" in proc.stderr
+
+
+def _every_config():
+    for name in cfg.experiment_names():
+        for variant in (None, *cfg.variants(name)):
+            spec = name if variant is None else f"{name}:{variant}"
+            yield spec, cfg.build(spec)
+
+
+def test_every_numeric_field_of_every_experiment_has_a_bound():
+    """A new numeric field without a range in FIELD_RULES (or its component's checks) fails here."""
+    unbounded = {spec: fields for spec, c in _every_config() if (fields := cfg.unbounded_fields(c))}
+    assert not unbounded, f"numeric fields without a bound (add them to config.FIELD_RULES): {unbounded}"
+
+
+def test_unbounded_fields_finds_a_new_field():
+    c = cfg.load_experiment("fer2013_vgg:tiny")
+    c.train.new_knob = 0.5
+    c.classifier_kwargs.new_width = 3
+    c.detector_args = {"haar": {"min_size": 30, "new_size": 2}}  # min_size: haar declares a bound
+    assert sorted(cfg.unbounded_fields(c)) == ["classifier_kwargs.new_width", "detector_args.haar.new_size",
+                                               "train.new_knob"]
+
+
+@pytest.mark.parametrize("spec, override, message", [
+    ("fer2013_vgg", "train.grad_clip=-1", r"config.train.grad_clip=-1.0: expected a finite number >= 0.0"),
+    ("fer2013_vgg", "classifier_kwargs.dropout=1.5", r"config.classifier_kwargs.dropout=1.5: expected a number "
+                                                    r"in \[0.0, 1.0\)"),
+    ("fer2013_vgg", "train.learning_rate=inf", "config.train.learning_rate=inf: expected a finite number > 0.0"),
+    ("fer2013_vgg", "train.learning_rate=nan", "config.train.learning_rate=nan: expected a finite number > 0.0"),
+    ("fer2013_vgg", "train.weight_decay=-0.1", "config.train.weight_decay=-0.1: expected a finite number >= 0.0"),
+    ("fer2013_vgg", "train.weight_decay=inf", "config.train.weight_decay=inf: expected a finite"),
+    ("fer2013_vgg", "train.warmup_epochs=-1", "config.train.warmup_epochs=-1.0: expected a finite number >= 0.0"),
+    ("fer2013_vgg", "classifier_kwargs.width=-0.5", r"config.classifier_kwargs.width=-0.5: expected a number "
+                                                   r"in \(0.0, 4.0\]"),
+    ("fer2013_vgg", "augment.crop_pad=-2", r"config.augment.crop_pad=-2: expected an integer in \[0, 24\]"),
+    ("fer2013_vgg", "loss_kwargs.label_smoothing=2", r"config.loss_kwargs.label_smoothing=2.0: expected a number "
+                                                    r"in \[0.0, 1.0\)"),
+    ("fer2013_vgg", "loss_kwargs.num_classes=0", "config.loss_kwargs.num_classes=0: expected the integer 7"),
+    ("fer2013_vgg", "train.b1=2", r"config.train.b1=2.0: expected a number in \[0.0, 1.0\)"),
+    ("fer2013_vgg", "train.ema_decay=nan", r"config.train.ema_decay=nan: expected a number in \[0.0, 1.0\)"),
+    ("fer2013_vgg", "train.adversarial_eps=inf", "config.train.adversarial_eps=inf: expected a finite number"),
+    ("fer2013_vgg", "train.optimizer=sgdd", "config.train.optimizer='sgdd': expected one of 'adam', 'adamw', 'sgd'"),
+    ("fer2013_vgg", "train.schedule=bogus", "config.train.schedule='bogus': expected one of 'constant', 'cosine'"),
+    ("fer2013_vgg", "train.select_metric=bogus", "config.train.select_metric='bogus': expected one of 'accuracy'"),
+    ("fer2013_vgg", "train.select_metric=cycle_ssim", "config.train.select_metric='cycle_ssim': task "
+                                                      "'train_classifier' reports accuracy, balanced_accuracy"),
+    ("cyclegan_neutral2disgust", "train.select_metric=accuracy", "task 'cyclegan_train' reports cycle_ssim"),
+    ("cyclegan_neutral2disgust", "gan.diff_augment=brightness,blur", "config.gan.diff_augment='brightness,blur': "
+                                                                    "expected empty or comma-separated names"),
+    ("cyclegan_neutral2disgust", "target_class=disgus", "config.target_class='disgus': expected a class name"),
+    ("cyclegan_neutral2disgust", "gan.class_guide=fer2013_vgg_small,nope", "config.gan.class_guide: unknown "
+                                                                          "pretrained model 'nope'"),
+    ("fer2013_distill", "distill.teachers=fer2013_vgg_small,nope", "config.distill.teachers: unknown pretrained"),
+    ("fer2013_distill", "distill.teacher_weights=1", "config.distill.teacher_weights='1': expected 2 weights"),
+    ("fer2013_distill", "distill.temperature=0", "config.distill.temperature=0.0: expected a finite number > 0.0"),
+    ("evaluate", "tta=flipp", "config.tta='flipp': expected one of 'none', 'flip'"),
+    ("evaluate", "split=tests", "config.split='tests': expected one of"),
+    ("realtime", "detector_args.haar.scale_factor=inf", "detector 'haar' expects a number > 1.0"),
+    ("realtime", "detector_args.ssd_resnet10.input_size=(300,)", "input_size=\\(300,\\): expected a sequence of 2"),
+    ("fer2013_vgg", "export_to=x.json", r"config.export_to='x.json': expected '' \(no export\) or a file name "
+                                        r"ending in .msgpack"),
+    ("evaluate", "export_to=model", "config.export_to='model': expected '' \\(no export\\) or a file name"),
+    ("fer2013_vgg", "export_to=out/x.msgpack", None),
+    ("fer2013_vgg", "train.grad_clip=0", None),
+    ("fer2013_vgg", "train.optimizer=sgd", None),
+])
+def test_training_values_refused_before_work(spec, override, message):
+    """Values that trained silently wrong (or failed after the data loaded) are refused by name and range."""
+    if message is None:
+        cfg.build(spec, [override])
+    else:
+        with pytest.raises(cfg.ConfigError, match=message):
+            cfg.build(spec, [override])
+
+
+def test_name_lists_match_the_code():
+    """The names config accepts are exactly those the code builds (so neither side drifts)."""
+    import numpy as np
+    import optax
+
+    from ferjax.eval.evaluate_task import TTA_MODES
+    from ferjax.eval.predict import evaluate_split
+    from ferjax.train.cyclegan_steps import AUGMENTS
+    from ferjax.train.schedules import make_optimizer, make_schedule
+
+    c = cfg.build("fer2013_vgg:tiny").train.to_dict()
+    import ml_collections
+    for name in cfg.OPTIMIZERS:
+        make_optimizer(ml_collections.ConfigDict({**c, "optimizer": name}), optax.constant_schedule(0.1))
+    for name in cfg.SCHEDULES:
+        make_schedule(ml_collections.ConfigDict({**c, "schedule": name, "decay_start_epoch": 1}), 10)
+    assert set(cfg.TTA) == set(TTA_MODES) and set(cfg.DIFF_AUGMENTS) == set(AUGMENTS)
+    split = {"image": np.zeros((14, 48, 48, 1), np.uint8), "label": np.arange(14) % 7}
+    report = evaluate_split(lambda b: np.eye(7)[np.arange(len(b["image"])) % 7], split, 8,
+                            [str(i) for i in range(7)], "original", "validation")
+    assert set(cfg.SELECT_METRICS["train_classifier"]) <= set(report)
+
+
+def test_cli_refuses_training_values_before_the_data_loads(tmp_path):
+    """Exit 2 naming the field (it was a KeyError traceback after the first epoch); the data path
+    does not exist, so a run that got past validation would have stopped on it (exit 1) instead."""
+    proc = run_cli("--experiment=fer2013_vgg:tiny", "--config.train.select_metric=bogus",
+                   f"--config.data.fer2013_path={tmp_path / 'none'}", f"--workdir={tmp_path / 'w'}", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: config.train.select_metric='bogus'") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_export_refuses_a_path_whose_card_would_overwrite_the_weights(tmp_path):
+    """`x.json` made the card's path the weights' own: the card overwrote the weights."""
+    from ferjax import pretrained
+
+    variables = {"params": {"w": __import__("numpy").ones(3, "float32")}}
+    for name in ("x.json", "x", ".msgpack"):
+        with pytest.raises(ValueError, match=r"expected a file name ending in .msgpack"):
+            pretrained.export(variables, {"name": "x"}, tmp_path / name)
+    assert not list(tmp_path.iterdir())  # nothing written
+    pretrained.export(variables, {"name": "x"}, tmp_path / "x.msgpack")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.msgpack"]

@@ -58,8 +58,22 @@ def load(name: str | None = None) -> tuple[Any, Any, dict]:
     return model, variables, card
 
 
-def export(variables: Any, card: dict, weights_path: str | os.PathLike) -> None:
-    """Writes `variables` (params + batch_stats) and the card beside them, each atomically."""
+WEIGHTS_SUFFIX = ".msgpack"
+
+
+def card_path(weights_path: str | os.PathLike) -> Path:
+    """The model card's path beside `weights_path` (same name, .json). Weights must end in
+    `.msgpack`: any other name could make the card's path the weights' own (`x.json`)."""
     weights_path = Path(weights_path)
-    atomic_write_bytes(weights_path, flax.serialization.to_bytes(jax.device_get(variables)))
-    atomic_write_bytes(weights_path.with_suffix(".json"), json.dumps(card, indent=2).encode())
+    if weights_path.suffix != WEIGHTS_SUFFIX or weights_path.name == WEIGHTS_SUFFIX:
+        raise ValueError(f"export path {weights_path}: expected a file name ending in {WEIGHTS_SUFFIX} "
+                         f"(its model card is written beside it as {weights_path.with_suffix('.json').name})")
+    return weights_path.with_suffix(".json")
+
+
+def export(variables: Any, card: dict, weights_path: str | os.PathLike) -> None:
+    """Writes `variables` (params + batch_stats) and the card beside them, each atomically;
+    refuses a weights path other than `*.msgpack` (see `card_path`) before writing anything."""
+    card_file = card_path(weights_path)
+    atomic_write_bytes(Path(weights_path), flax.serialization.to_bytes(jax.device_get(variables)))
+    atomic_write_bytes(card_file, json.dumps(card, indent=2).encode())
