@@ -116,22 +116,29 @@ def bench(url: str, frames: Sequence[bytes], clients: Sequence[int], requests: i
 
 class ServerProcess:
     """`python -m ferjax.serve` on a free loopback port in a child process (so that the load
-    generator's threads do not share the server's interpreter)."""
+    generator's threads do not share the server's interpreter), with `extra_args` added to its
+    command line. Its stderr goes to a temporary file, never a pipe: a server that logs a warning
+    per bad request would otherwise block once nobody reads a full pipe."""
 
-    def __init__(self, detector: str | None = None, timeout_s: float = 300):
+    def __init__(self, detector: str | None = None, timeout_s: float = 300, extra_args: Sequence[str] = ()):
         import socket  # noqa: PLC0415
         import subprocess  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "ferjax.serve", "--port", str(port), *(["--detector", detector] if detector else [])]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cmd = [sys.executable, "-m", "ferjax.serve", "--port", str(port),
+               *(["--detector", detector] if detector else []), *extra_args]
+        self.log = tempfile.NamedTemporaryFile(prefix="ferjax-serve-", suffix=".log")  # removed when closed
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
+        self.pid = self.proc.pid
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ferjax.serve exited: {self.proc.stderr.read()[-2000:]}")
+                raise RuntimeError(f"ferjax.serve {' '.join(extra_args)} exited with code "
+                                   f"{self.proc.returncode}: {self.log_tail()}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/healthz")
@@ -140,7 +147,16 @@ class ServerProcess:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"ferjax.serve did not answer on {self.url} within {timeout_s} s")
+        raise RuntimeError(f"ferjax.serve did not answer on {self.url} within {timeout_s} s: {self.log_tail()}")
+
+    def log_text(self) -> str:
+        """Everything the server wrote to stderr so far (read through a second handle: the server
+        shares the first one's offset)."""
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_text()[-chars:]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -148,6 +164,7 @@ class ServerProcess:
             self.proc.wait(timeout=10)
         except Exception:  # noqa: BLE001 - a server that ignores SIGTERM
             self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
