@@ -1,6 +1,11 @@
 """Pickle-based weight files go through one allow-list; crafted files that would run code run nothing."""
+import json
+import os
 import pickle
+import pickletools
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +118,194 @@ def test_pytorch_reader_refuses_crafted_state_dicts(tmp_path, zip_format):
     with pytest.raises(safe_pickle.UnsafePickleError, match="refusing to load global os.system"):
         torch_pth.read(path)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- every allow-listed name, called directly
+
+class G(tuple):
+    """A global reference (module, name) inside crafted arguments."""
+
+
+def _op(value: object) -> bytes:
+    """Protocol-2 opcodes pushing `value`: primitives and tuples via pickle (memo puts removed),
+    `G` globals via the GLOBAL opcode."""
+    if isinstance(value, G):
+        return b"c" + f"{value[0]}\n{value[1]}\n".encode()
+    if isinstance(value, tuple):
+        return b"(" + b"".join(map(_op, value)) + b"t"
+    return pickletools.optimize(pickle.dumps(value, protocol=2))[2:-1]
+
+
+NULL8 = bytes(8)  # a NULL object pointer: an object array reads it as None (garbage would crash)
+HOSTILE_ARGS = [
+    (), ((1,), "O", NULL8), ((1,), "O"), ("O",), ("O", False, True), (b"O",), ("T",), ("f8",),
+    ("f8", False, True), ([("a", "O")],), (G(("numpy", "ndarray")), (1,), "O"), (G(("numpy", "ndarray")), (0,), "b"),
+    (NULL8, "O", (1,), "C"), (NULL8, "f8", (1,), "C"), ("O", NULL8), ("<f8", NULL8), ("hello", "latin-1"),
+    ("hello", "rot13"), ((1, 2), 0, (2,), (1,)), ({},),
+]
+
+
+def _calls(module: str, name: str, args: tuple) -> dict[str, bytes]:
+    cls, a = _op(G((module, name))), _op(args)
+    return {"REDUCE": b"\x80\x02" + cls + a + b"R.", "NEWOBJ": b"\x80\x02" + cls + a + b"\x81.",
+            "NEWOBJ_EX": b"\x80\x04" + cls + a + b"}\x92."}
+
+
+def _object_arrays(obj: object) -> list[str]:
+    """Object arrays (or object dtypes) anywhere in a result, without reading their elements."""
+    found, todo, seen = [], [obj], set()
+    while todo:
+        x = todo.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, (np.ndarray, np.generic, np.dtype)):
+            dt = x if isinstance(x, np.dtype) else x.dtype
+            if dt.hasobject or dt.kind not in "biufcSU":
+                found.append(f"{type(x).__name__} of {dt}")
+        elif isinstance(x, dict):
+            todo += [*x.keys(), *x.values()]
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            todo += list(x)
+        if hasattr(x, "__dict__") and not isinstance(x, type):
+            todo += list(vars(x).values())
+    return found
+
+
+def _allow_lists() -> dict[str, dict]:
+    from ferjax.convert import torch_pth
+    return {"safe_pickle.NUMPY": safe_pickle.NUMPY, "safe_pickle.JOBLIB": safe_pickle.JOBLIB,
+            "torch_pth.ALLOWED": torch_pth.ALLOWED}
+
+
+@pytest.mark.parametrize("allow_list", ["safe_pickle.NUMPY", "safe_pickle.JOBLIB", "torch_pth.ALLOWED"])
+def test_every_allow_listed_name_called_directly_gives_no_object_array(allow_list):
+    """REDUCE, NEWOBJ and NEWOBJ_EX of every allow-listed global with hostile arguments: a plain
+    result, or the reader's own refusal; never an object array (the old `numpy.ndarray` entry was
+    the type itself: `ndarray((1,), "O", buffer)` read object pointers from the file)."""
+    from ferjax.convert.mapping import ConversionError
+
+    allowed = _allow_lists()[allow_list]
+    outcomes: dict[str, int] = {"refused": 0, "result": 0}
+    for module, name in allowed:
+        for args in HOSTILE_ARGS:
+            for opcode, data in _calls(module, name, args).items():
+                try:
+                    result = safe_pickle.loads(data, allowed, "crafted.pkl")
+                except (safe_pickle.UnsafePickleError, ConversionError) as e:
+                    assert str(e).startswith("crafted.pkl: "), (module, name, opcode, args, str(e))
+                    outcomes["refused"] += 1
+                    continue
+                bad = _object_arrays(result)
+                assert not bad, f"{opcode} {module}.{name}{args!r} gave {bad}"
+                outcomes["result"] += 1
+    assert outcomes["refused"] > outcomes["result"] > 0, outcomes
+    with pytest.raises(safe_pickle.UnsafePickleError, match="refusing REDUCE of numpy.ndarray"):
+        safe_pickle.loads(_calls("numpy", "ndarray", ((1,), "f8"))["REDUCE"], safe_pickle.NUMPY, "x.pkl")
+
+
+EXPLOIT = r"""
+import json, pickle, pickletools, struct, sys
+from ferjax.convert import safe_pickle
+from ferjax.realtime import mtcnn_weights
+
+def op(v):
+    return pickletools.optimize(pickle.dumps(v, protocol=2))[2:-1]
+
+target = ["a live object the file points at"]
+pointer = op(struct.pack("<Q", id(target)))
+cases = {
+    "REDUCE numpy.ndarray": b"\x80\x02cnumpy\nndarray\n(" + op((1,)) + op("O") + pointer + b"tR.",
+    "NEWOBJ numpy.ndarray": b"\x80\x02cnumpy\nndarray\n(" + op((1,)) + op("O") + pointer + b"t\x81.",
+    "NEWOBJ_EX numpy.ndarray": b"\x80\x04cnumpy\nndarray\n(" + op((1,)) + op("O") + pointer + b"t}\x92.",
+    "garbage pointer": b"\x80\x02cnumpy\nndarray\n(" + op((1,)) + op("O") + op(b"\x41" * 8) + b"tR.",
+    "tuple nested 1e6 deep as a dict key": b"\x80\x02})" + b"\x85" * 10**6 + b"K\x01s.",
+}
+for name, data in cases.items():
+    try:
+        with open(sys.argv[1], "wb") as f:  # as an MTCNN weights file: a list of one "array"
+            f.write(data[:2] + b"]" + data[2:-1] + b"a.")
+        for result in (safe_pickle.loads(data, safe_pickle.JOBLIB, "crafted.pkl"),
+                       mtcnn_weights.load_file(sys.argv[1])):
+            got = result if not isinstance(result, list) else result[0]
+            alive = getattr(got, "dtype", None) is not None and got.dtype.hasobject and got[0] is target
+            print(json.dumps([name, "LIVE OBJECT FROM A FILE POINTER" if alive else f"returned {type(got).__name__}"]))
+            sys.stdout.flush()
+            if getattr(got, "dtype", None) is not None and got.dtype.hasobject:
+                repr(got[0])  # what a caller would do with it (a garbage pointer crashes here)
+    except (safe_pickle.UnsafePickleError, ValueError) as e:
+        print(json.dumps([name, "refused: " + type(e).__name__ + ": " + str(e)[:200]]), flush=True)
+"""
+
+
+def test_object_pointers_and_deep_tuples_in_a_file_are_refused_in_a_child_process(tmp_path):
+    """A pickle calling numpy.ndarray((1,), "O", 8 bytes) got back the object those bytes point at
+    (garbage bytes: SIGSEGV); a tuple nested a million deep crashed CPython when hashed as a key."""
+    proc = subprocess.run([sys.executable, "-c", EXPLOIT, str(tmp_path / "pnet.lz4")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0, f"child died with code {proc.returncode} after {lines}: {proc.stderr[-1500:]}"
+    assert len(lines) == 5 and all(outcome.startswith("refused: UnsafePickleError") for _, outcome in lines), lines
+
+
+# ---------------------------------------------------------------- states, dtypes, declared sizes
+
+def _float64_then(state_of_dtype: bytes) -> bytes:
+    """[array of one float64 made with dtype d, d after BUILD(state)]: a state arriving after use."""
+    dt = _op(G(("numpy", "dtype"))) + _op(("f8", False, True)) + b"R" + b"q\x01"
+    arr = (_op(G(("numpy.core.multiarray", "_reconstruct"))) + _op((G(("numpy", "ndarray")), (0,), b"b")) + b"R"
+           + b"(" + _op(1) + _op((1,)) + b"h\x01\x89" + _op(b"\x41" * 8) + b"tb")
+    return b"\x80\x02" + dt + b"0](" + arr + b"h\x01" + state_of_dtype + b"be."
+
+
+@pytest.mark.parametrize("state", [
+    (3, "<", None, None, None, -1, -1, 0x3F),  # object flags on float64 (numpy took them)
+    (3, "|", None, ("a",), {"a": (G(("numpy", "dtype")), 1000)}, 8, 1, 0),  # a field past the item's end
+    (3, "|", None, None, None, 1 << 30, 1, 0),  # an item size of 1 GiB under an 8-byte array
+], ids=["object flags", "field past the end", "item size"])
+def test_dtype_states_are_plain_and_never_change_a_dtype_in_use(state):
+    st = b"(" + b"".join(_op(x) if not isinstance(x, dict) else
+                         b"}" + _op("a") + b"(" + _op(G(("numpy", "dtype"))) + _op(("f8",)) + b"R" + _op(1000)
+                         + b"ts" for x in state) + b"t"
+    with pytest.raises(safe_pickle.UnsafePickleError, match="refusing dtype state"):
+        safe_pickle.loads(_float64_then(st), safe_pickle.NUMPY, "crafted.pkl")
+    arr = safe_pickle.loads(_float64_then(_op((3, ">", None, None, None, -1, -1, 0))), safe_pickle.NUMPY)
+    assert arr[0].dtype == np.dtype("<f8") and arr[1] == np.dtype(">f8")  # the array keeps its dtype
+
+
+def test_a_file_cannot_change_the_readers_own_objects():
+    """BUILD on a global (a module's function or torch_pth's storage token) used to set its
+    attributes for every later file: e.g. FloatStorage read as float64 from then on."""
+    from ferjax.convert import torch_pth
+
+    token = torch_pth.ALLOWED[("torch", "FloatStorage")]
+    cases = {"torch.FloatStorage": (torch_pth.ALLOWED, b"\x80\x02ctorch\nFloatStorage\n(}}" + _op("dtype")
+                                    + _op("<f8") + b"stb."),
+             "numpy.dtype": (safe_pickle.NUMPY, b"\x80\x02cnumpy\ndtype\n(}}" + _op("__defaults__")
+                             + _op(("O", True)) + b"stb.")}
+    for name, (allowed, data) in cases.items():
+        with pytest.raises(safe_pickle.UnsafePickleError, match=f"refusing to set the state of {name}"):
+            safe_pickle.loads(data, allowed, "crafted.pkl")
+    assert token.dtype == np.dtype("<f4") and safe_pickle.NUMPY[("numpy", "dtype")].__defaults__ == (False, False)
+
+
+def test_object_dtypes_are_refused_through_every_door():
+    wrapper = (b"\x80\x02cjoblib.numpy_pickle\nNumpyArrayWrapper\n)\x81}" + _op("dtype")
+               + _op(G(("numpy", "dtype"))) + _op(("O",)) + b"R" + _op("shape") + _op((1,)) + b"ub.")
+    frombuffer = b"\x80\x02cnumpy.core.numeric\n_frombuffer\n" + _op((NULL8, "O", (1,), "C")) + b"R."
+    scalar = b"\x80\x02cnumpy.core.multiarray\nscalar\n" + _op(("O", NULL8)) + b"R."
+    for data in (wrapper, frombuffer, scalar, pickle.dumps(np.array([None]), protocol=2),
+                 pickle.dumps(np.array([None]), protocol=5), pickle.dumps(np.dtype("T"), protocol=2)):
+        with pytest.raises(safe_pickle.UnsafePickleError, match="refusing"):
+            safe_pickle.loads(data, safe_pickle.JOBLIB, "crafted.pkl")
+
+
+def test_declared_lengths_allocate_nothing_beyond_the_file():
+    """BYTEARRAY8 declaring 256 MiB in a 14-byte pickle: the stock unpickler allocated it first."""
+    from ferjax.convert.mapping import ConversionError
+    from fuzzing import MemoryWatch
+
+    data = b"\x80\x05\x96" + struct.pack("<Q", 256 << 20) + b"."
+    with MemoryWatch() as watch, pytest.raises(ConversionError, match="BYTEARRAY8 of 268435456 bytes"):
+        safe_pickle.loads(data, safe_pickle.NUMPY, "crafted.pkl")
+    assert watch.grown_mb < 50, f"{watch.grown_mb:.0f} MB allocated for a 14-byte file"

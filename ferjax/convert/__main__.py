@@ -6,6 +6,7 @@ import json
 import sys
 
 from ferjax.convert import FORMATS, ConversionError, convert_file
+from ferjax.convert.safe_pickle import UnsafePickleError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         card = convert_file(args.format, args.src, args.out)
-    except (ConversionError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConversionError, UnsafePickleError, OSError) as e:  # refused or unreadable input, unwritable output
+        print("error: " + str(e).replace("\n", " "), file=sys.stderr)
         return 2
     print(json.dumps(card, indent=2))
     return 0

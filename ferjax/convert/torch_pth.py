@@ -6,10 +6,13 @@ unpickler (`safe_pickle`) with the exact globals a state dict needs, so a crafte
 from __future__ import annotations
 
 import collections
+import lzma
+import math
 import os
 import struct
 import tarfile
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -38,22 +41,41 @@ class _Storage:
 
 
 class _Tensor:
-    """A tensor view (storage, offset, size, stride), materialised once the storages are read."""
+    """A tensor view (storage, offset, size, stride), materialised once the storages are read.
 
-    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
+    Offset, sizes and strides must be non-negative Python ints and the whole view must lie inside
+    the storage: `as_strided` reads wherever they point (a stride of -2**40 read outside the heap).
+    """
+
+    def __init__(self, storage: _Storage, offset: Any, size: Any, stride: Any):
         if not isinstance(storage, _Storage):
             raise safe_pickle.UnsafePickleError(f"tensor built on {type(storage).__name__}, not a storage")
-        self.storage, self.offset, self.size, self.stride = storage, int(offset), tuple(size), tuple(stride)
+        ints = lambda v: isinstance(v, (tuple, list)) and len(v) <= 64 and all(type(n) is int and n >= 0 for n in v)
+        if type(offset) is not int or offset < 0 or not ints(size) or not ints(stride) or len(size) != len(stride):
+            raise ConversionError(f"a tensor view needs a non-negative int offset and as many non-negative int "
+                                  f"sizes as strides; got offset {safe_pickle.brief(offset)}, size "
+                                  f"{safe_pickle.brief(size)}, stride {safe_pickle.brief(stride)}")
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
     def array(self, source: str) -> np.ndarray:
         data = self.storage.data
-        need = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if all(self.size) else 0
-        if data is None or need > len(data):
-            raise ConversionError(f"{source}: a tensor of shape {self.size} reaches element {need} of a storage "
-                                  f"holding {0 if data is None else len(data)} (truncated file?)")
-        item = data.dtype.itemsize
-        out = np.lib.stride_tricks.as_strided(data[self.offset:], self.size, [s * item for s in self.stride])
-        out = out.copy()
+        held = 0 if data is None else len(data)
+        numel = math.prod(self.size)
+        # Python ints: the last element's index cannot overflow.
+        need = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if numel else 0
+        if data is None or need > held:
+            raise ConversionError(f"{source}: a tensor of shape {self.size} (offset {self.offset}, strides "
+                                  f"{self.stride}) reaches element {need} of a storage holding {held} "
+                                  f"(truncated file?)")
+        if numel > held:
+            raise ConversionError(f"{source}: a tensor of shape {self.size} has {numel} elements, more than its "
+                                  f"storage's {held} (overlapping strides are not weights)")
+        if numel == 0:
+            out = np.zeros(self.size, data.dtype)
+        else:
+            item = data.dtype.itemsize
+            strides = [s * item if n > 1 else 0 for n, s in zip(self.size, self.stride)]
+            out = np.lib.stride_tricks.as_strided(data[self.offset:], self.size, strides).copy()
         if self.storage.stype.name == "BFloat16Storage":  # bfloat16: the high half of a float32
             out = (out.astype(np.uint32) << 16).view(np.float32)
         return out
@@ -79,38 +101,54 @@ ALLOWED: dict[tuple[str, str], Any] = {
 """The exact globals of a PyTorch state dict of dense tensors."""
 
 
+MAX_PICKLE_BYTES = 64 << 20
+"""Largest data.pkl read from a zip file (a state dict's pickle is kilobytes; the tensors are apart)."""
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
+               zlib.error, lzma.LZMAError, ValueError, KeyError, struct.error)
+
+
 def _persistent_loader(storages: dict[str, _Storage], source: str):
     def load(pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise ConversionError(f"{source}: unexpected persistent id {pid!r}")
+                and isinstance(pid[1], _StorageType) and type(pid[2]) in (str, int)
+                and type(pid[4]) is int and pid[4] >= 0):
+            raise ConversionError(f"{source}: unexpected persistent id {safe_pickle.brief(pid)}: expected "
+                                  f"('storage', torch.<X>Storage, key, location, element count)")
         if len(pid) == 6 and pid[5] is not None:
             raise ConversionError(f"{source}: storage views (torch < 0.4 `view_metadata`) are not supported")
         key = str(pid[2])
         if key not in storages:
-            storages[key] = _Storage(pid[1], int(pid[4]))
+            storages[key] = _Storage(pid[1], pid[4])
         return storages[key]
     return load
 
 
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """{key: array} of a state dict saved by `torch.save` (zip or legacy format)."""
+    """{key: array} of a state dict saved by `torch.save` (zip or legacy format).
+
+    Raises ConversionError (or UnsafePickleError for globals outside the allow-list) naming the file."""
     path = os.fspath(path)
-    if zipfile.is_zipfile(path):
-        obj, storages = _read_zip(path)
-    elif tarfile.is_tarfile(path):
-        raise ConversionError(f"{path}: the tar format of torch < 0.1.10; re-save it with a newer torch")
-    else:
-        obj, storages = _read_legacy(path)
+    try:
+        if zipfile.is_zipfile(path):
+            obj, storages = _read_zip(path)
+        elif tarfile.is_tarfile(path):
+            raise ConversionError(f"{path}: the tar format of torch < 0.1.10; re-save it with a newer torch")
+        else:
+            obj, storages = _read_legacy(path)
+    except (ConversionError, safe_pickle.UnsafePickleError):
+        raise
+    except _ZIP_ERRORS as e:
+        raise ConversionError(f"{path}: cannot read as a torch.save file ({type(e).__name__}: {e})") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
     out = {}
     for key, value in obj.items():
-        if not isinstance(value, _Tensor):
-            raise ConversionError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[str(key)] = value.array(path)
+        if type(key) is not str or not isinstance(value, _Tensor):
+            raise ConversionError(f"{path}: entry {safe_pickle.brief(key)} is a {type(value).__name__}, "
+                                  f"expected a tensor under a string key")
+        out[key] = value.array(path)
     return out
 
 
@@ -121,23 +159,42 @@ def _read_zip(path: str) -> tuple[Any, dict[str, _Storage]]:
         if not pkl:
             raise ConversionError(f"{path}: a zip archive without <name>/data.pkl: not a torch.save file")
         prefix = pkl[0][: -len("data.pkl")]
-        order = z.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in names else "little"
+        order = "little"
+        if prefix + "byteorder" in names:
+            order = _entry(z, prefix + "byteorder", 16, path).decode("ascii", "replace").strip()
+            if order not in ("little", "big"):
+                raise ConversionError(f"{path}: {prefix}byteorder says {order!r}, expected little or big")
         storages: dict[str, _Storage] = {}
-        obj = safe_pickle.loads(z.read(pkl[0]), ALLOWED, f"{path}:{pkl[0]}", _persistent_loader(storages, path))
+        obj = safe_pickle.loads(_entry(z, pkl[0], MAX_PICKLE_BYTES, path), ALLOWED, f"{path}:{pkl[0]}",
+                                _persistent_loader(storages, path))
         for key, st in storages.items():
             entry = f"{prefix}data/{key}"
             if entry not in names:
                 raise ConversionError(f"{path}: storage {key} missing (no {entry} in the archive)")
             dtype = st.stype.dtype.newbyteorder("<" if order == "little" else ">")
-            raw = z.read(entry)
-            if len(raw) < st.numel * dtype.itemsize:
-                raise ConversionError(f"{path}: {entry} holds {len(raw)} bytes, expected {st.numel * dtype.itemsize}")
+            need = st.numel * dtype.itemsize
+            raw = _entry(z, entry, need, path, exact=True)
             st.data = np.frombuffer(raw, dtype, st.numel).astype(dtype.newbyteorder("="))
     return obj, storages
 
 
+def _entry(z: zipfile.ZipFile, name: str, size: int, path: str, exact: bool = False) -> bytes:
+    """The first `size` bytes of a zip entry (exactly `size` if `exact`, else at most), decompressing
+    no more than that: a small compressed entry may declare gigabytes."""
+    declared = z.getinfo(name).file_size
+    if declared < size if exact else declared > size:
+        raise ConversionError(f"{path}: {name} holds {declared} bytes, expected "
+                              f"{'at least' if exact else 'at most'} {size}")
+    with z.open(name) as f:
+        data = f.read(size)
+    if exact and len(data) != size:
+        raise ConversionError(f"{path}: {name} holds {len(data)} bytes, expected {size}")
+    return data
+
+
 def _read_legacy(path: str) -> tuple[Any, dict[str, _Storage]]:
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         head = fh.read(4)
         fh.seek(0)
         if head == b"PK\x03\x04":
@@ -146,15 +203,18 @@ def _read_legacy(path: str) -> tuple[Any, dict[str, _Storage]]:
             raise ConversionError(f"{path}: neither a zip archive nor a legacy torch.save pickle "
                                   f"(starts with {head!r}); not a PyTorch file")
         magic = safe_pickle.loads(fh, {}, path)
-        if magic != _LEGACY_MAGIC:
+        if type(magic) is not int or magic != _LEGACY_MAGIC:
             raise ConversionError(f"{path}: pickle without PyTorch's magic number: not a torch.save file")
-        if safe_pickle.loads(fh, {}, path) != 1001:
+        version = safe_pickle.loads(fh, {}, path)
+        if type(version) is not int or version != 1001:
             raise ConversionError(f"{path}: unsupported legacy protocol version (expected 1001)")
         sys_info = safe_pickle.loads(fh, {}, path)
-        little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
+        little = sys_info.get("little_endian", True) is not False if isinstance(sys_info, dict) else True
         storages: dict[str, _Storage] = {}
         obj = safe_pickle.loads(fh, ALLOWED, path, _persistent_loader(storages, path))
         keys = safe_pickle.loads(fh, {}, path)
+        if not isinstance(keys, list) or not all(type(k) in (str, int) for k in keys):
+            raise ConversionError(f"{path}: expected the list of storage keys after the state dict's pickle")
         for key in keys:
             st = storages.get(str(key))
             if st is None:
@@ -165,10 +225,11 @@ def _read_legacy(path: str) -> tuple[Any, dict[str, _Storage]]:
                 raise ConversionError(f"{path}: truncated at byte {at}: storage {key} has no size")
             numel = struct.unpack("<q" if little else ">q", head)[0]
             dtype = st.stype.dtype.newbyteorder("<" if little else ">")
-            raw = fh.read(numel * dtype.itemsize)
-            if numel != st.numel or len(raw) < numel * dtype.itemsize:
-                raise ConversionError(f"{path}: truncated at byte {at}: storage {key} needs "
-                                      f"{st.numel * dtype.itemsize} bytes, {len(raw)} left")
-            st.data = np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="))
+            need = st.numel * dtype.itemsize
+            if numel != st.numel or need > size - fh.tell():
+                raise ConversionError(f"{path}: truncated at byte {at}: storage {key} needs {need} bytes "
+                                      f"({st.numel} elements; the file says {numel}), "
+                                      f"{max(size - fh.tell(), 0)} left")
+            raw = fh.read(need)
+            st.data = np.frombuffer(raw, dtype, st.numel).astype(dtype.newbyteorder("="))
     return obj, storages
-
