@@ -77,8 +77,8 @@ def test_ferplus_votes_joined(tmp_path):
     rows = synthetic_rows((3, 1, 1))
     write_csv(tmp_path / "fer2013.csv", rows)
     votes = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
-    for i in range(5):
-        votes.append(f"Training,fer{i:07d}.png,{i},10,0,0,0,0,0,0,0,0")
+    for i, (_, _, usage) in enumerate(rows):
+        votes.append(f"{usage},fer{i:07d}.png,{i},10,0,0,0,0,0,0,0,0")
     (tmp_path / "fer2013new.csv").write_text("\n".join(votes) + "\n")
     recs = list(fer.iter_records(tmp_path / "fer2013.csv"))
     assert [int(r.ferplus_votes[0]) for r in recs] == [0, 1, 2, 3, 4]
@@ -170,9 +170,10 @@ def test_real_ferplus_agreement(real_fer, tfds_dir):
     assert 0.6 < agree < 0.7, agree
 
 
-def _ferplus_csv(path, n, neutral_votes=10):
+def _ferplus_csv(path, rows, neutral_votes=10):
+    """fer2013new.csv for `rows` (their Usage, row by row)."""
     lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
-    lines += [f"Training,fer{i:07d}.png,{neutral_votes},0,0,0,0,0,0,0,0,0" for i in range(n)]
+    lines += [f"{usage},fer{i:07d}.png,{neutral_votes},0,0,0,0,0,0,0,0,0" for i, (_, _, usage) in enumerate(rows)]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -182,7 +183,7 @@ def test_cache_rebuilds_when_ferplus_votes_appear(tmp_path):
     write_csv(tmp_path / "src" / "fer2013.csv", rows)
     before = load_splits(str(tmp_path / "src"), str(tmp_path / "tfds"))
     assert (before["train"]["ferplus_votes"] == -1).all()
-    _ferplus_csv(tmp_path / "src" / "fer2013new.csv", len(rows))
+    _ferplus_csv(tmp_path / "src" / "fer2013new.csv", rows)
     after = load_splits(str(tmp_path / "src"), str(tmp_path / "tfds"))
     assert (after["train"]["ferplus_votes"][:, 0] == 10).all()
 
@@ -247,3 +248,102 @@ def test_cache_rebuilds_when_images_are_added(tmp_path):
     cv2.imwrite(str(tmp_path / "imgs" / "test" / "sad" / "new.png"), np.zeros((48, 48), np.uint8))
     second = load_splits(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
     assert len(second["test"]["label"]) == len(first["test"]["label"]) + 1
+
+
+# Hostile or damaged CSV files (issue 37, item 16): every problem is a FER2013FormatError naming
+# the file and the row, and with skip_bad_rows one bad line is one skipped row.
+def _lines(rows) -> list[bytes]:
+    return [b"emotion,pixels,Usage"] + [f"{lab},{' '.join(map(str, img.reshape(-1)))},{usage}".encode()
+                                        for lab, img, usage in rows]
+
+
+def _write(path, lines: list[bytes]):
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda line: line + b"9" * 140_000, "line longer than 131072 bytes"),  # was _csv.Error: field larger than field limit
+    (lambda line: line[:10] + b"\xff\xfe" + line[12:], "not UTF-8 text"),  # was UnicodeDecodeError, no file or row
+    (lambda line: line.replace(b",", b',"', 1), "unterminated quote"),  # swallowed every row after it
+])
+def test_damaged_line_is_one_bad_row_named_by_file_and_line(tmp_path, damage, problem):
+    rows = synthetic_rows((6, 2, 2))
+    lines = _lines(rows)
+    lines[4] = damage(lines[4])  # row 3, line 5
+    path = _write(tmp_path / "fer2013.csv", lines)
+    with pytest.raises(fer.FER2013FormatError) as e:
+        list(fer.iter_records(path))
+    assert f"{path}, row 3 (line 5): " in str(e.value) and problem in str(e.value)
+    report = fer.ReadReport(str(path))
+    records = list(fer.iter_records(path, skip_bad_rows=True, report=report))
+    assert [r.row for r in records] == [r for r in range(10) if r != 3]  # the rows after it are read
+    assert report.rows_read == 9 and len(report.bad_rows) == 1 and report.bad_rows[0][0] == 3
+    assert "line 5" in report.bad_rows[0][1] and problem in report.bad_rows[0][1]
+
+
+def test_gzipped_long_line_and_bad_bytes_skipped(tmp_path):
+    import gzip
+
+    rows = synthetic_rows((6, 2, 2))
+    lines = _lines(rows)
+    lines[2] += b" 1" * 300_000
+    lines[6] = b"\x80" + lines[6]
+    path = tmp_path / "fer2013.csv.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    report = fer.ReadReport(str(path))
+    assert len(list(fer.iter_records(path, skip_bad_rows=True, report=report))) == 8
+    assert [r for r, _ in report.bad_rows] == [1, 5]
+
+
+def test_utf8_bom_header_accepted(tmp_path):
+    rows = synthetic_rows((3, 1, 1))
+    lines = _lines(rows)
+    lines[0] = b"\xef\xbb\xbf" + lines[0]
+    assert len(list(fer.iter_records(_write(tmp_path / "fer2013.csv", lines)))) == 5
+
+
+def test_empty_and_undecodable_headers_name_the_file(tmp_path):
+    for data in (b"", b"\xff\xfeemotion,pixels,Usage\n"):
+        path = tmp_path / "fer2013.csv"
+        path.write_bytes(data)
+        with pytest.raises(fer.FER2013FormatError, match=f"{path}, line 1: expected the header"):
+            list(fer.iter_records(path))
+
+
+def _ferplus(path, usages, extra: dict | None = None):
+    lines = [b"Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    lines += [f"{u},fer{i:07d}.png,1,9,0,0,0,0,0,0,0,0".encode() for i, u in enumerate(usages)]
+    for i, line in (extra or {}).items():
+        lines[i + 1] = line
+    path.write_bytes(b"\n".join(lines) + b"\n" if usages or extra else b"")
+
+
+@pytest.mark.parametrize("usages, extra, message", [
+    ([], None, r"line 1: expected the FER\+ header"),  # was "generator raised StopIteration"
+    (None, {2: b"Training,fer0000002.png,1,9,0"}, r"row 2 \(line 4\): expected 12 fields"),  # was a numpy error
+    (None, {1: b"Training,fer0000001.png,1,9,0,0,0,0,0,0,0,\xff"}, r"row 1 \(line 3\): not UTF-8"),
+    (None, {0: b"Training,fer0000000.png,1,99999,0,0,0,0,0,0,0,0"}, r"row 0 \(line 2\): vote counts must be 0"),
+    (["Training"] * 3 + ["Training"] + ["PrivateTest"], None,  # row 3 is PublicTest in fer2013.csv
+     r"fer2013new.csv, row 3 \(line 5\): Usage 'Training' differs from fer2013.csv's 'PublicTest'"),
+])
+def test_ferplus_file_problems_name_the_file_and_row(tmp_path, usages, extra, message):
+    rows = synthetic_rows((3, 1, 1))  # Training x3, PublicTest, PrivateTest
+    path = write_csv(tmp_path / "fer2013.csv", rows)
+    _ferplus(tmp_path / "fer2013new.csv", [u for _, _, u in rows] if usages is None else usages, extra)
+    for skip in (False, True):
+        with pytest.raises(fer.FER2013FormatError, match=message) as e:
+            list(fer.iter_records(path, skip_bad_rows=skip))
+        assert str(tmp_path / "fer2013new.csv") in str(e.value)
+
+
+def test_pixel_values_numpy_cannot_hold_are_bad_rows(tmp_path):
+    rows = synthetic_rows((3, 1, 1))
+    lines = _lines(rows)
+    lines[1] = b"0," + b" ".join([b"99999999999"] + [b"7"] * 2303) + b",Training"  # was an OverflowError
+    lines[2] = b"0," + " ".join(["\u00b2"] + ["7"] * 2303).encode() + b",Training"  # was StopIteration
+    path = _write(tmp_path / "fer2013.csv", lines)
+    report = fer.ReadReport(str(path))
+    assert len(list(fer.iter_records(path, skip_bad_rows=True, report=report))) == 3
+    assert [r for r, _ in report.bad_rows] == [0, 1]
+    assert "not an integer in 0..255" in report.bad_rows[0][1]

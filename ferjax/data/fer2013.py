@@ -1,9 +1,13 @@
 """Reading FER2013 from its Kaggle CSV (plain or gzipped), the common image-folder layout, or a
 compact array file (`*.npz.xz`, see ferjax.data.compact).
 
-Every record keeps its source row index. Malformed input stops with an error that names the
-file, the row and the problem, unless `skip_bad_rows` is set: then bad rows are counted and
-reported in `ReadReport`.
+Every record keeps its source row index. Malformed input stops with a `FER2013FormatError` that
+names the file, the row (and line) and the problem, unless `skip_bad_rows` is set: then bad rows
+are counted and reported in `ReadReport`. A CSV is read one physical line per row (no FER2013 field
+spans lines), each line decoded and parsed alone: a line that is not UTF-8, is longer than
+`MAX_LINE_BYTES` or has an unterminated quote is one bad row, and the rows after it are read as
+usual. FER+ votes (`fer2013new.csv` beside the CSV) are joined by row index; a FER+ row whose Usage
+differs from the FER2013 row's is an error (the files are not aligned).
 
 An image folder without a validation folder (`val`, `valid`, `validation`, `publictest`) gets
 one carved from train: an image goes to validation when the SHA-256 of
@@ -18,11 +22,10 @@ import dataclasses
 import difflib
 import gzip
 import hashlib
-import io
 import os
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -42,7 +45,8 @@ FERPLUS_MISMATCHED_ROWS = (5274, 33200)
 PIXELS = 48 * 48
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CARVE_SEED, CARVE_FRACTION = 0, 0.1  # validation carved from train in image folders without one
-READER_VERSION = 2  # part of content_hash: bump when the same files would give other records
+MAX_LINE_BYTES = 131_072  # a valid row is under 10,000 bytes; a longer line is a bad row, read in bounded chunks
+READER_VERSION = 3  # part of content_hash: bump when the same files would give other records
 KAGGLE_URL = "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data"
 
 
@@ -117,42 +121,102 @@ def iter_records(source: Path, skip_bad_rows: bool = False,
 
         yield from compact.iter_records(source, report)
         return
-    votes = read_ferplus(source.parent / FERPLUS_FILE)
+    ferplus_path = source.parent / FERPLUS_FILE
+    ferplus = _read_ferplus(ferplus_path)
     for rec in _iter_csv(source, skip_bad_rows, report):
-        if votes is not None and rec.row < len(votes):
+        if ferplus is not None and rec.row < len(ferplus[0]):
+            votes, usages = ferplus
+            if USAGE_TO_SPLIT[usages[rec.row]] != rec.split:
+                raise FER2013FormatError(
+                    f"{ferplus_path}, row {rec.row} (line {rec.row + 2}): Usage {usages[rec.row]!r} differs "
+                    f"from {source.name}'s {_SPLIT_TO_USAGE[rec.split]!r} in the same row; FER+ rows are "
+                    f"joined by position, so the two files are not aligned (use the fer2013new.csv made "
+                    f"for this fer2013.csv)")
             rec.ferplus_votes = votes[rec.row]
         yield rec
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+_SPLIT_TO_USAGE = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _csv_lines(f: BinaryIO) -> Iterator[tuple[int, list[str] | None, str]]:
+    """(line number from 1, fields or None, problem or "") for each physical line of `f`: each
+    line is decoded (UTF-8; a BOM before the first is dropped) and parsed as CSV by itself, so a
+    bad line never swallows the lines after it; a line over `MAX_LINE_BYTES` is skipped in bounded
+    chunks without being held in memory."""
+    line = 0
+    while raw := f.readline(MAX_LINE_BYTES + 1):
+        line += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(MAX_LINE_BYTES)
+            yield line, None, f"line longer than {MAX_LINE_BYTES} bytes"
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield line, None, f"not UTF-8 text (byte {e.start} of the line is {raw[e.start:e.start + 1]!r})"
+            continue
+        if line == 1:
+            text = text.removeprefix("\ufeff")
+        try:
+            rows = list(csv.reader([text], strict=True))
+        except csv.Error as e:
+            yield line, None, f"not one CSV record ({e}; an unterminated quote?)"
+            continue
+        if len(rows) > 1:  # a carriage return inside the line
+            yield line, None, "more than one CSV record on one line (a stray carriage return?)"
+            continue
+        yield line, rows[0] if rows else [], ""
+
+
+def _shown(fields: list[str] | None, problem: str) -> str:
+    return problem if fields is None else repr(fields)[:200]
 
 
 def _iter_csv(path: Path, skip_bad_rows: bool, report: ReadReport) -> Iterator[Record]:
     row = -1
     try:
-        with _open_text(path) as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
+        with _open_binary(path) as f:
+            lines = _csv_lines(f)
+            _, header, problem = next(lines, (1, None, "an empty file"))
             if header is None or [h.strip() for h in header[:3]] != ["emotion", "pixels", "Usage"]:
                 raise FER2013FormatError(
-                    f"{path}: expected the header 'emotion,pixels,Usage', got {header!r}")
-            for row, fields in enumerate(reader):
+                    f"{path}, line 1: expected the header 'emotion,pixels,Usage', got {_shown(header, problem)}")
+            for line, fields, problem in lines:
+                row = line - 2
                 try:
-                    yield _parse_row(fields, row)
-                    report.rows_read += 1
+                    if fields is None:
+                        raise FER2013FormatError(problem)
+                    rec = _parse_row(fields, row)
                 except FER2013FormatError as e:
                     if not skip_bad_rows:
                         raise FER2013FormatError(
-                            f"{path}, row {row} (line {row + 2}): {e}. Fix the file or pass "
+                            f"{path}, row {row} (line {line}): {e}. Fix the file or pass "
                             f"--config.data.skip_bad_rows=True to skip bad rows") from None
-                    report.bad_rows.append((row, str(e)))
+                    report.bad_rows.append((row, f"line {line}: {e}"))
+                    continue
+                report.rows_read += 1
+                yield rec
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise FER2013FormatError(
             f"{path}: the gzip stream is truncated or corrupt after row {row} ({e}); "
             f"download the file again") from None
+
+
+def _first_bad_pixel(values: list[str]) -> str:
+    for v in values:
+        try:
+            if 0 <= int(v) <= 255:
+                continue
+        except ValueError:
+            pass
+        return v
+    return values[0]
 
 
 def _parse_row(fields: list[str], row: int) -> Record:
@@ -162,45 +226,72 @@ def _parse_row(fields: list[str], row: int) -> Record:
     try:
         label = int(emotion)
     except ValueError:
-        raise FER2013FormatError(f"emotion {emotion!r} is not an integer") from None
+        raise FER2013FormatError(f"emotion {emotion[:20]!r} is not an integer") from None
     if not 0 <= label < len(EMOTIONS):
         raise FER2013FormatError(f"emotion {label} is out of range 0..6")
     split = USAGE_TO_SPLIT.get(usage.strip())
     if split is None:
         raise FER2013FormatError(
-            f"unknown Usage {usage!r}; expected one of {', '.join(USAGE_TO_SPLIT)}")
+            f"unknown Usage {usage[:40]!r}; expected one of {', '.join(USAGE_TO_SPLIT)}")
     values = pixels.split()
     if len(values) != PIXELS:
         raise FER2013FormatError(f"expected {PIXELS} pixel values, got {len(values)}")
     try:
         arr = np.array(values, dtype=np.int32)
-    except ValueError:
-        bad = next(v for v in values if not v.lstrip("-").isdigit())
-        raise FER2013FormatError(f"pixel value {bad!r} is not an integer") from None
+    except (ValueError, OverflowError):
+        bad = _first_bad_pixel(values)
+        raise FER2013FormatError(f"pixel value {bad[:20]!r} is not an integer in 0..255") from None
     if arr.min() < 0 or arr.max() > 255:
         raise FER2013FormatError(f"pixel values must be 0..255, got {arr.min()}..{arr.max()}")
     return Record(row, split, label, arr.astype(np.uint8).reshape(48, 48, 1))
 
 
+FERPLUS_HEADER = ("Usage", "Image name", *FERPLUS_CLASSES)
+MAX_VOTES = 32_767  # what int16 holds; real files have at most 10 annotators per image
+
+
 def read_ferplus(path: Path) -> np.ndarray | None:
     """FER+ votes [rows,10] int16 (-1 for rows whose votes belong to another image), or None."""
+    table = _read_ferplus(path)
+    return None if table is None else table[0]
+
+
+def _read_ferplus(path: Path) -> tuple[np.ndarray, list[str]] | None:
+    """(votes as `read_ferplus` gives them, the Usage of every row), or None without the file;
+    any malformed line raises FER2013FormatError naming the file and row."""
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        if len(header) != 12 or header[0] != "Usage":
+    votes, usages = [], []
+    with _open_binary(path) as f:
+        lines = _csv_lines(f)
+        _, header, problem = next(lines, (1, None, "an empty file"))
+        if header is None or len(header) != 12 or header[0] != "Usage":
             raise FER2013FormatError(
-                f"{path}: expected FER+ header 'Usage,Image name,neutral,...,NF', got {header!r}")
-        votes = []
-        for row, fields in enumerate(reader):
+                f"{path}, line 1: expected the FER+ header 'Usage,Image name,neutral,...,NF', "
+                f"got {_shown(header, problem)}")
+        for line, fields, problem in lines:
+            row = line - 2
             try:
-                votes.append([int(v) for v in fields[2:12]])
-            except ValueError:
-                raise FER2013FormatError(f"{path}, row {row}: vote counts must be integers") from None
-    out = np.asarray(votes, np.int16)
+                if fields is None:
+                    raise FER2013FormatError(problem)
+                if len(fields) != 12:
+                    raise FER2013FormatError(f"expected 12 fields ({','.join(FERPLUS_HEADER)}), got {len(fields)}")
+                if fields[0] not in USAGE_TO_SPLIT:
+                    raise FER2013FormatError(
+                        f"unknown Usage {fields[0][:40]!r}; expected one of {', '.join(USAGE_TO_SPLIT)}")
+                try:
+                    counts = [int(v) for v in fields[2:12]]
+                except ValueError:
+                    raise FER2013FormatError("vote counts must be integers") from None
+                if not all(0 <= c <= MAX_VOTES for c in counts):
+                    raise FER2013FormatError(f"vote counts must be 0..{MAX_VOTES}, got {counts}")
+            except FER2013FormatError as e:
+                raise FER2013FormatError(f"{path}, row {row} (line {line}): {e}") from None
+            votes.append(counts)
+            usages.append(fields[0])
+    out = np.asarray(votes, np.int16).reshape(len(votes), len(FERPLUS_CLASSES))
     out[[r for r in FERPLUS_MISMATCHED_ROWS if r < len(out)]] = -1
-    return out
+    return out, usages
 
 
 def folder_images(root: Path) -> list[tuple[str, int, Path]]:
