@@ -1,8 +1,10 @@
 """Locating third-party model files (detector weights) that are not installed with ferjax.
 
 Search order: an explicit directory (config field `models_dir`), then `$FERJAX_MODELS_DIR`, then
-`~/.cache/ferjax/models`, then the files shipped in `ferjax.assets` (YuNet; checked against its
-sha256). A missing file raises with its download address and sha256.
+`~/.cache/ferjax/models`, then the files shipped in `ferjax.assets` (YuNet). A file with a pinned
+sha256 found anywhere is checked against it (a differing file is refused, not skipped: it would
+otherwise take precedence unnoticed); a digest is computed once per path, size and mtime. A missing
+file raises with its download address and sha256.
 """
 from __future__ import annotations
 
@@ -57,14 +59,29 @@ def search_dirs(models_dir: str | os.PathLike | None = None) -> list[Path]:
     return dirs
 
 
+class ModelFileError(OSError, ValueError):
+    """A model file whose sha256 differs from the one pinned for its name (a ValueError too, so
+    that the commands that report bad input in one line report this one the same way)."""
+
+
 def find(file: ModelFile, models_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first existing path of `file` (also accepting `<dir>/detectors/<name>`), or None."""
+    """The first existing path of `file` (also accepting `<dir>/detectors/<name>`), or None; a
+    file whose sha256 differs from `file.sha256` raises ModelFileError (see `verified`)."""
     for d in search_dirs(models_dir):
         for name in (file.name, *file.aliases):
             for p in (d / name, d / "detectors" / name):
                 if p.is_file():
-                    return p
+                    return verified(file, p)
     return packaged(file)
+
+
+def verified(file: ModelFile, path: Path) -> Path:
+    """`path`, when `file` pins no sha256 or `path` has the pinned one; else ModelFileError, one
+    line naming both hashes."""
+    if file.sha256 and (digest := sha256(path)) != file.sha256:
+        raise ModelFileError(f"model file {path} has sha256 {digest}, but {file.name} is pinned to "
+                             f"{file.sha256}; delete or replace it (download: {file.url})")
+    return path
 
 
 def packaged(file: ModelFile) -> Path | None:
@@ -73,15 +90,10 @@ def packaged(file: ModelFile) -> Path | None:
     path = PACKAGED_DIR / file.name
     if not path.is_file():
         return None
-    if file.sha256 and path not in _verified:
-        if sha256(path) != file.sha256:
-            raise OSError(f"shipped model file {path} is damaged: sha256 {sha256(path)} != {file.sha256}; "
-                          f"reinstall ferjax")
-        _verified.add(path)
+    if file.sha256 and (digest := sha256(path)) != file.sha256:
+        raise ModelFileError(f"shipped model file {path} is damaged: sha256 {digest} != {file.sha256}; "
+                             f"reinstall ferjax")
     return path
-
-
-_verified: set[Path] = set()
 
 
 def locate(file: ModelFile, models_dir: str | os.PathLike | None = None) -> Path:
@@ -101,9 +113,15 @@ def missing_message(files: list[ModelFile], models_dir: str | os.PathLike | None
     return "\n".join(lines)
 
 
+_digests: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256
+
+
 def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a file's bytes, computed once per (path, size, mtime): model files are
+    checked on every lookup and weights keyed by content without re-reading them each time."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        with open(path, "rb") as fh:
+            _digests[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _digests[key]
