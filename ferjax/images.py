@@ -13,6 +13,7 @@ import dataclasses
 import io
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any, Union
 
@@ -136,10 +137,12 @@ def decode(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_
     if width * height > max_pixels:
         raise ImageError(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
                          f"{max_pixels} (raise max_pixels to accept it)")
-    try:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except Exception:  # noqa: BLE001 - cv2.error (a side over 2^20, a corrupt stream), MemoryError: try Pillow
-        pixels = None
+    pixels = None
+    if head.format != "PNG" or _png_chunks_fit(data):
+        try:
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except Exception:  # noqa: BLE001 - cv2.error (a side over 2^20, a corrupt stream), MemoryError: try Pillow
+            pixels = None
     if pixels is None:
         return _decode_pil(data, name, max_pixels, head.orientation)
     out = from_array(pixels, channels="bgr", name=name, max_pixels=max_pixels)
@@ -162,6 +165,21 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, orientation: int) -> np
     except Exception as e:  # noqa: BLE001 - truncated data, a bad stream, a decoder's MemoryError ...
         raise ImageError(f"{name}: truncated or corrupt image data ({_clean(e)})") from None
     return _orient(pixels, orientation)
+
+
+def _png_chunks_fit(data: bytes) -> bool:
+    """Whether every chunk of a PNG fits in the bytes there are. OpenCV's PNG reader (4.12 and
+    later) allocates each chunk's declared length before reading it: a 100-byte file declaring a
+    4 GB chunk took 4 GB. Pillow reads only what is there, so such a file goes to Pillow."""
+    at = 8
+    while at + 4 <= len(data):  # OpenCV reads a length wherever 4 bytes remain
+        (length,) = struct.unpack_from(">I", data, at)
+        if at + 12 + length > len(data):
+            return False
+        if data[at + 4:at + 8] == b"IEND":
+            break
+        at += 12 + length
+    return True
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:

@@ -209,3 +209,28 @@ def test_unreadable_file_is_an_image_error(tmp_path):
             images.load_image(p)
     finally:
         p.chmod(0o600)
+
+
+def test_png_chunk_declaring_gigabytes_is_never_allocated():
+    """OpenCV's PNG reader sizes a buffer by each chunk's declared length before reading it: a
+    PNG of 500 bytes whose IDAT chunk declared 2 GB took 2 GB of memory (found by the fuzzer)."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    from fuzzing import MemoryWatch
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format="PNG")
+    good = buf.getvalue()
+    idat = good.index(b"IDAT") - 4
+    data = good[:idat] + struct.pack(">I", 0xFFFFFFF0) + good[idat + 4:]  # the IDAT's length
+    assert images.header(data).pixels == 256  # the header alone is fine
+    with MemoryWatch() as watch:
+        try:
+            out = images.load_image(data)  # Pillow reads what is there: the 16x16 pixels
+            assert out.shape == (16, 16, 3)
+        except images.ImageError as e:
+            assert str(e).startswith(f"<{len(data)} bytes>: ")
+    assert watch.grown_mb < 64, f"decoding a {len(data)}-byte PNG took {watch.grown_mb:.0f} MB"
