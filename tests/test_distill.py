@@ -91,3 +91,33 @@ def test_fer2013_distill_tiny_trains_and_records_its_teachers(tmp_path, syntheti
                    "--config.loss=lsgan", check=False,
                    env_extra={"FER2013_PATH": str(synthetic_csv), "TFDS_DATA_DIR": str(tfds_dir)})
     assert proc.returncode != 0 and "takes no `distill_weight`" in proc.stderr + proc.stdout
+
+
+def test_teacher_cache_is_keyed_by_the_teachers_weights_not_their_names(tmp_path):
+    """Weights replaced under the same teacher name (a retrained model) recompute the cached
+    probabilities; before, the cache was keyed by the name and gave the old teacher's."""
+    import shutil
+    import uuid
+
+    from ferjax.registry import PRETRAINED
+
+    name = f"test_teacher_{uuid.uuid4().hex[:8]}"
+    weights, card = tmp_path / "teacher.msgpack", tmp_path / "teacher.json"
+    shutil.copy(pretrained.packaged("fer2013_vgg_small.msgpack"), weights)
+    shutil.copy(pretrained.packaged("fer2013_vgg_small.json"), card)
+    PRETRAINED.register(name)(lambda: pretrained.WeightsSpec("vgg_small", weights, card,
+                                                             {"dropout": 0.4, "width": 1.0}))
+    try:
+        images = np.random.default_rng(2).integers(0, 256, (6, 48, 48, 1)).astype(np.uint8)
+        mesh, cfg = sharding.data_mesh(None), distill_cfg(teachers=name, teacher_weights="")
+        first = teacher_probabilities(cfg, images, 8, mesh, tmp_path)
+        assert pretrained.weights_sha256(name) == pretrained.weights_sha256("fer2013_vgg_small")
+        shutil.copy(pretrained.packaged("fer2013_robust_small.msgpack"), weights)  # same name and size
+        second = teacher_probabilities(cfg, images, 8, mesh, tmp_path)
+        model, variables, _ = pretrained.load("fer2013_robust_small")
+        expected = jax.nn.softmax(np.asarray(model.apply(variables, images.astype(np.float32), train=False)))
+        np.testing.assert_allclose(second, expected, atol=2e-5)
+        assert not np.allclose(first, second, atol=1e-3)
+    finally:
+        for table in (PRETRAINED._entries, PRETRAINED._docs, PRETRAINED._checks):
+            table.pop(name, None)

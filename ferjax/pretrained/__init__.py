@@ -41,6 +41,19 @@ def init_variables(model: Any, seed: int = 0) -> Any:
     return model.init(jax.random.key(seed), jnp.zeros((1, 48, 48, 1), jnp.float32), train=False)
 
 
+def weights_sha256(name: str | None = None) -> str:
+    """sha256 of registered pretrained model `name`'s weights file: what its outputs depend on
+    (a retrained or replaced file keeps its name). Computed once per file version
+    (`ferjax.realtime.models.sha256`)."""
+    from ferjax.realtime import models  # noqa: PLC0415  (registry/pretrained.py imports this module)
+
+    name = name or DEFAULT
+    spec: WeightsSpec = PRETRAINED.get(name)()
+    if not spec.weights.is_file():
+        raise FileNotFoundError(f"weights of pretrained model {name!r} not found at {spec.weights}")
+    return models.sha256(spec.weights)
+
+
 def load(name: str | None = None) -> tuple[Any, Any, dict]:
     """(model, variables, card) for a registered pretrained model."""
     name = name or DEFAULT

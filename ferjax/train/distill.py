@@ -1,6 +1,7 @@
 """Knowledge distillation targets: an ensemble of pretrained classifiers' class probabilities on
 the Training images, computed once before training (offline distillation) and cached in the run's
-folder so that a resumed run does not recompute them."""
+folder so that a resumed run does not recompute them. The cache is keyed by each teacher's weights
+(sha256), not only its name: retrained or replaced weights under the same name recompute."""
 from __future__ import annotations
 
 import json
@@ -39,13 +40,14 @@ def teacher_probabilities(cfg: ml_collections.ConfigDict, images: np.ndarray, ba
                           mesh, workdir: str | Path | None = None) -> np.ndarray:
     """[N, 7] float32: the weighted mean of each teacher's softmax(logits / temperature), with the
     teacher's test-time augmentation `distill.tta`. Cached in `workdir` under a key of the
-    settings and the images' fingerprint."""
+    settings, every teacher's weights sha256 and the images' fingerprint."""
     names, weights = teacher_names(cfg), ensemble_weights(cfg)
     if cfg.temperature <= 0:
         raise ValueError(f"distill.temperature={cfg.temperature}: expected > 0")
     if cfg.tta not in TTA_MODES:
         raise ValueError(f"distill.tta={cfg.tta!r}: expected one of {sorted(TTA_MODES)}")
-    key = json.dumps({"teachers": names, "weights": weights.round(6).tolist(),
+    key = json.dumps({"teachers": [[name, pretrained.weights_sha256(name)] for name in names],
+                      "weights": weights.round(6).tolist(),
                       "temperature": cfg.temperature, "tta": cfg.tta,
                       "images": fingerprint({"image": images})})
     cache = Path(workdir) / CACHE_NAME if workdir else None
