@@ -1,19 +1,23 @@
 """JAX MTCNN: weight reading, TF-compatible crops, NMS, and boxes vs the mtcnn package's own."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import cv2
 import jax.numpy as jnp
+import lz4.frame
 import numpy as np
 import pytest
 
+from ferjax.convert.mapping import ConversionError
 from ferjax.realtime import models, mtcnn_weights
 from ferjax.realtime.detect import box_iou
 from ferjax.realtime.mtcnn import MTCNN, crop_and_resize, nms, scale_pyramid
-from conftest import require_detector
+from conftest import detector_files, require_detector
+from fuzzing import MemoryWatch
 
 SHARED = Path(os.environ.get("FERJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MEDIA, MODELS = SHARED / "media", SHARED / "models"
@@ -25,12 +29,69 @@ def _weights_or_skip() -> dict:
     return mtcnn_weights.load_all(models_dir=MODELS)
 
 
-def test_lz4_frame_decoder_handles_literals_and_overlapping_matches():
-    # One block: literals "abcd", then a match (offset 4, length 4 + 6 = 10), then literals "xyz".
-    block = bytes([0x46]) + b"abcd" + bytes([4, 0]) + bytes([0x30]) + b"xyz"
-    frame = b"\x04\x22\x4d\x18" + bytes([0x60, 0x40, 0x00]) + len(block).to_bytes(4, "little") + block
-    frame += b"\x00\x00\x00\x00"
-    assert mtcnn_weights.lz4_frame_decompress(frame) == b"abcdabcdabcdab" + b"xyz"
+# sha256 of mtcnn==1.0.0's weight files -> sha256 of (dtype, shape, bytes) of every array they hold, as the
+# hand-written LZ4 decoder read them before the `lz4` package replaced it.
+SHIPPED = {
+    "pnet": ("ea6b0c3e685ebee3165326ad6484acc95f2ef78f1c94fbf40a55704fa989f7b5",
+             "9a456efb3288f0fd1da7587509cf7a29249a76a6d4f5eaf4cb93cff611756cf2"),
+    "rnet": ("cb00e6460f3c98b0bfafaba3c0a0ded4bdf6e62cee7174d969e8670d7e757fee",
+             "4934213377911df3d9d4292b795d2ed097d5bc2a77b2b1f9717cd92f4dd874af"),
+    "onet": ("94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
+             "b56e3ee2a6818fb0821ccd648a7f907020956fdbf1b88ac8c488bb8516a2af60"),
+}
+
+
+def test_shipped_weights_read_exactly_as_before():
+    require_detector("mtcnn")
+    for path in detector_files("mtcnn"):
+        file_sha, arrays_sha = SHIPPED[path.stem]
+        if hashlib.sha256(path.read_bytes()).hexdigest() != file_sha:
+            pytest.skip(f"{path} is not mtcnn==1.0.0's file")
+        h = hashlib.sha256()
+        for a in mtcnn_weights.load_file(path):
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes())
+        assert h.hexdigest() == arrays_sha, path
+
+
+def _lz4_zeros(mib: int) -> bytes:
+    """An LZ4 frame of `mib` MiB of zeros, made 1 MiB at a time (about 4 KB per MiB)."""
+    c = lz4.frame.LZ4FrameCompressor()
+    return c.begin() + b"".join(c.compress(bytes(1 << 20)) for _ in range(mib)) + c.flush()
+
+
+def test_lz4_bomb_is_refused_at_the_cap_without_expanding(tmp_path):
+    """256 MiB of zeros in a 1 MB frame: refused once past the 64 MiB cap (the hand-written decoder had
+    no cap: it built all 256 MiB, then the pickle reader failed on it)."""
+    path = tmp_path / "pnet.lz4"
+    path.write_bytes(_lz4_zeros(256))
+    assert path.stat().st_size < 2 << 20
+    with MemoryWatch() as watch, pytest.raises(ConversionError, match=f"{path}: the LZ4 frame expands to more "
+                                                                       f"than 67108864 bytes"):
+        mtcnn_weights.load_file(path)
+    assert watch.grown_mb < 100, f"refusing took {watch.grown_mb:.0f} MB"
+
+
+def test_lz4_frames_of_every_kind_and_bad_ones_name_the_file(tmp_path):
+    arrays = [np.random.default_rng(0).normal(size=(3, 3, 3, 10)).astype(np.float32), np.arange(10, dtype=np.float32)]
+    joblib = pytest.importorskip("joblib", reason="joblib writes the LZ4 weights files under test")
+    joblib.dump(arrays, tmp_path / "w.lz4", compress=("lz4", 3))
+    plain = (tmp_path / "w.lz4").read_bytes()
+    assert plain[:4] == b"\x04\x22\x4d\x18"
+    (tmp_path / "checked.lz4").write_bytes(lz4.frame.compress(
+        lz4.frame.decompress(plain), block_checksum=True, content_checksum=True, store_size=True))
+    for name in ("w.lz4", "checked.lz4"):
+        for a, b in zip(arrays, mtcnn_weights.load_file(tmp_path / name), strict=True):
+            np.testing.assert_array_equal(a, b)
+    frame = lz4.frame.compress(b"payload", content_checksum=True)
+    bad = {"truncated": (plain[: len(plain) // 2], "truncated LZ4 frame"),
+           "trailing": (frame + b"xx", "2 bytes after the LZ4 frame"),
+           "checksum": (frame[:-1] + bytes([frame[-1] ^ 1]), "corrupt LZ4 frame"),
+           "header": (frame[:4] + b"\x00" * 8, "corrupt LZ4 frame")}
+    for name, (data, msg) in bad.items():
+        (tmp_path / f"{name}.lz4").write_bytes(data)
+        with pytest.raises(ConversionError, match=f"{tmp_path / name}.lz4: {msg}"):
+            mtcnn_weights.load_file(tmp_path / f"{name}.lz4")
 
 
 def test_missing_weights_error_says_how_to_get_them(tmp_path, monkeypatch):

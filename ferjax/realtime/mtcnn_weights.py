@@ -1,8 +1,10 @@
 """Reading the MTCNN weights that PyPI's `mtcnn==1.0.0` ships (`mtcnn/assets/weights/*.lz4`).
 
-The files are joblib pickles (lists of float32 arrays in Keras layout) in an LZ4 frame. A small
-pure-Python LZ4-frame decoder and ferjax's restricted unpickler (`ferjax.convert.safe_pickle`)
-read them: joblib itself is never called, since `joblib.load` runs whatever a file names.
+The files are joblib pickles (lists of float32 arrays in Keras layout) in an LZ4 frame. The `lz4`
+package (with an output cap: a small frame can expand a thousandfold) and ferjax's restricted
+unpickler (`ferjax.convert.safe_pickle`) read them: joblib itself is never called, since
+`joblib.load` runs whatever a file names. Every refusal names the file: ConversionError (a
+ValueError) for a corrupt, truncated or oversized file, UnsafePickleError for a forbidden global.
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+import lz4.frame
 import numpy as np
 
 from ferjax.convert import safe_pickle
+from ferjax.convert.mapping import ConversionError
 from ferjax.realtime import models
 
 NETS = ("pnet", "rnet", "onet")
@@ -24,6 +28,8 @@ DOWNLOAD_HINT = (
     f"${models.ENV_VAR} or {models.DEFAULT_DIR}); installing `mtcnn` in the same environment "
     "also works (its files are found without importing it)")
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
+MAX_BYTES = 64 << 20
+"""Largest weights file, and largest pickle an LZ4 frame may expand to (the shipped files: 1.6 MB, 6.2 MB)."""
 
 
 def candidate_dirs(weights_dir: str | os.PathLike | None = None,
@@ -60,73 +66,46 @@ def load_all(weights_dir: str | os.PathLike | None = None,
     for n in NETS:
         arrays = load_file(d / f"{n}.lz4")
         if len(arrays) != ARRAY_COUNTS[n]:
-            raise ValueError(f"{d / (n + '.lz4')}: expected {ARRAY_COUNTS[n]} arrays, got {len(arrays)}")
+            raise ConversionError(f"{d / (n + '.lz4')}: expected {ARRAY_COUNTS[n]} arrays, got {len(arrays)}")
         out[n] = [np.asarray(a, np.float32) for a in arrays]
     return out
 
 
 def load_file(path: str | os.PathLike) -> list[np.ndarray]:
     """Loads one joblib pickle (LZ4-framed or plain) of numpy arrays through the allow-list."""
-    raw = Path(path).read_bytes()
-    data = lz4_frame_decompress(raw) if raw[:4] == _LZ4_MAGIC else raw
-    arrays = safe_pickle.loads(data, safe_pickle.JOBLIB, os.fspath(path))
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ConversionError(f"{path}: {size} bytes; MTCNN weight files are at most {MAX_BYTES}")
+    return loads(path.read_bytes(), os.fspath(path))
+
+
+def loads(raw: bytes, source: str = "<bytes>") -> list[np.ndarray]:
+    """The arrays of one weights file's bytes (`source` names it in errors)."""
+    data = lz4_frame_decompress(raw, source) if raw[:4] == _LZ4_MAGIC else raw
+    arrays = safe_pickle.loads(data, safe_pickle.JOBLIB, source)
     if not isinstance(arrays, list) or not all(isinstance(a, np.ndarray) for a in arrays):
-        raise ValueError(f"{path}: expected a list of numpy arrays, got {type(arrays).__name__}")
+        raise ConversionError(f"{source}: expected a list of numpy arrays, got {type(arrays).__name__}")
     return arrays
 
 
-def lz4_frame_decompress(src: bytes) -> bytes:
-    """Decompresses one LZ4 frame (https://github.com/lz4/lz4/blob/dev/doc/lz4_Frame_format.md)."""
-    if src[:4] != _LZ4_MAGIC:
-        raise ValueError("not an LZ4 frame")
-    flg = src[4]
-    i = 6 + (8 if flg & 0x08 else 0) + (4 if flg & 0x01 else 0) + 1  # FLG, BD, [size], [dict], HC
-    block_checksum = bool(flg & 0x10)
-    out = bytearray()
-    while True:
-        size = int.from_bytes(src[i:i + 4], "little")
-        i += 4
-        if size == 0:
-            break
-        if size & 0x80000000:  # stored uncompressed
-            size &= 0x7FFFFFFF
-            out += src[i:i + size]
-        else:
-            _lz4_block(src, i, i + size, out)
-        i += size + (4 if block_checksum else 0)
+def lz4_frame_decompress(src: bytes, source: str = "<bytes>", limit: int = MAX_BYTES) -> bytes:
+    """The contents of one LZ4 frame, decompressed 1 MB at a time and refused once they pass `limit`
+    bytes (so a bomb costs at most `limit`, never what it declares)."""
+    d = lz4.frame.LZ4FrameDecompressor()
+    out, data = bytearray(), src
+    try:
+        while not d.eof:
+            chunk = d.decompress(data, max_length=1 << 20)
+            data = b""
+            out += chunk
+            if len(out) > limit:
+                raise ConversionError(f"{source}: the LZ4 frame expands to more than {limit} bytes, the cap on "
+                                      f"an MTCNN weights file (a decompression bomb?)")
+            if not d.eof and d.needs_input:
+                raise ConversionError(f"{source}: truncated LZ4 frame (no end mark after {len(out)} bytes)")
+    except RuntimeError as e:  # lz4 reports a corrupt frame (bad header, checksum, block) as RuntimeError
+        raise ConversionError(f"{source}: corrupt LZ4 frame ({e})") from e
+    if d.unused_data:
+        raise ConversionError(f"{source}: {len(d.unused_data)} bytes after the LZ4 frame")
     return bytes(out)
-
-
-def _lz4_length(src: bytes, i: int, n: int) -> tuple[int, int]:
-    """Extends a 4-bit LZ4 length nibble with its 255-continued bytes; returns (length, next i)."""
-    if n == 15:
-        while True:
-            b = src[i]
-            i += 1
-            n += b
-            if b != 255:
-                break
-    return n, i
-
-
-def _lz4_block(src: bytes, i: int, end: int, out: bytearray) -> None:
-    """Appends one decoded LZ4 block to `out` (matches may reach into earlier blocks)."""
-    while i < end:
-        token = src[i]
-        i += 1
-        n, i = _lz4_length(src, i, token >> 4)
-        out += src[i:i + n]
-        i += n
-        if i >= end:
-            break
-        offset = src[i] | (src[i + 1] << 8)
-        i += 2
-        m, i = _lz4_length(src, i, token & 15)
-        m += 4
-        start = len(out) - offset
-        if offset >= m:
-            out += out[start:start + m]
-        else:  # overlapping copy repeats the last `offset` bytes
-            chunk = bytes(out[start:])
-            out += (chunk * (m // offset + 1))[:m]
-
