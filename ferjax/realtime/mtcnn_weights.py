@@ -29,7 +29,8 @@ DOWNLOAD_HINT = (
     "also works (its files are found without importing it)")
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
 MAX_BYTES = 64 << 20
-"""Largest weights file, and largest pickle an LZ4 frame may expand to (the shipped files: 1.6 MB, 6.2 MB)."""
+"""Largest weights file, and largest pickle an LZ4 frame may expand to (the largest shipped file, onet,
+holds 1.56 MB)."""
 
 
 def candidate_dirs(weights_dir: str | os.PathLike | None = None,
