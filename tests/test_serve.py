@@ -97,9 +97,10 @@ def test_analyze_raw_and_multipart_models_and_health(server, frames):
     assert status == 200 and health["status"] == "ok" and health["requests"] >= 4
 
 
-def _bomb_png() -> bytes:
+def _bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A PNG of 16x16 pixels whose header declares `width` x `height`."""
     png = bytearray(cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
-    ihdr = struct.pack(">II", 30_000, 30_000) + bytes(png[24:29])
+    ihdr = struct.pack(">II", width, height) + bytes(png[24:29])
     png[16:29] = ihdr
     png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     return bytes(png)
@@ -111,7 +112,8 @@ def _bomb_png() -> bytes:
     ("json", 415, "unsupported Content-Type"),
     ("no_type", 415, "unsupported Content-Type"),
     ("too_large", 413, "exceeds the limit"),
-    ("pixel_bomb", 413, "exceeds the limit"),
+    ("pixel_bomb", 413, "exceeds"),
+    ("over_max_pixels", 413, "exceeds the limit"),
     ("multipart_no_file", 400, "no file field"),
     ("multipart_broken", 400, "multipart"),
     ("bad_mode", 400, "mode must be"),
@@ -131,6 +133,8 @@ def test_bad_requests_get_a_4xx_with_a_reason(server, case, status, reason):
         body = b"\xff" * 1_000_001
     elif case == "pixel_bomb":
         body, headers = _bomb_png(), {"Content-Type": "image/png"}
+    elif case == "over_max_pixels":
+        body, headers = _bomb_png(2_500, 2_000), {"Content-Type": "image/png"}
     elif case == "multipart_no_file":
         body, headers = _multipart("comment", None, b"hello")
     elif case == "multipart_broken":
