@@ -68,7 +68,6 @@ DEFAULT_MAX_CONNECTIONS = 64                 # open connections, HTTP and WebSoc
 WS_SLACK = 1024 * 1024                       # a WebSocket message may exceed max_body by this much
 RETRY_AFTER_S = 1                            # Retry-After of every 503
 IMAGE_TYPES = ("image/", "application/octet-stream")
-LOOPBACK_NAMES = ("localhost",)              # besides every loopback address (127.0.0.0/8, ::1)
 
 
 def is_loopback(host: str) -> bool:
