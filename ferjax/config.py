@@ -85,9 +85,6 @@ def _positive_ints(length: int | None = None) -> registry.Check:
         f"{'a non-empty sequence' if length is None else f'a sequence of {length}'} of integers > 0")
 
 
-_CLASS = registry.Check(lambda v: str(v).strip().lower() in EMOTIONS, f"a class name: {', '.join(EMOTIONS)}")
-
-
 # Bounds and choices by field name, wherever the field sits in an experiment config. Every numeric
 # field of every experiment needs one here or in the bounds its component declared when registered
 # (tests/test_config.py walks every experiment and variant); floats are finite.
@@ -132,7 +129,6 @@ FIELD_RULES: dict[str, registry.Check] = {
     "lambda_cycle": _NON_NEGATIVE, "lambda_identity": _NON_NEGATIVE, "class_guide_margin": _NON_NEGATIVE,
     "class_guide_min_cycle_ssim": registry.number(0.0, 1.0, note="0: no gate"),
     "class_guide_warmup_epochs": _NON_NEGATIVE, "diff_augment": _names_in(DIFF_AUGMENTS),
-    "source_class": _CLASS, "target_class": _CLASS, "focus_class": _CLASS,
     "num_images": _POSITIVE_INT, "kid_subset_size": _POSITIVE_INT, "kid_subsets": _POSITIVE_INT,
     "source_detail_sigma": _NON_NEGATIVE,
     # data, studies, curation

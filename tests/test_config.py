@@ -164,7 +164,6 @@ def test_unbounded_fields_finds_a_new_field():
     ("cyclegan_neutral2disgust", "train.select_metric=accuracy", "task 'cyclegan_train' reports cycle_ssim"),
     ("cyclegan_neutral2disgust", "gan.diff_augment=brightness,blur", "config.gan.diff_augment='brightness,blur': "
                                                                     "expected empty or comma-separated names"),
-    ("cyclegan_neutral2disgust", "target_class=disgus", "config.target_class='disgus': expected a class name"),
     ("cyclegan_neutral2disgust", "gan.class_guide=fer2013_vgg_small,nope", "config.gan.class_guide: unknown "
                                                                           "pretrained model 'nope'"),
     ("fer2013_distill", "distill.teachers=fer2013_vgg_small,nope", "config.distill.teachers: unknown pretrained"),
