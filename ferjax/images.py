@@ -61,8 +61,8 @@ def load_image(image: ImageInput, *, channels: str = "bgr", max_pixels: int = DE
     name = describe(image)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        if not path.is_file():
-            raise ImageError(f"{name}: no such file")
+        if not path.is_file():  # a folder, a device or a pipe would never end or never be an image
+            raise ImageError(f"{name}: {'not a regular file' if path.exists() else 'no such file'}")
         try:
             size = path.stat().st_size
             if max_bytes is not None and size > max_bytes:

@@ -196,6 +196,15 @@ def test_clean_strips_opencv_prefix_and_addresses():
     assert "0x" not in text and text.startswith("OSError: cannot identify image file <input>")
 
 
+def test_path_that_is_not_a_regular_file_is_an_image_error(tmp_path):
+    with pytest.raises(images.ImageError, match="not a regular file"):
+        images.load_image(tmp_path)
+    with pytest.raises(images.ImageError, match="/dev/null: not a regular file"):
+        images.load_image("/dev/null")
+    with pytest.raises(images.ImageError, match="no such file"):
+        images.load_image(tmp_path / "missing.jpg")
+
+
 def test_unreadable_file_is_an_image_error(tmp_path):
     import os
 
