@@ -11,6 +11,7 @@ import importlib
 import inspect
 import logging
 import math
+import numbers
 from importlib import metadata
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
@@ -62,8 +63,8 @@ def one_of(*choices: Any) -> Check:
 
 
 def _real(v: Any) -> bool:
-    """A finite int or float (not a bool): NaN and infinities satisfy no bound."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite real number (not a bool; numpy scalars too): NaN and infinities satisfy no bound."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def greater(bound: float) -> Check:
@@ -96,7 +97,7 @@ def integer(low: int, high: int | None = None, note: str = "") -> Check:
     """An int (not a bool, not a float) in [low, high] (no upper end when `high` is None)."""
     what = ("an integer > 0" if (low, high) == (1, None) else f"an integer >= {low}" if high is None else f"the integer {low}" if high == low
             else f"an integer in [{low}, {high}]")
-    return Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+    return Check(lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
                  and (high is None or v <= high), what + (f" ({note})" if note else ""))
 
 
