@@ -27,6 +27,10 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF", "PNM")
 PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")  # the same, as Pillow names them
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]  # Any: PIL.Image.Image
 ORIENTATION_TAG = 0x0112  # EXIF / TIFF tag 274
+# OpenCV decodes straight to 8-bit BGR (grey expanded, alpha dropped, 16 bits cut to their high
+# byte), so a 16-bit RGBA image never exists in memory at full depth (a 40 Mpx one took 750 MB);
+# EXIF orientation is left to `decode`, which knows which decoders apply it themselves.
+_OPENCV_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 # EXIF orientation tag (0x0112) -> how to turn the stored pixels upright.
 _EXIF_FIX = {
     2: lambda a: cv2.flip(a, 1), 3: lambda a: cv2.rotate(a, cv2.ROTATE_180), 4: lambda a: cv2.flip(a, 0),
@@ -93,7 +97,7 @@ class Header:
     orientation: int   # EXIF orientation tag (or XMP tiff:Orientation), 1 (upright) when absent
     # True when `orientation` is the TIFF's own tag 274, which OpenCV's TIFF decoder applies itself
     # (grfmt_tiff.cpp, whatever the imdecode flags); JPEG, PNG and WebP EXIF is left to the caller
-    # under IMREAD_UNCHANGED, and BMP, GIF and PNM carry none.
+    # under IMREAD_IGNORE_ORIENTATION (or IMREAD_UNCHANGED), and BMP, GIF and PNM carry none.
     decoder_orients: bool = False
 
     @property
@@ -140,7 +144,7 @@ def decode(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_
     pixels = None
     if head.format != "PNG" or _png_chunks_fit(data):
         try:
-            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _OPENCV_FLAGS)
         except Exception:  # noqa: BLE001 - cv2.error (a side over 2^20, a corrupt stream), MemoryError: try Pillow
             pixels = None
     if pixels is None:
@@ -198,22 +202,24 @@ def from_array(array: np.ndarray, *, channels: str = "bgr", name: str = "<array>
         raise ImageError(f"{name}: expected [H,W], [H,W,1], [H,W,3] or [H,W,4] pixels, got shape {a.shape}")
     if a.shape[0] * a.shape[1] > max_pixels:
         raise ImageError(f"{name}: {a.shape[1]}x{a.shape[0]} pixels exceeds the limit of {max_pixels}")
+    if a.shape[0] < 8 or a.shape[1] < 8:
+        raise ImageError(f"{name}: image of shape {a.shape} is too small (at least 8x8 pixels)")
     if a.dtype.kind == "f":
         f = np.clip(np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0), 0, 255)
         a = (f * 255.0 if f.max(initial=0) <= 1.0 else f).astype(np.uint8)
-    elif a.dtype.kind == "u" and a.dtype.itemsize == 2:  # either byte order
-        a = (a >> 8).astype(np.uint8)
+    elif a.dtype.kind == "u" and a.dtype.itemsize == 2:  # either byte order; the high byte, no 16-bit copy
+        a = np.right_shift(a, 8, out=np.empty(a.shape, np.uint8), casting="unsafe")
     elif a.dtype.kind == "u" and a.dtype.itemsize == 1:
         a = a.astype(np.uint8, copy=False)
     else:
         raise ImageError(f"{name}: expected uint8, uint16 or float pixels, got {a.dtype}")
     if a.ndim == 3 and a.shape[2] == 2:  # grey + alpha
         a = a[..., 0]
-    if channels == "rgb" and a.ndim == 3 and a.shape[2] in (3, 4):
-        a = a[..., [2, 1, 0]]  # alpha, if any, is dropped below
+    if channels == "rgb" and a.ndim == 3 and a.shape[2] in (3, 4):  # alpha, if any, dropped
+        a = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2BGR if a.shape[2] == 3 else cv2.COLOR_RGBA2BGR)
     out = as_bgr(a)
     if out is None:
-        raise ImageError(f"{name}: image of shape {a.shape} is too small (at least 8x8 pixels)")
+        raise ImageError(f"{name}: image of shape {a.shape} is not usable")
     return out
 
 
@@ -237,12 +243,13 @@ def _from_pil(im: Any, name: str, max_pixels: int) -> np.ndarray:
 
 
 def _pil_pixels(im: Any, name: str, max_pixels: int) -> np.ndarray:
-    """A BGR copy of a PIL image's stored pixels, any mode converted."""
+    """A BGR copy of a PIL image's stored pixels, any mode converted, with one full-size copy at a
+    time beside Pillow's own."""
     w, h = im.size
     if w * h > max_pixels:
         raise ImageError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
     if im.mode.startswith("I;16"):
-        return from_array(np.asarray(im).astype(np.uint16), name=name, max_pixels=max_pixels)
+        return from_array(np.asarray(im), name=name, max_pixels=max_pixels)  # uint16, either byte order
     if im.mode not in ("L", "RGB", "RGBA"):
         im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
     return from_array(np.asarray(im), channels="rgb", name=name, max_pixels=max_pixels)
@@ -254,7 +261,7 @@ def _clean(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<input>", text)
-    text = re.sub(r"0x[0-9a-fA-F]{8,}", "<address>", text)
+    text = re.sub(r"\b0x[0-9a-fA-F]{8,}\b", "<address>", text)
     text = re.sub(r"^OpenCV\([^)]*\)\s*\S*?:-?\d+:\s*error:\s*", "", text)  # version, source file
     text = re.sub(r"^\(-?\d+:([^)]*)\)\s*", r"\1: ", text)  # "(-215:Assertion failed) x" -> "Assertion failed: x"
     text = re.sub(r"\s*in function '.*$", "", text)
