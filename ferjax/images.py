@@ -122,8 +122,9 @@ def header(data: bytes, *, name: str = "<bytes>") -> Header:
             return Header(str(im.format), int(im.size[0]), int(im.size[1]),
                           orientation if isinstance(orientation, int) and orientation in _EXIF_FIX else 1,
                           decoder_orients=tiff_tag is not None)
-    except Image.DecompressionBombError as e:  # PIL's own, higher limit, also from the header
-        raise ImageError(f"{name}: exceeds PIL's pixel limit ({_clean(e)})") from None
+    except Image.DecompressionBombError as e:  # Pillow's own, higher limit, also from the header
+        raise ImageError(f"{name}: exceeds the limit of {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels that Pillow "
+                         f"opens ({_clean(e)})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a decodable image (expected {', '.join(ACCEPTED_FORMATS)})") from None
     except Exception as e:  # noqa: BLE001 - any failure of a header parser on these bytes is a bad image
