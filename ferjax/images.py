@@ -76,10 +76,9 @@ def load_image(image: ImageInput, *, channels: str = "bgr", max_pixels: int = DE
             raise ImageError(f"{name}: cannot read ({e.strerror or type(e).__name__})") from None
         return decode(data, name=name, max_pixels=max_pixels)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        data = bytes(image)
-        if max_bytes is not None and len(data) > max_bytes:
+        if max_bytes is not None and memoryview(image).nbytes > max_bytes:
             raise ImageError(f"{name}: exceeds the limit of {max_bytes} bytes")
-        return decode(data, name=name, max_pixels=max_pixels)
+        return decode(bytes(image), name=name, max_pixels=max_pixels)
     if isinstance(image, np.ndarray):
         return from_array(image, channels=channels, name=name, max_pixels=max_pixels)
     if hasattr(image, "getexif") and hasattr(image, "mode"):
