@@ -14,10 +14,12 @@ from ferjax.data import fer2013 as fer
 from ferjax.data.loading import load_splits
 
 
-def _with_ferplus(folder, n_rows):
-    """fer2013new.csv beside the CSV: row i gets i % 11 neutral votes and 10 - i % 11 happiness."""
+def _with_ferplus(folder, rows):
+    """fer2013new.csv beside the CSV for `rows` (their Usage): row i gets i % 11 neutral votes and
+    10 - i % 11 happiness."""
     lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
-    lines += [f"Training,fer{i:07d}.png,{i % 11},{10 - i % 11},0,0,0,0,0,0,0,0" for i in range(n_rows)]
+    lines += [f"{usage},fer{i:07d}.png,{i % 11},{10 - i % 11},0,0,0,0,0,0,0,0"
+              for i, (_, _, usage) in enumerate(rows)]
     (folder / fer.FERPLUS_FILE).write_text("\n".join(lines) + "\n")
 
 
@@ -27,7 +29,7 @@ def csv_and_compact(tmp_path_factory):
     src = tmp_path_factory.mktemp("compact_src")
     rows = synthetic_rows((40, 12, 12), seed=3)
     write_csv(src / "fer2013.csv", rows)
-    _with_ferplus(src, len(rows) - 5)
+    _with_ferplus(src, rows[:-5])
     out = src.parent / "compact_out" / "fer2013.npz.xz"
     assert compact.main(["export", "--out", str(out), "--fer2013_path", str(src)]) == 0
     return src, out

@@ -97,7 +97,7 @@ def test_flip_tta_is_mirror_invariant_and_differs_from_plain():
 def test_unknown_tta_mode_fails_before_loading_data(tmp_path):
     proc = run_cli("--experiment=evaluate", "--config.tta=mirror", f"--workdir={tmp_path}",
                    env_extra={"FER2013_PATH": str(tmp_path / "absent.csv")}, check=False)
-    assert proc.returncode == 1 and "--config.tta='mirror'" in proc.stderr
+    assert proc.returncode == 2 and "config.tta='mirror'" in proc.stderr  # refused at config validation
     assert "'flip'" in proc.stderr
 
 

@@ -30,16 +30,16 @@ def test_ferplus_distribution_drops_contempt_unknown_and_not_a_face():
         ferplus_distribution(np.array([[1] + [0] * 9, [0] * 7 + [5, 3, 2]], np.int16))
 
 
-def _votes_csv(path, labels, seed=0):
-    """fer2013new.csv for `labels`: 7 votes for the label's emotion, 3 for a random other one."""
+def _votes_csv(path, rows, seed=0):
+    """fer2013new.csv for `rows` (their Usage): 7 votes for the label's emotion, 3 for a random other one."""
     rng = np.random.default_rng(seed)
     lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
-    for i, label in enumerate(labels):
+    for i, (label, _, usage) in enumerate(rows):
         votes = [0] * 10
         votes[FER_TO_FERPLUS_COLUMN[label]] = 7
         other = int(rng.choice([c for c in range(7) if c != FER_TO_FERPLUS_COLUMN[label]]))
         votes[other] = 3
-        lines.append(f"Training,fer{i:07d}.png,{','.join(map(str, votes))}")
+        lines.append(f"{usage},fer{i:07d}.png,{','.join(map(str, votes))}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -48,7 +48,7 @@ def test_ferplus_vgg_tiny_trains_towards_the_votes(tmp_path, tfds_dir):
 
     rows = synthetic_rows()
     write_csv(tmp_path / "src" / "fer2013.csv", rows)
-    _votes_csv(tmp_path / "src" / "fer2013new.csv", [label for label, _, _ in rows])
+    _votes_csv(tmp_path / "src" / "fer2013new.csv", rows)
     env = {"FER2013_PATH": str(tmp_path / "src"), "TFDS_DATA_DIR": str(tmp_path / "tfds")}
     out = tmp_path / "ferplus.msgpack"
     proc = run_cli("--experiment=ferplus_vgg:tiny", f"--workdir={tmp_path / 'run'}", "--jax_cache_dir=",
