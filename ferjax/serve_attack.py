@@ -5,12 +5,13 @@
         [--url http://127.0.0.1:8000 --pid PID]
 
 For `--seconds`, valid clients send distinct JPEG frames of a real one-face video over the WebSocket
-`/v1/ws`, back to back, while hostile clients rotate through the inputs a stranger can send:
-pixel bombs within the service's limit (a few KB of PNG declaring max_pixels), tall images,
-slow and idle sockets, truncated bodies, bad Content-Types, refused formats (EPS, ICO, TGA, PCX),
-malformed multipart, WebSocket messages beyond max_body (plain and deflate-compressed), garbage,
-a foreign Origin or Host. Every client sends a same-origin Origin and a loopback Host unless its
-point is not to. The server's resident memory is read from /proc/PID/status every 100 ms.
+`/v1/ws`, back to back, while hostile clients rotate through the inputs a stranger can send: pixel
+bombs within the service's limit (a few KB of PNG declaring max_pixels), tall images (320 x 78,000
+PNG; 16 x 1,100,000 TIFF and BMP), slow and idle sockets, truncated bodies, bad Content-Types,
+refused formats (EPS, ICO, TGA, PCX), malformed multipart, WebSocket messages beyond max_body
+(plain and deflate-compressed), garbage, a foreign Origin or Host. Every client sends a
+same-origin Origin and a loopback Host unless its point is not to. The server's resident memory
+is read from /proc/PID/status every 100 ms.
 
 It prints the valid frames answered with their p50/p99 latency over the run and per window, every
 outcome per hostile kind, the 5xx counts, the peak RSS, then PASS or FAIL per target, and exits 1
@@ -80,6 +81,20 @@ def png(width: int, height: int) -> bytes:
     rows = bytes(height * (1 + (width + 7) // 8))  # filter byte 0 + packed zero bits per row
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
+def thin_images(max_pixels: int, height: int = 1_100_000) -> list[tuple[str, bytes]]:
+    """A deflated TIFF and a 1-bit BMP, 16 (or fewer, to stay within `max_pixels`) by 1,100,000
+    pixels: longer than OpenCV's 2^20 limit on a side (its decoder raised cv2.error, an HTTP 500)."""
+    from PIL import Image  # noqa: PLC0415
+
+    image = Image.new("1", (max(1, min(16, max_pixels // height)), height))
+    out = []
+    for fmt, options in (("TIFF", {"compression": "tiff_deflate"}), ("BMP", {})):
+        buf = io.BytesIO()
+        image.save(buf, fmt, **options)
+        out.append((fmt.lower(), buf.getvalue()))
+    return out
 
 
 def refused_formats() -> list[tuple[str, bytes]]:
@@ -236,6 +251,7 @@ class Attack:
         self.bomb = png(side, side)                                         # within the limit
         self.over_bomb = png(side + 1, side + 1)                            # just over it
         self.tall_png = png(320, max(1, min(78_000, self.max_pixels // 320)))  # within the limit, 1:244 or less
+        self.thin = thin_images(self.max_pixels)
         self.oversized = bytes(self.max_body + 1)
         self.near_limit = bytes(min(self.max_body, 17 * 2**20))            # above uvicorn's 16 MiB default
         self.refused = refused_formats()
@@ -355,11 +371,15 @@ class Attack:
         record.saw(kind, self.ws_exchange(self.bomb))
 
     def tall(self, record: Record, kind: str) -> None:
-        self.post(record, kind, self.tall_png, "image/png", path=("/v1/analyze?mode=video", "/v1/analyze")[
-            self.variant(kind, 2)])
+        (tiff, tiff_data), (bmp, bmp_data) = self.thin
+        body, ctype, path = [(tiff_data, f"image/{tiff}", "/v1/analyze"),
+                             (self.tall_png, "image/png", "/v1/analyze?mode=video"),
+                             (bmp_data, f"image/{bmp}", "/v1/analyze?mode=video"),
+                             (self.tall_png, "image/png", "/v1/analyze")][self.variant(kind, 4)]
+        self.post(record, kind, body, ctype, path=path)
 
     def tall_ws(self, record: Record, kind: str) -> None:
-        record.saw(kind, self.ws_exchange(self.tall_png))
+        record.saw(kind, self.ws_exchange(self.thin[0][1] if self.variant(kind, 2) else self.tall_png))
 
     def slow_headers(self, record: Record, kind: str) -> None:
         self.hold(record, kind, self.head(length=1000))
@@ -520,10 +540,10 @@ def _pct(values: Sequence[float], q: float) -> float | None:
 def run_attack(url: str, frames: Sequence[bytes], pid: int, *, seconds: float = 60, valid_clients: int = 8,
                hostile_clients: int = 24, socket_deadline: float = 20, answer_timeout: float = 30,
                pause_s: float = 0.1, window_s: float = 10, exit_code: Callable[[], int | None] | None = None,
-               kinds: Sequence[str] | None = None) -> dict:
+               kinds: Sequence[str] | None = None, server_log: Callable[[], str] | None = None) -> dict:
     """One bounded run against the service at `url` whose process is `pid`; the raw figures
-    (`evaluate` turns them into targets). `exit_code` reports a child server's exit, if any;
-    `kinds` keeps only those hostile kinds (default: all)."""
+    (`evaluate` turns them into targets). `exit_code` reports a child server's exit and
+    `server_log` its stderr, if known; `kinds` keeps only those hostile kinds (default: all)."""
     info = _get_json(url, "/v1/models", answer_timeout)
     attack = Attack(url, frames, info, socket_deadline=socket_deadline, answer_timeout=answer_timeout)
     if kinds is not None:
@@ -582,6 +602,7 @@ def run_attack(url: str, frames: Sequence[bytes], pid: int, *, seconds: float = 
         "server_exit_code": code, "server_gone": rss.gone or code is not None, "healthz_after": health,
         "clients_still_running": stuck, "client_cpu_s": round(client_cpu, 1),
         "peak_rss_mb": round(rss.peak_kb / 1024, 1), "rss_samples": rss.samples,
+        "server_exceptions": logged_exceptions(server_log()) if server_log else None,
     }
 
 
@@ -596,14 +617,18 @@ def evaluate(result: dict, *, p99_ms: float = 250, max_rss_mb: float = 1500,
     s503 = result["status_503"]
     held = result["held_open"]
     crashed = result["server_gone"] or result["healthz_after"] != "ok"
+    # a traceback in the log is an error the service did not turn into an answer: a 500 over
+    # HTTP, a dropped connection over the WebSocket
+    logged = result.get("server_exceptions")
 
     def target(name: str, ok: bool, detail: str) -> dict:
         return {"target": name, "ok": bool(ok), "detail": detail}
 
     return [
-        target("no 5xx except 503 with Retry-After", not result["server_errors"],
+        target("no 5xx except 503 with Retry-After, no unhandled exception", not result["server_errors"] and not logged,
                f"other 5xx: {result['server_errors'] or 0}; 503 with Retry-After: {s503['with_retry_after']}, "
-               f"without: {s503['without_retry_after']}"),
+               f"without: {s503['without_retry_after']}; unhandled exceptions in the server log: "
+               f"{'not read' if logged is None else sum(logged.values())}"),
         target("zero crashes", not crashed,
                f"server exit code {result['server_exit_code']}, process gone: {result['server_gone']}, "
                f"/healthz after the run: {result['healthz_after']}"),
@@ -647,7 +672,8 @@ def format_report(result: dict, targets: Sequence[dict]) -> str:
         f"{result['server_exit_code']}; /healthz after: {result['healthz_after']}"
         + (f"; {result['clients_still_running']} clients still waiting at the end"
            if result.get("clients_still_running") else "")
-        + (f"; exceptions in its log: {result['server_exceptions'] or 0}" if "server_exceptions" in result else ""),
+        + (f"; unhandled exceptions in its log: {result['server_exceptions'] or 0}"
+           if result.get("server_exceptions") is not None else ""),
         "",
         *[f"{'PASS' if t['ok'] else 'FAIL'}  {t['target']}: {t['detail']}" for t in targets],
     ]
@@ -663,7 +689,8 @@ def request_timeout(server_args: Sequence[str] = ()) -> float:
 
 
 def logged_exceptions(log: str) -> dict[str, int]:
-    """The exception line ending each traceback in a server log, counted (first 160 characters)."""
+    """The exception line of each traceback in a server log (uvicorn's 'Exception in ASGI
+    application'), counted by its first 160 characters."""
     counts: collections.Counter = collections.Counter()
     for block in log.split("Traceback (most recent call last):")[1:]:
         line = next((ln for ln in block.splitlines() if ln and not ln[0].isspace()), "(no exception line)")
@@ -745,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             socket_deadline=args.socket_deadline, answer_timeout=args.answer_timeout,
                             pause_s=args.hostile_pause, window_s=args.window,
                             exit_code=server.proc.poll if server else None,
-                            kinds=kinds)
+                            kinds=kinds, server_log=server.log_text if server else None)
     except (OSError, ValueError, http.client.HTTPException) as e:
         print(f"ferjax.serve_attack: {e}", file=sys.stderr)
         return 2
@@ -753,7 +780,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.stop()
     if server is not None:
-        result["server_exceptions"] = logged_exceptions(server.log_text())
         result["server_args"] = args.server_arg
     targets = evaluate(result, p99_ms=args.p99_ms, max_rss_mb=args.max_rss_mb, min_answers=args.min_answers)
     print(format_report(result, targets))

@@ -58,17 +58,26 @@ def test_a_server_error_is_any_5xx_but_503_with_retry_after(label, bad):
     assert server_error(label) == bad
 
 
+def test_server_log_exceptions_are_counted_by_their_exception_line():
+    log = ("INFO: started\nERROR:    Exception in ASGI application\nTraceback (most recent call last):\n"
+           '  File "x.py", line 1, in f\n    g()\ncv2.error: OpenCV(4.14.0) (-215:Assertion failed)\n'
+           "WARNING: connection limit of 64 reached\n")
+    assert logged_exceptions(log) == {"cv2.error: OpenCV(4.14.0) (-215:Assertion failed)": 1}
+    assert logged_exceptions("WARNING: connection limit of 64 reached\n") == {}
+
+
 def _clean_result() -> dict:
     return {"seconds": 10, "valid_clients": 2, "socket_deadline_s": 3, "server_errors": {},
             "status_503": {"with_retry_after": 4, "without_retry_after": 0}, "server_gone": False,
             "server_exit_code": None, "healthz_after": "ok", "peak_rss_mb": 900.0, "rss_samples": 100,
-            "held_open": 0, "slow_close_max_s": {"idle": 2.9},
+            "held_open": 0, "slow_close_max_s": {"idle": 2.9}, "server_exceptions": {},
             "valid": {"answered": 90, "p50_ms": 20.0, "p99_ms": 120.0, "failed": {"ws 503 Retry-After": 2},
                       "windows": [{"from_s": 0, "to_s": 10, "answered": 90, "p50_ms": 20.0, "p99_ms": 120.0}]}}
 
 
 @pytest.mark.parametrize("broken, target", [
     (lambda r: r["server_errors"].update({"http 500": 1}), "no 5xx"),
+    (lambda r: r.update(server_exceptions={"cv2.error: (-215:Assertion failed)": 1}), "no 5xx"),
     (lambda r: r.update(server_gone=True, server_exit_code=-9), "zero crashes"),
     (lambda r: r.update(healthz_after="no answer (TimeoutError)"), "zero crashes"),
     (lambda r: r.update(peak_rss_mb=1500.1), "RSS"),
@@ -97,10 +106,9 @@ def test_short_adversarial_load_meets_the_targets():
     try:
         result = run_attack(server.url, frames, server.pid, seconds=SECONDS, valid_clients=VALID,
                             hostile_clients=HOSTILE, socket_deadline=request_timeout(SERVER_ARGS), answer_timeout=8,
-                            exit_code=server.proc.poll)
+                            exit_code=server.proc.poll, server_log=server.log_text)
     finally:
         server.stop()
-    result["server_exceptions"] = logged_exceptions(server.log_text())
     targets = evaluate(result)
     report = format_report(result, targets)
     assert all(t["ok"] for t in targets), report
