@@ -59,7 +59,8 @@ HOSTILE_KINDS = ("slow_headers", "pixel_bomb", "bad_type", "ws_oversized", "tall
                  "idle", "garbage_image", "ws_deflate_bomb", "truncated_image", "oversized_body", "ws_near_limit",
                  "cross_origin")
 SLOW_KINDS = ("slow_headers", "slow_body", "idle")
-HELD_OPEN = "held open"           # a slow or idle socket the server did not close within the deadline
+HELD_OPEN = "held open"   # a slow or idle socket the server did not close within twice the deadline
+SLACK_S = 1.0             # timer slack on top of the deadline before a close counts as late
 # Quiet: websockets logs an error when a server drops the TCP connection mid-message (what an
 # oversized frame may get); every such outcome is counted instead.
 _WS_LOG = logging.getLogger("ferjax.serve_attack.websockets")
@@ -307,9 +308,10 @@ class Attack:
 
     def hold(self, record: Record, kind: str, data: bytes, prefix: bytes = b"") -> None:
         """Opens a socket, sends `prefix` at once and `data` one byte per `trickle_s` (nothing for b''),
-        until the server closes it; past `socket_deadline` (+1 s of timer slack) it counts as held open."""
+        until the server closes it. The time to the close is recorded (late past `socket_deadline` +
+        SLACK_S); a socket still open at twice the deadline counts as held open and is dropped."""
         t0 = time.perf_counter()
-        limit = self.socket_deadline + 1
+        limit = 2 * self.socket_deadline + SLACK_S
         try:
             sock = socket.create_connection(self.addr, timeout=self.answer_timeout)
         except OSError as e:
@@ -593,6 +595,7 @@ def run_attack(url: str, frames: Sequence[bytes], pid: int, *, seconds: float = 
         "hostile": {k: dict(record.hostile.get(k, {})) for k in attack.kinds},
         "slow_close_max_s": {k: round(max(record.close_s[k]), 2) for k in SLOW_KINDS if record.close_s.get(k)},
         "held_open": sum(record.hostile.get(k, {}).get(HELD_OPEN, 0) for k in SLOW_KINDS),
+        "closed_late": sum(t > socket_deadline + SLACK_S for k in SLOW_KINDS for t in record.close_s.get(k, [])),
         "status_503": {"with_retry_after": sum(n for lab, n in labels.items() if allowed_5xx(lab)),
                        "without_retry_after": sum(n for lab, n in labels.items()
                                                   if status_of(lab) == 503 and not allowed_5xx(lab))},
@@ -615,7 +618,7 @@ def evaluate(result: dict, *, p99_ms: float = 250, max_rss_mb: float = 1500,
                    if w["p99_ms"] is None or w["p99_ms"] >= p99_ms]
     valid_errors = {lab: n for lab, n in v["failed"].items() if not allowed_5xx(lab)}
     s503 = result["status_503"]
-    held = result["held_open"]
+    held, late = result["held_open"], result["closed_late"]
     crashed = result["server_gone"] or result["healthz_after"] != "ok"
     # a traceback in the log is an error the service did not turn into an answer: a 500 over
     # HTTP, a dropped connection over the WebSocket
@@ -643,8 +646,10 @@ def evaluate(result: dict, *, p99_ms: float = 250, max_rss_mb: float = 1500,
                if min_answers is None else f"{v['answered']} answered"),
         target("valid clients see no error but 503 with Retry-After", not valid_errors,
                f"errors: {valid_errors or 0}"),
-        target(f"slow and idle sockets closed by the server within {result['socket_deadline_s']:g} s", held == 0,
-               f"held open: {held}; longest before the server closed: {result['slow_close_max_s'] or 'none closed'}"),
+        target(f"slow and idle sockets closed by the server within {result['socket_deadline_s']:g} s "
+               f"(+{SLACK_S:g} s slack)", held == 0 and late == 0,
+               f"closed late: {late}, still open at twice the deadline: {held}; longest before the server "
+               f"closed: {result['slow_close_max_s'] or 'none closed'}"),
     ]
 
 
@@ -666,7 +671,8 @@ def format_report(result: dict, targets: Sequence[dict]) -> str:
         f"503: {result['status_503']['with_retry_after']} with Retry-After, "
         f"{result['status_503']['without_retry_after']} without; other 5xx: {result['server_errors'] or 0}; "
         f"resets: {result['resets']}",
-        f"slow/idle sockets: {result['held_open']} held open past {result['socket_deadline_s']:g} s; longest "
+        f"slow/idle sockets: {result['closed_late']} closed after {result['socket_deadline_s']:g} s + {SLACK_S:g} s "
+        f"of slack, {result['held_open']} still open at {2 * result['socket_deadline_s'] + SLACK_S:g} s; longest "
         f"before the server closed: {result['slow_close_max_s'] or 'none closed'}",
         f"server: peak RSS {result['peak_rss_mb']:g} MB ({result['rss_samples']} samples, every 100 ms); exit code "
         f"{result['server_exit_code']}; /healthz after: {result['healthz_after']}"
@@ -721,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hostile-clients", type=int, default=24, help="default %(default)s")
     p.add_argument("--window", type=float, default=10, help="seconds per latency window (default %(default)s)")
     p.add_argument("--socket-deadline", type=float, default=None,
-                   help="seconds the server may keep a slow or idle socket open, +1 s of timer slack "
+                   help=f"seconds the server may keep a slow or idle socket open, +{SLACK_S:g} s of timer slack "
                         "(default: the started service's --request-timeout, 10 s unless --server-arg sets it)")
     p.add_argument("--answer-timeout", type=float, default=30,
                    help="seconds a client waits for an answer to a complete request (default %(default)s)")

@@ -70,7 +70,7 @@ def _clean_result() -> dict:
     return {"seconds": 10, "valid_clients": 2, "socket_deadline_s": 3, "server_errors": {},
             "status_503": {"with_retry_after": 4, "without_retry_after": 0}, "server_gone": False,
             "server_exit_code": None, "healthz_after": "ok", "peak_rss_mb": 900.0, "rss_samples": 100,
-            "held_open": 0, "slow_close_max_s": {"idle": 2.9}, "server_exceptions": {},
+            "held_open": 0, "closed_late": 0, "slow_close_max_s": {"idle": 2.9}, "server_exceptions": {},
             "valid": {"answered": 90, "p50_ms": 20.0, "p99_ms": 120.0, "failed": {"ws 503 Retry-After": 2},
                       "windows": [{"from_s": 0, "to_s": 10, "answered": 90, "p50_ms": 20.0, "p99_ms": 120.0}]}}
 
@@ -87,6 +87,7 @@ def _clean_result() -> dict:
     (lambda r: r["valid"].update(answered=83), "valid answers"),
     (lambda r: r["valid"]["failed"].update({"reset": 1}), "no error"),
     (lambda r: r.update(held_open=1), "slow and idle sockets"),
+    (lambda r: r.update(closed_late=1), "slow and idle sockets"),
 ])
 def test_judge_fails_each_target_on_figures_that_break_it(broken, target):
     assert all(t["ok"] for t in evaluate(_clean_result()))
