@@ -26,6 +26,7 @@ free loopback port. Only loopback URLs are accepted.
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import dataclasses
 import http.client
@@ -34,6 +35,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import select
 import socket
@@ -138,6 +140,47 @@ def _raw_answer_label(got: bytes) -> str | None:
         return None
     retry = m.group(1) == b"503" and b"\r\nretry-after:" in got.lower()
     return f"http {m.group(1).decode()}" + (" Retry-After" if retry else "")
+
+
+def ws_frame(payload: bytes, compressed: bool = False) -> bytes:
+    """One final binary client frame carrying `payload`, masked with a zero key (RSV1 set if
+    `compressed`: a permessage-deflate message)."""
+    n = len(payload)
+    size = struct.pack(">B", 0x80 | n) if n < 126 else struct.pack(">BH", 0x80 | 126, n) if n < 65536 \
+        else struct.pack(">BQ", 0x80 | 127, n)
+    return bytes([0x80 | (0x40 if compressed else 0) | 0x2]) + size + b"\x00\x00\x00\x00" + payload
+
+
+def _read_ws_answer(sock: socket.socket, buf: bytes) -> str:
+    """The label of the first server frame (text answer or close) after the handshake's `buf`."""
+    def need(n: int) -> bytes:
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        out, buf = buf[:n], buf[n:]
+        return out
+
+    try:
+        while True:
+            b0, b1 = need(2)
+            n = b1 & 0x7F
+            n = struct.unpack(">H", need(2))[0] if n == 126 else struct.unpack(">Q", need(8))[0] if n == 127 else n
+            payload = need(n)
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                return f"ws close {struct.unpack('>H', payload[:2])[0]}" if len(payload) >= 2 else "ws close"
+            if opcode in (0x1, 0x2):
+                if b0 & 0x40:  # compressed by permessage-deflate
+                    payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+                return _ws_answer_label(payload)
+            # ping/pong or a continuation: read on
+    except EOFError:
+        return "closed, no answer"
+    except ConnectionResetError:
+        return "reset"
 
 
 def _ws_failure_label(e: BaseException, answer_timeout: float) -> str:
@@ -253,8 +296,14 @@ class Attack:
         self.over_bomb = png(side + 1, side + 1)                            # just over it
         self.tall_png = png(320, max(1, min(78_000, self.max_pixels // 320)))  # within the limit, 1:244 or less
         self.thin = thin_images(self.max_pixels)
-        self.oversized = bytes(self.max_body + 1)
-        self.near_limit = bytes(min(self.max_body, 17 * 2**20))            # above uvicorn's 16 MiB default
+        # WebSocket messages of zeros, framed once (masked with a zero key, which leaves them as they
+        # are): one over max_body, one at most max_body but above uvicorn's 16 MiB default, and one
+        # over max_body deflated to ~20 KB (permessage-deflate)
+        deflate = zlib.compressobj(wbits=-15)
+        deflated = deflate.compress(bytes(self.max_body + 1)) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.oversized = ws_frame(bytes(self.max_body + 1))
+        self.near_limit = ws_frame(bytes(min(self.max_body, 17 * 2**20)))
+        self.deflate_bomb = ws_frame(deflated[:-4], compressed=True)  # without the 00 00 ff ff tail
         self.refused = refused_formats()
         self._variant: dict[str, itertools.count] = collections.defaultdict(itertools.count)
         self.kinds: dict[str, Callable[[Record, str], None]] = {k: getattr(self, k) for k in HOSTILE_KINDS}
@@ -363,6 +412,44 @@ class Attack:
         except (InvalidHandshake, ConnectionClosed, TimeoutError, OSError) as e:
             return _ws_failure_label(e, self.answer_timeout)
 
+    def ws_raw(self, frame: bytes, deflate: bool = False) -> str:
+        """A WebSocket session by hand: handshake (offering permessage-deflate if `deflate`), one
+        prebuilt `frame`, one answer. The library would mask (and deflate) a large message again at
+        every send; this costs the client only the copy into the socket."""
+        key = base64.b64encode(os.urandom(16)).decode()
+        head = (f"GET /v1/ws HTTP/1.1\r\nHost: {self.host}\r\nOrigin: {self.origin}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                + ("Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n" if deflate else "")
+                + "\r\n").encode()
+        try:
+            sock = socket.create_connection(self.addr, timeout=self.answer_timeout)
+        except OSError as e:
+            return _os_label(e)
+        with sock:
+            try:
+                sock.sendall(head)
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return _raw_answer_label(buf) or "closed, no answer"
+                    buf += chunk
+                answer, buf = buf.split(b"\r\n\r\n", 1)
+                if not answer.startswith(b"HTTP/1.1 101"):
+                    label = _raw_answer_label(answer + b"\r\n")  # 'http 403' -> 'ws handshake 403'
+                    return "ws handshake " + label[len("http "):] if label else "ws handshake failed"
+                if deflate and b"permessage-deflate" not in answer.lower():
+                    return "ws deflate refused"
+                try:
+                    sock.sendall(frame)
+                except OSError:
+                    pass  # the server may answer or close before reading it all: read that
+                return _read_ws_answer(sock, buf)
+            except (TimeoutError, socket.timeout):
+                return f"no answer in {self.answer_timeout:g} s"
+            except OSError as e:
+                return _os_label(e)
+
     # ---- the hostile kinds ---------------------------------------------------------------------
 
     def pixel_bomb(self, record: Record, kind: str) -> None:
@@ -439,13 +526,13 @@ class Attack:
         self.post(record, kind, body, ctype)
 
     def ws_oversized(self, record: Record, kind: str) -> None:
-        record.saw(kind, self.ws_exchange(self.oversized))
+        record.saw(kind, self.ws_raw(self.oversized))
 
     def ws_near_limit(self, record: Record, kind: str) -> None:
-        record.saw(kind, self.ws_exchange(self.near_limit))
+        record.saw(kind, self.ws_raw(self.near_limit))
 
     def ws_deflate_bomb(self, record: Record, kind: str) -> None:
-        record.saw(kind, self.ws_exchange(self.oversized, compression="deflate"))
+        record.saw(kind, self.ws_raw(self.deflate_bomb, deflate=True))
 
     def garbage_http(self, record: Record, kind: str) -> None:
         v = self.variant(kind, 4)

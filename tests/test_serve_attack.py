@@ -16,7 +16,7 @@ pytest.importorskip("websockets", reason="the `serve` extra is not installed (pi
 from conftest import MEDIA, require_files  # noqa: E402
 from ferjax import images  # noqa: E402
 from ferjax.serve_attack import (Attack, answer_floor, evaluate, format_report, logged_exceptions, main,  # noqa: E402
-                                 png, request_timeout, run_attack, server_error)
+                                 png, request_timeout, run_attack, server_error, ws_frame)
 from ferjax.serve import DEFAULT_REQUEST_TIMEOUT  # noqa: E402
 from ferjax.serve_bench import ServerProcess, video_frames  # noqa: E402
 
@@ -31,6 +31,14 @@ def test_pixel_bomb_is_a_few_kb_declaring_its_size():
     assert len(bomb) < 8_000 and (head.format, head.width, head.height) == ("PNG", 5000, 5000)
     small = cv2.imdecode(np.frombuffer(png(37, 5), np.uint8), cv2.IMREAD_COLOR)
     assert small.shape == (5, 37, 3) and not small.any()  # a real PNG, one colour
+
+
+@pytest.mark.parametrize("n, size_bytes", [(125, b"\xfd"), (126, b"\xfe\x00\x7e"),
+                                           (70_000, b"\xff" + (70_000).to_bytes(8, "big"))])
+def test_prebuilt_websocket_frame_is_final_binary_masked_with_a_zero_key(n, size_bytes):
+    frame = ws_frame(bytes(n))
+    assert frame == b"\x82" + size_bytes + b"\x00" * 4 + bytes(n)
+    assert ws_frame(b"x", compressed=True)[:2] == b"\xc2\x81"  # RSV1: permessage-deflate
 
 
 def test_answer_floor_scales_by_duration_and_valid_clients():
