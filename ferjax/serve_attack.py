@@ -1,8 +1,8 @@
 """Bounded adversarial load on the HTTP service, on this machine only.
 
     python -m ferjax.serve_attack --video ../shared/media/one_face_pexels_640x360.mp4 [--seconds 60]
-        [--valid-clients 8] [--hostile-clients 24] [--socket-deadline S] [--server-arg=--flag ...]
-        [--url http://127.0.0.1:8000 --pid PID]
+        [--valid-clients 8] [--hostile-clients 24] [--socket-deadline S] [--kinds idle,tall,...]
+        [--server-arg=--flag ...] [--url http://127.0.0.1:8000 --pid PID] [--json]
 
 For `--seconds`, valid clients send distinct JPEG frames of a real one-face video over the WebSocket
 `/v1/ws`, back to back, while hostile clients rotate through the inputs a stranger can send: pixel
@@ -15,10 +15,11 @@ is read from /proc/PID/status every 100 ms.
 
 It prints the valid frames answered with their p50/p99 latency over the run and per window, every
 outcome per hostile kind, the 5xx counts, the peak RSS, then PASS or FAIL per target, and exits 1
-on any FAIL: no 5xx except 503 with Retry-After, no crash, peak RSS at most --max-rss-mb, valid
-p99 under --p99-ms over the run and in every window, valid clients see no error but such 503s,
-at least 2,000 valid answers per 60 s and 8 valid clients (the floor scales with both), and every
-slow or idle socket closed by the server within --socket-deadline seconds.
+on any FAIL: no 5xx except 503 with Retry-After (nor a traceback in the started server's log), no
+crash, peak RSS at most --max-rss-mb, valid p99 under --p99-ms over the run and in every window,
+valid clients see no error but such 503s, at least 2,000 valid answers per 60 s and 8 valid
+clients (the floor scales with both), and every slow or idle socket closed by the server within
+--socket-deadline seconds (default: the service's --request-timeout) plus 1 s of slack.
 
 Without --url it starts `python -m ferjax.serve` (plus every --server-arg) in a child process on a
 free loopback port. Only loopback URLs are accepted.
@@ -49,7 +50,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ferjax.serve import is_loopback
+from ferjax.serve import DEFAULT_REQUEST_TIMEOUT, is_loopback
 from ferjax.serve_bench import ServerProcess, video_frames
 
 # Figures of the issue's 60-s run: 2,000 valid answers from 8 clients; the floor scales with both.
@@ -287,7 +288,7 @@ class Attack:
         self.origin = f"{parts.scheme}://{parts.netloc}"     # same-origin, as the service's own page
         self.host = parts.netloc                              # loopback Host
         self.ws_url = f"ws://{parts.netloc}/v1/ws"
-        self.frames, self.info = list(frames), info
+        self.frames = list(frames)
         self.max_body, self.max_pixels = int(info["max_body_bytes"]), int(info["max_pixels"])
         self.socket_deadline, self.answer_timeout, self.trickle_s = socket_deadline, answer_timeout, trickle_s
         self.rng = np.random.default_rng(seed)
@@ -815,7 +816,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=10, help="seconds per latency window (default %(default)s)")
     p.add_argument("--socket-deadline", type=float, default=None,
                    help=f"seconds the server may keep a slow or idle socket open, +{SLACK_S:g} s of timer slack "
-                        "(default: the started service's --request-timeout, 10 s unless --server-arg sets it)")
+                        f"(default: the started service's --request-timeout, {DEFAULT_REQUEST_TIMEOUT:g} s unless "
+                        "--server-arg sets it)")
     p.add_argument("--answer-timeout", type=float, default=30,
                    help="seconds a client waits for an answer to a complete request (default %(default)s)")
     p.add_argument("--hostile-pause", type=float, default=0.1,
