@@ -7,6 +7,9 @@ reference is a NumPy forward pass in the file's own layout and channel order (NC
 """
 import collections
 import json
+import os
+import subprocess
+import sys
 import zipfile
 
 import h5py
@@ -427,3 +430,60 @@ def test_bench_has_a_pytorch_twin_of_the_paper_model():
     _, abstract = template("vggface_fer")
     assert sum(p.numel() for p in twin.parameters()) == sum(
         int(np.prod(a.shape)) for a in jax.tree.leaves(abstract["params"])) == 17_926_983
+
+
+def test_caffe_dimensions_beyond_int64_are_refused_by_name(tmp_path):
+    """Blob dimensions are 64-bit varints: they used to go through numpy int64 (OverflowError for
+    2**64-1, a wrapped product for 2**32 x 2**32, a reshape ValueError for 2**32 x 2**32 x 0)."""
+    def net(dims: list[int], values: int) -> bytes:
+        blob = _bytes(7, _bytes(1, b"".join(_varint(d) for d in dims))) + _bytes(5, bytes(4 * values))
+        return _bytes(100, _bytes(1, b"conv1_1") + _bytes(7, blob))
+    for i, (dims, values) in enumerate([([2**64 - 1], 1), ([2**32, 2**32], 1), ([2**32, 2**32, 0], 0)]):
+        (tmp_path / f"{i}.caffemodel").write_bytes(net(dims, values))
+        with pytest.raises(ConversionError, match=rf"{i}.caffemodel: conv1_1.blobs\[0\]: shape \({dims[0]},"):
+            convert("caffe-vggface", tmp_path / f"{i}.caffemodel")
+
+
+def test_keras_datasets_must_be_stored_and_configs_well_formed(tmp_path):
+    """An HDF5 header may declare a dataset of any shape over a fill value (no bytes stored): it
+    used to be allocated in full (here 400 MB from a 30 KB file); a model_config that is JSON
+    but not a Keras model ended in AttributeError."""
+    from fuzzing import MemoryWatch
+
+    path = tmp_path / "huge.h5"
+    write_keras_vggface(path, keras_layout_weights(SMALL, top=False))
+    with h5py.File(path, "a") as f:
+        del f["conv1_1/conv1_1/kernel:0"]
+        f["conv1_1"].create_dataset("conv1_1/kernel:0", shape=(100_000_000,), dtype="f4")
+    assert path.stat().st_size < 1 << 20
+    with MemoryWatch() as watch, pytest.raises(ConversionError, match=r"huge.h5: /conv1_1/conv1_1/kernel:0 "
+                                                                       r"declares 400000000 bytes"):
+        convert("keras-vggface", path)
+    assert watch.grown_mb < 100, f"refusing took {watch.grown_mb:.0f} MB"
+    for config in ("[1, 2]", '{"config": {"layers": [{"class_name": "Dense"}]}}', '"text"'):
+        write_keras_vggface(path, keras_layout_weights(SMALL, top=False))
+        with h5py.File(path, "a") as f:
+            f.attrs["model_config"] = config
+        with pytest.raises(ConversionError, match="huge.h5: model_config is not a Keras model"):
+            convert("keras-vggface", path)
+
+
+def test_keras_file_whose_string_heap_loops_libhdf5_is_refused(tmp_path):
+    """A global heap object of size 0 (where `layer_names` strings live) made libhdf5 loop forever
+    inside h5py, holding the GIL (found by the fuzzer). Run in a child process: the old code hangs."""
+    path = tmp_path / "loop.h5"
+    write_keras_vggface(path, keras_layout_weights(SMALL, top=False))
+    data = bytearray(path.read_bytes())
+    at = data.find(b"GCOL")
+    assert at > 0 and data[at + 4] == 1
+    data[at + 16:at + 32] = bytes(16)  # first object: index 0 (free space) of size 0
+    path.write_bytes(bytes(data))
+    script = ("import sys\nfrom ferjax.convert import ConversionError, keras_h5\ntry:\n    keras_h5.read(sys.argv[1])\n"
+              "except ConversionError as e:\n    print(e)\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading the file did not end within 60 s (libhdf5 loops on the heap)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{path}: corrupt HDF5 global heap at byte {at}: object 0" in proc.stdout, proc.stdout

@@ -8,6 +8,7 @@ packed or not. Errors name the message and byte offset.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterator
 
@@ -68,17 +69,24 @@ class _Reader:
             yield field, wire, value
 
 
-def _numbers(r: _Reader, wire: int, value, dtype: str, what: str) -> np.ndarray:
-    """Packed (one byte range) or unpacked (one element) repeated float/double/int64 values."""
+def _varints(r: _Reader, wire: int, value, what: str) -> list[int]:
+    """Packed (one byte range) or unpacked (one element) repeated varints, as Python ints (a file's
+    dimension may be any 64-bit number; numpy's int64 would overflow or wrap)."""
     if wire == _VARINT:
-        return np.array([value], np.int64)
+        return [value]
     a, b = value
-    if dtype == "varint":
-        out, i = [], a
-        while i < b:
-            v, i = r.varint(i, b, what)
-            out.append(v)
-        return np.array(out, np.int64)
+    out, i = [], a
+    while i < b:
+        v, i = r.varint(i, b, what)
+        out.append(v)
+    return out
+
+
+def _numbers(r: _Reader, wire: int, value, dtype: str, what: str) -> np.ndarray:
+    """Packed (one byte range) or unpacked (one element) repeated float/double values."""
+    if wire == _VARINT:
+        raise ConversionError(f"{r.source}: {what}: a varint where {dtype} values belong")
+    a, b = value
     item = np.dtype(dtype).itemsize
     if (b - a) % item:
         raise ConversionError(f"{r.source}: {what}: {b - a} bytes is not a whole number of {dtype}")
@@ -90,9 +98,8 @@ def _blob(r: _Reader, start: int, end: int, what: str) -> np.ndarray:
     shape, chunks = None, []
     for field, wire, value in r.fields(start, end, what):
         if field == 7 and wire == _BYTES:
-            dims = [_numbers(r, w, v, "varint", what + ".shape")
-                    for f, w, v in r.fields(*value, what + ".shape") if f == 1]
-            shape = tuple(int(d) for d in np.concatenate(dims)) if dims else ()
+            shape = tuple(d for f, w, v in r.fields(*value, what + ".shape") if f == 1
+                          for d in _varints(r, w, v, what + ".shape"))
         elif field in legacy and wire == _VARINT:
             legacy[field] = value
         elif field == 5:
@@ -102,8 +109,10 @@ def _blob(r: _Reader, start: int, end: int, what: str) -> np.ndarray:
     data = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if shape is None:
         shape = tuple(legacy.values()) if any(legacy.values()) else (data.size,)
-    if int(np.prod(shape)) != data.size:
-        raise ConversionError(f"{r.source}: {what}: shape {shape} needs {int(np.prod(shape))} values, "
+    if len(shape) > 32 or any(d >= 2**31 for d in shape):
+        raise ConversionError(f"{r.source}: {what}: shape {shape} has over 32 dimensions or one of 2**31 or more")
+    if math.prod(shape) != data.size:
+        raise ConversionError(f"{r.source}: {what}: shape {shape} needs {math.prod(shape)} values, "
                               f"the blob holds {data.size} (truncated?)")
     return data.reshape(shape)
 
