@@ -15,8 +15,9 @@ What the stand-ins guarantee, whatever the opcodes ask:
   never sees its dtype change (a mutated dtype could make it read past its buffer), and only
   arrays, dtypes, ordered dicts and joblib wrappers made by this load take a state (a module's
   own objects, such as torch_pth's storage tokens, are never changed by a file).
-- Sizes come from the file: nothing is allocated beyond what the file's bytes fill, tuples nest
-  at most `MAX_TUPLE_DEPTH` deep (hashing a deeper one overflows CPython's C stack).
+- Sizes come from the file: nothing is allocated beyond what the file's bytes fill.
+- Dict keys and set items are scalars (str, bytes, int, float, bool, None): hashing a tuple nested
+  a million deep (a 1 MB file) overflowed CPython's C stack.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ import numpy as np
 from ferjax.convert.mapping import ConversionError
 
 Allowed = Mapping[tuple[str, str], Any]
-MAX_TUPLE_DEPTH = 100
 _PLAIN_KINDS = frozenset("biufcSU")
+_KEY_TYPES = frozenset({str, bytes, int, float, bool, type(None)})
 _brief = reprlib.Repr()
 _brief.maxstring = _brief.maxother = 80
 
@@ -175,8 +176,9 @@ class _JoblibArray:
     """Stand-in for joblib's NumpyArrayWrapper; the array's bytes follow it in the stream."""
 
 
-def _read_joblib_array(wrapper: _JoblibArray, fh: io.BufferedIOBase, source: str) -> np.ndarray:
-    """The array whose bytes follow a joblib wrapper in the stream."""
+def _read_joblib_array(wrapper: _JoblibArray, read: Callable[[int], bytes], source: str) -> np.ndarray:
+    """The array whose bytes follow a joblib wrapper in the stream (`read` never returns more than
+    the file holds)."""
     d = wrapper.__dict__
     if d.get("subclass", NDARRAY) is not NDARRAY:
         raise UnsafePickleError(f"{source}: refusing joblib array of subclass {_brief.repr(d.get('subclass'))}")
@@ -184,10 +186,10 @@ def _read_joblib_array(wrapper: _JoblibArray, fh: io.BufferedIOBase, source: str
         raise ConversionError(f"{source}: a joblib array wrapper without dtype, shape and order C/F")
     dtype, shape = _dtype(d["dtype"]), _shape(d["shape"])
     if d.get("numpy_array_alignment_bytes") is not None:
-        pad = fh.read(1)
-        fh.read(pad[0] if pad else 0)
+        pad = read(1)
+        read(pad[0] if pad else 0)
     nbytes = math.prod(shape) * dtype.itemsize
-    buf = fh.read(nbytes)
+    buf = read(nbytes)
     if len(buf) != nbytes:
         raise ConversionError(f"{source}: truncated joblib array: expected {nbytes} bytes, got {len(buf)}")
     if d.get("order") == "F":
@@ -242,8 +244,6 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler lets 
         self._names = {id(v): ".".join(k) for k, v in allowed.items()}
         self._callables = {id(v) for v in allowed.values() if callable(v)}
         self.memo = _Memo()
-        self._depths: dict[int, int] = {}
-        self._tuples: list[tuple] = []  # keeps measured tuples alive, so their ids stay theirs
         start = fh.tell()
         self._end = fh.seek(0, io.SEEK_END)
         fh.seek(start)
@@ -267,28 +267,58 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler lets 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(f"{self._source}: unexpected persistent id {_brief.repr(pid)}")
 
-    def _check_call(self, func: Any, opcode: str, new: bool = False) -> None:
-        """Only allow-listed callables (classes, for NEWOBJ) may be called; tokens never."""
+    def _check_call(self, func: Any, args: Any, opcode: str, new: bool = False) -> None:
+        """Only allow-listed callables (classes, for NEWOBJ) may be called; tokens never. An ordered
+        dict is made empty (its items come by SETITEMS, where keys are checked)."""
         if id(func) not in self._callables or (new and not isinstance(func, type)):
             what = self._names.get(id(func), type(func).__name__)
             raise UnsafePickleError(f"{self._source}: refusing {opcode} of {what}: it cannot be called here "
                                     f"(numpy.ndarray may only be passed to _reconstruct)")
+        if func is collections.OrderedDict and args:
+            raise UnsafePickleError(f"{self._source}: refusing {opcode} of collections.OrderedDict with arguments")
 
     def _load_reduce(self) -> None:
-        self._check_call(self.stack[-2], "REDUCE")
+        self._check_call(self.stack[-2], self.stack[-1], "REDUCE")
         pickle._Unpickler.load_reduce(self)
 
     def _load_newobj(self) -> None:
-        self._check_call(self.stack[-2], "NEWOBJ", new=True)
+        self._check_call(self.stack[-2], self.stack[-1], "NEWOBJ", new=True)
         pickle._Unpickler.load_newobj(self)
 
     def _load_newobj_ex(self) -> None:
-        self._check_call(self.stack[-3], "NEWOBJ_EX", new=True)
+        self._check_call(self.stack[-3], self.stack[-2] or self.stack[-1], "NEWOBJ_EX", new=True)
         pickle._Unpickler.load_newobj_ex(self)
 
     def _instantiate(self, klass: Any, args: list) -> None:  # INST and OBJ
-        self._check_call(klass, "INST/OBJ")
+        self._check_call(klass, args, "INST/OBJ")
         super()._instantiate(klass, args)
+
+    def _scalar_keys(self, keys: Any) -> None:
+        """Dict keys and set items must be scalars: hashing a deeply nested tuple recurses in C."""
+        for k in keys:
+            if type(k) not in _KEY_TYPES:
+                raise UnsafePickleError(f"{self._source}: refusing a dict key or set item of type "
+                                        f"{type(k).__name__}: weight files key by strings and numbers")
+
+    def _load_setitem(self) -> None:
+        self._scalar_keys(self.stack[-2:-1])
+        pickle._Unpickler.load_setitem(self)
+
+    def _load_setitems(self) -> None:  # after MARK, self.stack holds the marked items: key, value, ...
+        self._scalar_keys(self.stack[::2])
+        pickle._Unpickler.load_setitems(self)
+
+    def _load_dict(self) -> None:
+        self._scalar_keys(self.stack[::2])
+        pickle._Unpickler.load_dict(self)
+
+    def _load_frozenset(self) -> None:
+        self._scalar_keys(self.stack)
+        pickle._Unpickler.load_frozenset(self)
+
+    def _load_additems(self) -> None:
+        self._scalar_keys(self.stack)
+        pickle._Unpickler.load_additems(self)
 
     def _load_bytearray8(self) -> None:
         # The stock opcode allocates the declared length before reading: a 20-byte file could ask for 8 GB.
@@ -297,22 +327,6 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler lets 
         if len(data) != n:
             raise ConversionError(f"{self._source}: BYTEARRAY8 of {n} bytes, {len(data)} left in the file")
         self.append(bytearray(data))
-
-    def _track_tuple(self) -> None:
-        """Refuses tuples nested deeper than MAX_TUPLE_DEPTH (hashing one recurses in C)."""
-        t = self.stack[-1]
-        depth = 1 + max((self._depths.get(id(e), MAX_TUPLE_DEPTH if e else 1) for e in t if type(e) is tuple),
-                        default=0)
-        if depth > MAX_TUPLE_DEPTH:
-            raise UnsafePickleError(f"{self._source}: tuples nested deeper than {MAX_TUPLE_DEPTH}")
-        self._depths[id(t)] = depth
-        self._tuples.append(t)
-
-    def _tuple_opcode(load: Callable[[Any], None]) -> Callable[[Any], None]:  # noqa: N805
-        def tracked(self: RestrictedUnpickler) -> None:
-            load(self)
-            self._track_tuple()
-        return tracked
 
     def _load_build(self) -> None:
         state = self.stack.pop()
@@ -324,7 +338,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler lets 
         elif type(inst) in (_JoblibArray, collections.OrderedDict) and isinstance(state, dict) \
                 and all(type(k) is str for k in state):
             inst.__dict__.update(state)
-            new = _read_joblib_array(inst, self._fh, self._source) if type(inst) is _JoblibArray else inst
+            new = _read_joblib_array(inst, self._bounded_read, self._source) if type(inst) is _JoblibArray else inst
         else:
             raise UnsafePickleError(f"{self._source}: refusing to set the state of "
                                     f"{self._names.get(id(inst), type(inst).__name__)}: only arrays, dtypes, "
@@ -338,10 +352,11 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler lets 
     dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
     dispatch[pickle.BUILD[0]] = _load_build
-    for _op, _load in ((pickle.TUPLE, pickle._Unpickler.load_tuple), (pickle.TUPLE1, pickle._Unpickler.load_tuple1),
-                       (pickle.TUPLE2, pickle._Unpickler.load_tuple2), (pickle.TUPLE3, pickle._Unpickler.load_tuple3)):
-        dispatch[_op[0]] = _tuple_opcode(_load)
-    del _op, _load, _tuple_opcode
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.FROZENSET[0]] = _load_frozenset
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
 
 
 _CORRUPT = (EOFError, pickle.UnpicklingError, IndexError, KeyError, struct.error, ValueError, TypeError,
