@@ -14,6 +14,7 @@ the copy a detector sees is at most `max_side` on its longer side (a tall 320x78
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import os
@@ -109,6 +110,7 @@ class Analyzer:
         if models_dir:
             settings["models_dir"] = str(models_dir)
         self.detector = build_detector(detector, detector_args, settings) if isinstance(detector, str) else detector
+        self._detector_spec = (detector, dict(detector_args or {}), settings) if isinstance(detector, str) else None
         if isinstance(model, Predictor):  # share a loaded, compiled classifier
             self.predictor, self.model_desc = model, f"pretrained {model.name}"
         else:
@@ -134,6 +136,21 @@ class Analyzer:
                    margin=config.get("margin", 0.0), max_faces=config.get("max_faces", 64),
                    smoothing=config.get("smoothing", False), smoothing_iou=config.get("smoothing_iou", 0.3),
                    smoothing_alpha=config.get("smoothing_alpha", 0.4))
+
+    def replica(self) -> "Analyzer":
+        """An Analyzer sharing this one's compiled classifier and settings, with a detector of its
+        own: OpenCV detectors keep per-call state, so each thread needs its own instance (the
+        service runs a fast and a heavy lane side by side). Raises TypeError when this Analyzer
+        was given a detector object, which cannot be rebuilt."""
+        if self._detector_spec is None:
+            raise TypeError(f"detector {self.detector_name!r} was passed as an object: it cannot be replicated")
+        twin = copy.copy(self)
+        twin.detector = build_detector(*self._detector_spec)
+        c = self._core
+        twin._core = Pipeline(twin.detector, self.predictor, class_names=self.class_names,
+                              align_faces=c.align_faces, margin=c.margin, max_faces=c.max_faces,
+                              min_face=c.min_face)
+        return twin
 
     # ------------------------------------------------------------------ building blocks
     @property
@@ -179,6 +196,12 @@ class Analyzer:
     def detection_width(self, frame: np.ndarray, video: bool = False) -> int:
         """The width `frame` is detected at: `video_width` for video frames, else `photo_width`."""
         return self.video_width(frame) if video else self.photo_width(frame)
+
+    def detection_pixels(self, frame: np.ndarray, video: bool = False) -> int:
+        """Pixels of the copy the detector sees (what a detection costs, roughly)."""
+        h, w = frame.shape[:2]
+        width = self.detection_width(frame, video)
+        return width * max(1, round(h * width / max(w, 1)))
 
     # ------------------------------------------------------------------ public API
     def analyze(self, image: images.ImageInput, channels: str = "bgr") -> list[Face]:

@@ -34,6 +34,8 @@ A WebSocket message may be up to max_body + 1 MiB: a frame over max_body gets th
 
 import argparse
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -60,12 +62,16 @@ DEFAULT_MAX_PIXELS = 16_000_000              # per image (a 4900x3265 photo; pho
 DEFAULT_MAX_PIXELS_IN_FLIGHT = 48_000_000    # decoded pixels of all requests at once (~10 B of RSS each)
 DEFAULT_MAX_BODY_IN_FLIGHT = 128 * 1024 * 1024  # bytes of all request bodies being received
 DEFAULT_BUDGET_WAIT = 1.0                    # seconds a request waits for budget before 503
-DEFAULT_DECODE_THREADS = 2
+DEFAULT_DECODE_THREADS = 2                   # light images decoded at once (as many heavy ones, at low priority)
+DEFAULT_PIXEL_RESERVE = 8_000_000            # the part of the pixel budget only light images may take
+                                             # (less where the budget has less room: `pixel_reserve`)
 DEFAULT_MAX_QUEUE = 64                       # frames waiting for the batch worker
 DEFAULT_REQUEST_TIMEOUT = 10.0               # seconds to receive a whole request (headers + body)
 DEFAULT_KEEP_ALIVE = 5                       # seconds an idle kept-alive connection stays open
 DEFAULT_MAX_CONNECTIONS = 64                 # open connections, HTTP and WebSocket
 WS_SLACK = 1024 * 1024                       # a WebSocket message may exceed max_body by this much
+WS_LIGHT_BYTES = 4 * 1024 * 1024             # an unfinished WebSocket message buffered without the large slot
+WS_LARGE_BYTES_PER_S = 32 * 1024 * 1024      # larger messages, one at a time, at most this many bytes a second
 RETRY_AFTER_S = 1                            # Retry-After of every 503
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -195,6 +201,22 @@ def check_budgets(max_pixels: int, max_pixels_in_flight: int, max_body: int, max
                          f"such a body could never be received; raise max_body_in_flight")
 
 
+def returning_image_error(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)`, or the `ImageError` it raised, returned without its traceback and
+    context. Run in a worker thread: an exception crossing back holds the frames that hold the
+    request's bytes, and the idle worker keeps the last one it raised (anyio's run loop)."""
+    try:
+        return fn(*args, **kwargs)
+    except images.ImageError as e:
+        return e.with_traceback(None).__class__(*e.args)
+
+
+def pixel_reserve(max_pixels: int, max_pixels_in_flight: int) -> int:
+    """The part of the pixel budget kept for light images (camera frames): DEFAULT_PIXEL_RESERVE,
+    or less where the budget has less room beyond one image of `max_pixels`."""
+    return max(0, min(DEFAULT_PIXEL_RESERVE, max_pixels_in_flight - max_pixels))
+
+
 def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEFAULT_MAX_BODY,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_batch: int = 16, max_queue: int = DEFAULT_MAX_QUEUE,
                max_pixels_in_flight: int = DEFAULT_MAX_PIXELS_IN_FLIGHT,
@@ -211,7 +233,7 @@ def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEF
     from starlette.requests import ClientDisconnect  # noqa: PLC0415
 
     from ferjax.registry import DETECTORS, PRETRAINED  # noqa: PLC0415
-    from ferjax.serve_batch import Batcher, Budget, Busy  # noqa: PLC0415
+    from ferjax.serve_batch import LIGHT_FRAME_PIXELS, Batcher, Budget, Busy, lower_thread_priority  # noqa: PLC0415
 
     from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: PLC0415
 
@@ -220,7 +242,10 @@ def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEF
             raise ValueError(f"{name} must be a positive integer, got {value}")
     check_budgets(max_pixels, max_pixels_in_flight, max_body, max_body_in_flight)
     batcher = Batcher(analyzer, max_batch=max_batch, max_queue=max_queue)
-    pixels = Budget(max_pixels_in_flight, budget_wait, "decoded pixels")
+    pixels = Budget(max_pixels_in_flight, budget_wait, "decoded pixels", light=LIGHT_FRAME_PIXELS,
+                    reserve=pixel_reserve(max_pixels, max_pixels_in_flight))
+    heavy_decoder = concurrent.futures.ThreadPoolExecutor(decode_threads, "ferjax-heavy-decode",
+                                                          initializer=lower_thread_priority)
     body_bytes = Budget(max_body_in_flight, budget_wait, "body bytes")
     decoders: list = []  # the decode threads' limiter, made in the server's event loop
 
@@ -228,6 +253,7 @@ def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEF
     async def lifespan(_app):
         yield
         batcher.close()
+        heavy_decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="ferjax", version=_version(), docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
@@ -259,37 +285,55 @@ def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEF
 
     async def analyze_bytes(data: bytes, video: bool = False, where: str = "request") -> dict:
         """Decodes within the pixel budget and analyses; every failure is an HTTPException."""
+        result = await analyze_or_refuse(data, video, where)
+        if isinstance(result, HTTPException):
+            raise result
+        return result
+
+    async def analyze_or_refuse(data: bytes, video: bool, where: str) -> dict | HTTPException:
+        """The result, or the HTTPException to answer. Errors are returned, not raised from inside
+        `except` blocks: a chained exception's traceback keeps the frames that hold `data` in a
+        reference cycle, and the request's bytes then wait for a full garbage-collector pass."""
         t0 = time.perf_counter()
-        try:
-            head = await in_thread(images.header, data, name=images.describe(data))
-        except images.ImageError as e:
-            raise image_error(e, where) from None
+        error: HTTPException | None = None
+        head = await in_thread(returning_image_error, images.header, data, name=images.describe(data))
+        if isinstance(head, images.ImageError):
+            return image_error(head, where)
         need = head.pixels if head.pixels <= max_pixels else 0  # over the limit: refused before decoding
         try:
             await pixels.acquire(need)
         except Busy as e:
-            raise HTTPException(503, f"server busy: {e}; retry later", headers=retry) from None
+            error = HTTPException(503, f"server busy: {e}; retry later", headers=retry)
+        if error is not None:
+            return error
         fut = None
         try:
-            frame = await in_thread(images.load_image, data, max_pixels=max_pixels)
+            if head.pixels <= LIGHT_FRAME_PIXELS:
+                frame = await in_thread(returning_image_error, images.load_image, data, max_pixels=max_pixels)
+            else:  # big images decode apart, at low priority: camera frames never queue behind them
+                frame = await asyncio.get_running_loop().run_in_executor(heavy_decoder, functools.partial(
+                    returning_image_error, images.load_image, data, max_pixels=max_pixels))
+            if isinstance(frame, images.ImageError):
+                raise frame
             t1 = time.perf_counter()
             height, width = frame.shape[:2]
             fut = batcher.submit(frame, video)
             del frame
             faces = await asyncio.wrap_future(fut)
         except images.ImageError as e:
-            raise image_error(e, where) from None
+            error = image_error(e, where)
         except Busy as e:
-            raise HTTPException(503, f"server busy: {e}; retry later", headers=retry) from None
+            error = HTTPException(503, f"server busy: {e}; retry later", headers=retry)
         except Exception as e:  # a frame the detector cannot handle: details in the log only
             _log.warning("%s: analysis failed: %s: %s", where, type(e).__name__, e)
-            raise HTTPException(422, f"image could not be analysed ({head.width}x{head.height} "
-                                     f"{head.format})") from None
+            error = HTTPException(422, f"image could not be analysed ({head.width}x{head.height} {head.format})")
         finally:  # the frame is freed once the worker is done with it
             if fut is None or fut.done():
                 pixels.release(need)
             else:
                 fut.add_done_callback(lambda _: pixels.release_soon(need))
+        if error is not None:
+            return error
         t2 = time.perf_counter()
         return {"faces": [f.to_json() for f in faces], "width": int(width), "height": int(height),
                 "detector": info["detector"], "model": info["model"],
@@ -303,7 +347,8 @@ def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEF
     async def healthz() -> dict:
         s = batcher.stats
         return {"status": "ok", "requests": s.requests, "batches": s.batches, "max_batch": s.max_batch,
-                "queued": batcher.queued, "queue_refused": s.refused, "pixels": pixels.stats(),
+                "queued": batcher.queued, "queue_refused": s.refused, "lanes": batcher.lane_stats(),
+                "pixels": pixels.stats(),
                 "body_bytes": body_bytes.stats()}
 
     @app.get("/v1/models")
@@ -399,23 +444,28 @@ def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEF
                 if data is None:
                     await websocket.send_text(json.dumps({"error": "send frames as binary messages"}))
                     continue
-                if len(data) > max_body:
-                    await websocket.send_text(json.dumps({"error": f"frame of {len(data)} bytes exceeds the limit "
+                size = len(data)
+                if size > max_body:
+                    del data, msg
+                    await websocket.send_text(json.dumps({"error": f"frame of {size} bytes exceeds the limit "
                                                                    f"of {max_body}", "status": 413}))
                     continue
-                size = len(data)
+                busy = None
                 try:
                     await body_bytes.acquire(size)  # the frame is held until it is analysed
+                except Busy as e:
+                    busy = str(e)
+                if busy is None:
                     try:
-                        result = await analyze_bytes(data, video=True, where="/v1/ws frame")
+                        outcome = await analyze_or_refuse(data, True, "/v1/ws frame")
                     finally:
                         body_bytes.release(size)
-                except Busy as e:
-                    result = {"error": f"server busy: {e}; retry later", "status": 503, "retry_after": RETRY_AFTER_S}
-                except HTTPException as e:
-                    result = {"error": e.detail, "status": e.status_code}
-                    if e.status_code == 503:
-                        result["retry_after"] = RETRY_AFTER_S
+                    result = outcome if isinstance(outcome, dict) else {"error": outcome.detail,
+                                                                         "status": outcome.status_code}
+                else:
+                    result = {"error": f"server busy: {busy}; retry later", "status": 503}
+                if result.get("status") == 503:
+                    result["retry_after"] = RETRY_AFTER_S
                 del data, msg  # the frame is freed before the next one is read
                 await websocket.send_text(json.dumps(result))
         except WebSocketDisconnect:
@@ -449,6 +499,74 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def gated_websocket_protocol(light_bytes: int = WS_LIGHT_BYTES,
+                             large_bytes_per_s: float = WS_LARGE_BYTES_PER_S) -> type:
+    """uvicorn's WebSocket protocol with backpressure on large messages: a connection may buffer
+    `light_bytes` of an unfinished message on its own; beyond that it needs the server's one large
+    slot, and without it it stops reading (its client's TCP window fills) until the slot frees. A
+    freed slot stays shut for the message's size / `large_bytes_per_s`, so large messages take a
+    bounded share of the event loop. Camera frames (tens of KB) never wait: 24 clients streaming
+    17-21 MB messages took 4.3 GB of RSS and held valid frames for seconds without it."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol  # noqa: PLC0415
+
+    slot: list = []  # the protocol holding the large slot, or a cooling marker after it
+    waiting: collections.deque = collections.deque()
+
+    def admit() -> None:
+        while waiting and not slot:
+            nxt = waiting.popleft()
+            nxt.gated = False
+            if not nxt.transport.is_closing():
+                slot.append(nxt)
+                nxt.transport.resume_reading()
+
+    class GatedWebSocketProtocol(WebSocketsSansIOProtocol):
+        gated = False
+        held = 0  # the largest buffer seen while holding the slot
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            buffered = len(self.conn.reader.buffer)
+            if buffered <= light_bytes or self.transport.is_closing():
+                self._give_back()
+            elif self in slot:
+                self.held = max(self.held, buffered)
+            elif not slot:
+                slot.append(self)
+                self.held = buffered
+            elif not self.gated:
+                self.gated = True
+                self.transport.pause_reading()
+                waiting.append(self)
+
+        def _give_back(self) -> None:
+            if self in slot:
+                slot.remove(self)
+                marker = object()
+                slot.append(marker)  # the slot cools down in proportion to what went through it
+
+                def reopen() -> None:
+                    slot.remove(marker)
+                    admit()
+
+                self.loop.call_later(self.held / large_bytes_per_s, reopen)
+                self.held = 0
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self in waiting:
+                waiting.remove(self)
+            self._give_back()
+            super().connection_lost(exc)
+            # A closed protocol waits for the cyclic garbage collector (which counts objects, not
+            # bytes) with its last message still held by its parser generator and read buffer:
+            # 160 closed 20 MB senders held 2.3 GB until gc.collect(). Free them now.
+            self.conn.parser.close()
+            self.conn.reader.buffer.clear()
+            self.frames = []
+
+    return GatedWebSocketProtocol
 
 
 def deadline_protocol(limits: ServerLimits) -> type:
@@ -550,13 +668,17 @@ def deadline_protocol(limits: ServerLimits) -> type:
 def server_config(app: Any, limits: ServerLimits = ServerLimits(), log_level: str = "warning") -> Any:
     """The uvicorn config `main` and `BackgroundServer` serve `app` with: the request deadline
     and connection limit (`deadline_protocol`), the keep-alive timeout, and a WebSocket message
-    limit just above the app's `max_body` (so an oversized frame gets the JSON error)."""
+    limit just above the app's `max_body` (so an oversized frame gets the JSON error) and
+    backpressure on large messages (`gated_websocket_protocol`), without
+    permessage-deflate (camera frames are JPEG, which deflate cannot shrink, and a 20 KB deflated
+    message can inflate to max_body in the event loop)."""
     import uvicorn  # noqa: PLC0415
 
     max_body = getattr(getattr(app, "state", None), "max_body", DEFAULT_MAX_BODY)
     return uvicorn.Config(app, log_level=log_level, access_log=False, http=deadline_protocol(limits),
                           timeout_keep_alive=limits.keep_alive, limit_concurrency=limits.max_connections,
-                          ws_max_size=max_body + WS_SLACK)
+                          ws=gated_websocket_protocol(), ws_max_size=max_body + WS_SLACK,
+                          ws_per_message_deflate=False)
 
 
 class BackgroundServer:
@@ -622,6 +744,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                    help="a browser origin (https://app.example) allowed besides the page's own ('*': any); "
                         "repeatable")
+    p.add_argument("--opencv-threads", type=_non_negative(int), default=1,
+                   help="OpenCV's worker threads (0: its default, one per core). 1 keeps each lane's "
+                        "detection on its own thread, so the heavy lane's lower priority holds (default %(default)s)")
     p.add_argument("--jax-cache-dir", default=DEFAULT_JAX_CACHE, help="persistent JAX compilation cache ('' disables)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default %(default)s)")
     return p
@@ -691,6 +816,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ferjax.registry import RegistryError  # noqa: PLC0415
 
     enable_jax_cache(args.jax_cache_dir)
+    if args.opencv_threads:
+        import cv2  # noqa: PLC0415
+
+        cv2.setNumThreads(args.opencv_threads)  # OpenCV's pool threads would run heavy work at full priority
     try:
         analyzer = Analyzer(args.detector, args.model, models_dir=args.models_dir, max_pixels=args.max_pixels)
     except (RegistryError, FileNotFoundError, ValueError) as e:
