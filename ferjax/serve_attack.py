@@ -323,12 +323,18 @@ class Attack:
             lines.append(f"Content-Length: {length}")
         return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode("latin-1")
 
-    def request(self, data: bytes, half_close: bool = False) -> str:
-        """Sends one raw request and reads one answer: 'http <status>', 'closed, no answer', 'reset'..."""
+    def connect(self) -> socket.socket | str:
+        """A connected socket, or the outcome label of a refused connection."""
         try:
-            sock = socket.create_connection(self.addr, timeout=self.answer_timeout)
+            return socket.create_connection(self.addr, timeout=self.answer_timeout)
         except OSError as e:
             return _os_label(e)
+
+    def request(self, data: bytes, half_close: bool = False) -> str:
+        """Sends one raw request and reads one answer: 'http <status>', 'closed, no answer', 'reset'..."""
+        sock = self.connect()
+        if isinstance(sock, str):
+            return sock
         with sock:
             try:
                 sock.sendall(data)
@@ -362,10 +368,9 @@ class Attack:
         SLACK_S); a socket still open at twice the deadline counts as held open and is dropped."""
         t0 = time.perf_counter()
         limit = 2 * self.socket_deadline + SLACK_S
-        try:
-            sock = socket.create_connection(self.addr, timeout=self.answer_timeout)
-        except OSError as e:
-            record.saw(kind, _os_label(e))
+        sock = self.connect()
+        if isinstance(sock, str):
+            record.saw(kind, sock)
             return
         got, sent, next_send, label = b"", 0, t0, None
         with sock:
@@ -422,10 +427,9 @@ class Attack:
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
                 + ("Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n" if deflate else "")
                 + "\r\n").encode()
-        try:
-            sock = socket.create_connection(self.addr, timeout=self.answer_timeout)
-        except OSError as e:
-            return _os_label(e)
+        sock = self.connect()
+        if isinstance(sock, str):
+            return sock
         with sock:
             try:
                 sock.sendall(head)
