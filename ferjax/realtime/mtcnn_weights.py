@@ -99,10 +99,10 @@ def lz4_frame_decompress(src: bytes, source: str = "<bytes>", limit: int = MAX_B
         while not d.eof:
             chunk = d.decompress(data, max_length=1 << 20)
             data = b""
-            out += chunk
-            if len(out) > limit:
+            if len(out) + len(chunk) > limit:  # checked before growing: the output never passes `limit`
                 raise ConversionError(f"{source}: the LZ4 frame expands to more than {limit} bytes, the cap on "
                                       f"an MTCNN weights file (a decompression bomb?)")
+            out += chunk
             if not d.eof and d.needs_input:
                 raise ConversionError(f"{source}: truncated LZ4 frame (no end mark after {len(out)} bytes)")
     except RuntimeError as e:  # lz4 reports a corrupt frame (bad header, checksum, block) as RuntimeError
