@@ -21,7 +21,7 @@ VARIANTS = ("tiny",)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    from ferjax.eval.study import study_config
+    from ferjax.experiments.common import study_config
 
     c = study_config("compare_balancing", variant, "python -m ferjax.run --experiment=compare_balancing "
                                                    "--config.generator_checkpoint=GENERATOR_DIR")

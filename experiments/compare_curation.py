@@ -13,7 +13,7 @@ VARIANTS = ("tiny",)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    from ferjax.eval.study import study_config
+    from ferjax.experiments.common import study_config
 
     c = study_config("compare_curation", variant,
                      "python -m ferjax.run --experiment=compare_curation --config.curated_dir=CURATED "

@@ -1,7 +1,7 @@
 """A 48x48 classifier for the `ferplus` protocol: FER2013 images with FER+ majority labels.
 
 Training, PublicTest (selection) and PrivateTest (report) keep the rows that have a FER+ majority
-label (`ferplus_majority` in registry/datasets.py: the plurality of the 8 emotion votes, ties,
+label (`ferplus_majority` in ferjax/data/ferplus.py: the plurality of the 8 emotion votes, ties,
 unknown, not-a-face and contempt dropped; 7 classes). The model trains towards each image's vote
 distribution over the 7 classes (`vote_targets.weight` 1: Barsoum et al.'s probabilistic label
 distribution, PLD) instead of the one-hot majority label.

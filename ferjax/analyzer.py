@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ferjax import images
+from ferjax.data.records import EMOTIONS
 from ferjax.inference import DEFAULT_BUCKETS, Predictor
 from ferjax.realtime.detect import Detector
 from ferjax.realtime.pipeline import Face, Pipeline, draw_faces, make_faces
@@ -103,7 +104,6 @@ class Analyzer:
                  margin: float = 0.0, max_faces: int = 64, min_face: int = 12, max_side: int = MAX_SIDE,
                  max_pixels: int = images.DEFAULT_MAX_PIXELS, smoothing: bool = True,
                  smoothing_iou: float = 0.3, smoothing_alpha: float = 0.4):
-        from ferjax.components.classifiers import EMOTIONS  # noqa: PLC0415
         from ferjax.realtime.classify import make_predictor  # noqa: PLC0415
 
         settings = dict(settings or {})

@@ -1,4 +1,5 @@
-"""Folders that appear complete or not at all: write into a hidden temporary sibling, fsync, rename.
+"""Folders that appear complete or not at all: write into a hidden temporary sibling, fsync, rename;
+and the one file digest (`file_sha256`) that weights, model files and datasets are keyed by.
 
 A kill or a full disk during the write leaves at most a hidden `.NAME.tmp-*` folder, never a
 folder under the final name; readers also require a marker file written last (a manifest).
@@ -6,6 +7,7 @@ folder under the final name; readers also require a marker file written last (a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import shutil
@@ -83,3 +85,17 @@ def save_npz(path: str | os.PathLike | None, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+_digests: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, computed once per (path, size, mtime): model files are
+    checked on every lookup and weights keyed by content without re-reading them each time."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        with open(path, "rb") as fh:
+            _digests[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _digests[key]

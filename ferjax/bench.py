@@ -139,13 +139,13 @@ def jax_train(name: str, batch: int, dtype: str, devices: int,
     import jax
     import numpy as np
 
-    from ferjax.experiments.fer2013_vgg import get_config
+    from ferjax.config import load_experiment
     from ferjax.registry import LOSSES
     from ferjax.train import sharding
     from ferjax.train.classifier_steps import create_state, make_steps
     from ferjax.train.schedules import make_optimizer, make_schedule
 
-    cfg = get_config("cpu")
+    cfg = load_experiment("fer2013_vgg:cpu")
     if not FLAGS.augment:
         cfg.augment.update(crop_pad=0, flip=False, rotate_deg=0.0, jitter=0.0)
     model = _model(name, dtype, conv_grad)
@@ -201,14 +201,14 @@ def cyclegan_step(profile: str, batch: int | None = None) -> tuple[Callable, flo
     import numpy as np
 
     from ferjax.data.fer2013 import class_index
-    from ferjax.experiments.cyclegan_neutral2disgust import get_config
+    from ferjax.config import load_experiment
     from ferjax.registry import DISCRIMINATORS, GENERATORS, LOSSES
     from ferjax.train import sharding
     from ferjax.train.cyclegan_steps import create_state, make_step
-    from ferjax.train.cyclegan_task import class_guide
+    from ferjax.tasks.cyclegan import class_guide
     from ferjax.train.schedules import make_optimizer, make_schedule
 
-    c = get_config(profile)
+    c = load_experiment(f"cyclegan_neutral2disgust:{profile}" if profile else "cyclegan_neutral2disgust")
     b = batch or c.train.batch_size
     gen = GENERATORS.create(c.generator, **c.generator_kwargs)
     disc = DISCRIMINATORS.create(c.discriminator, **c.discriminator_kwargs)

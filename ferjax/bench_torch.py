@@ -18,11 +18,9 @@ def _vggface_twin(spec):
     import torch
     import torch.nn as tnn
 
-    from ferjax.components.classifiers import VGGFACE_DEPTHS, VGGFACE_RGB_MEAN, VGGFaceFER
-
-    fer = isinstance(spec, VGGFaceFER)
+    fer = hasattr(spec, "hidden")  # the transfer model's head; a plain backbone has fc6-fc8 or none
     layers, cin = [], 3
-    for n, width in zip(VGGFACE_DEPTHS, spec.widths):
+    for n, width in zip(spec.depths, spec.widths):
         for _ in range(n):
             layers += [tnn.Conv2d(cin, width, 3, padding=1), tnn.ReLU(inplace=True)]
             cin = width
@@ -37,7 +35,7 @@ def _vggface_twin(spec):
                 tnn.Linear(spec.fc_width, spec.num_identities)]
     else:
         head = []
-    mean = torch.tensor(VGGFACE_RGB_MEAN).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.rgb_mean).view(1, 3, 1, 1)
 
     class Twin(tnn.Module):
         def __init__(self):
@@ -52,15 +50,14 @@ def _vggface_twin(spec):
 
 
 def torch_twin(name: str):
-    """The PyTorch version of a VGGNet-family or VGG-Face classifier, or None."""
+    """The PyTorch version of a VGGNet-family or VGG-Face classifier (recognised by the fields it
+    declares: `rgb_mean` and `depths` for VGG-Face, `convs_per_stage` for VGGNet), or None."""
     import torch.nn as tnn
 
-    from ferjax.components.classifiers import VGGFace, VGGFaceFER, VGGNet
-
     spec = CLASSIFIERS.create(name)
-    if isinstance(spec, (VGGFace, VGGFaceFER)):
+    if hasattr(spec, "rgb_mean") and hasattr(spec, "depths"):
         return _vggface_twin(spec)
-    if not isinstance(spec, VGGNet):
+    if not hasattr(spec, "convs_per_stage"):
         return None
     layers, cin = [], 1
     for width in spec.widths:

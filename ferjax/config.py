@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import json
 import os
 import pkgutil
 import shlex
@@ -33,6 +34,7 @@ from ferjax import registry
 from ferjax.data.fer2013 import EMOTIONS
 
 EXPERIMENT_GROUP = "ferjax.experiments"
+SHARED_CONFIG_MODULES = ("common",)  # modules of ferjax.experiments holding shared blocks, not experiments
 # Config keys whose values must name a registered component of the given kind.
 COMPONENT_KEYS = {
     "classifier": registry.CLASSIFIERS, "generator": registry.GENERATORS,
@@ -156,7 +158,8 @@ class ConfigError(ValueError):
 def experiment_names() -> list[str]:
     import ferjax.experiments as pkg
 
-    names = {m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")}
+    names = {m.name for m in pkgutil.iter_modules(pkg.__path__)
+             if not m.name.startswith("_") and m.name not in SHARED_CONFIG_MODULES}
     names |= {ep.name for ep in metadata.entry_points(group=EXPERIMENT_GROUP)}
     return sorted(names)
 
@@ -382,3 +385,36 @@ def build(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict
     check_combinations(config)
     config.lock()
     return config
+
+
+# ---- comparing configs (resume checks, studies) --------------------------------------------------
+def flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf, JSON-normalised (tuples become lists), for `run_config`."""
+    flat = {}
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            flat.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return json.loads(json.dumps(flat, default=str))
+
+
+def changed_fields(saved: dict, current: dict, ignore: tuple[str, ...] = (),
+                   defaults: dict | None = None) -> list[str]:
+    """Sorted flat keys whose values differ between two `flat_config`s, `ignore`d keys aside;
+    with `defaults` (a `flat_config`), a key only `current` has does not count while it holds its
+    default (an option added after `saved` was written: new options default to the earlier
+    behaviour)."""
+    keys = set(saved) | set(current)
+    defaults = defaults or {}
+    return sorted(k for k in keys if k not in ignore and saved.get(k) != current.get(k)
+                  and (k in saved or k not in defaults or current.get(k) != defaults[k]))
+
+
+def recipe_defaults(name: str | None) -> dict | None:
+    """`flat_config` of experiment `name` (NAME or NAME:variant) as declared, without overrides;
+    None when `name` is not a registered experiment (a config built in code)."""
+    try:
+        return flat_config(load_experiment(name)) if name else None
+    except ValueError:  # ConfigError included
+        return None

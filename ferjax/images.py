@@ -20,7 +20,6 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
-from ferjax.realtime.capture import as_bgr
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 8000 x 5000; a decompression bomb declares far more
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF", "PNM")
@@ -221,6 +220,23 @@ def from_array(array: np.ndarray, *, channels: str = "bgr", name: str = "<array>
     if out is None:
         raise ImageError(f"{name}: image of shape {a.shape} is not usable")
     return out
+
+
+def as_bgr(frame: object) -> np.ndarray | None:
+    """A contiguous uint8 HxWx3 BGR copy of a frame, or None when it is not a usable image."""
+    if not isinstance(frame, np.ndarray) or frame.size == 0 or frame.ndim not in (2, 3):
+        return None
+    if frame.shape[0] < 8 or frame.shape[1] < 8:
+        return None
+    if frame.dtype == np.uint16:
+        frame = (frame >> 8).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        return None
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(frame) if frame.shape[2] == 3 else None
 
 
 def _from_pil(im: Any, name: str, max_pixels: int) -> np.ndarray:

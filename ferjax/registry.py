@@ -26,7 +26,6 @@ BUILTIN_MODULES = (
     "ferjax.components.datasets",
     "ferjax.components.tasks",
     "ferjax.components.pretrained",
-    "ferjax.components.realtime_tasks",
     "ferjax.components.curation_signals",
 )
 _log = logging.getLogger(__name__)

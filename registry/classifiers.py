@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import flax.serialization
@@ -131,6 +131,8 @@ class VGGFace(nn.Module):
     gradients stop below it. `backbone_weights` (variables of a converted file) initialise the layers.
     """
 
+    depths: ClassVar[tuple[int, ...]] = VGGFACE_DEPTHS        # convs per stage (published layout)
+    rgb_mean: ClassVar[tuple[float, ...]] = VGGFACE_RGB_MEAN  # subtracted from RGB 0..255 input
     include_top: bool = True
     num_identities: int = VGGFACE_IDENTITIES
     image_size: int = 224
@@ -179,6 +181,8 @@ class VGGFace(nn.Module):
 class VGGFaceFER(nn.Module):
     """The paper's transfer model: VGG-Face without its top, flatten, Dense 128, Dropout 0.3, Dense 7."""
 
+    depths: ClassVar[tuple[int, ...]] = VGGFACE_DEPTHS
+    rgb_mean: ClassVar[tuple[float, ...]] = VGGFACE_RGB_MEAN
     image_size: int = 224
     hidden: int = 128
     dropout: float = 0.3

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 import ferjax
 from conftest import MEDIA, require_detector
+from ferjax.atomic import file_sha256
 from ferjax import images
 from ferjax.analyzer import Analyzer, build_detector, default_analyzer
 from ferjax.components.classifiers import EMOTIONS
@@ -200,7 +201,7 @@ def test_yunet_ships_in_the_package_with_its_notice(tmp_path, monkeypatch):
     monkeypatch.delenv(models.ENV_VAR, raising=False)
     monkeypatch.setattr(models, "DEFAULT_DIR", tmp_path / "empty_cache")
     path = models.locate(models.YUNET)  # nothing configured: the shipped copy
-    assert path.parent == models.PACKAGED_DIR and models.sha256(path) == models.YUNET.sha256
+    assert path.parent == models.PACKAGED_DIR and file_sha256(path) == models.YUNET.sha256
     notice = (models.PACKAGED_DIR / "NOTICE.md").read_text()
     assert models.YUNET.sha256 in notice and "MIT" in (models.PACKAGED_DIR / "YUNET_LICENSE.txt").read_text()
     damaged = tmp_path / "pkg"

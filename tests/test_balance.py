@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_cli
 from ferjax import config as cfg_lib
-from ferjax.data import balance_task
+from ferjax.tasks import balance as balance_task
 from ferjax.data.derived import DerivedBuilder
 from ferjax.registry import DATASETS, GENERATORS
 from ferjax.train.generator_export import GeneratorCheckpointError, export_generator
@@ -255,7 +255,7 @@ def test_study_arms_get_their_datasets(generator_dir, data_args, tmp_path):
     """compare_balancing's gan_train arm: the real disgust examples replaced by as many generated
     ones (sad -> disgust here: the synthetic file has 22 neutral rows for its 23 disgust ones); a
     rerun with another generator is refused."""
-    from ferjax.eval.balancing_study import _prepare
+    from ferjax.tasks.studies.balancing import _prepare
 
     cfg = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
                                               "source_class=sad"])
@@ -303,7 +303,7 @@ def test_matched_negatives_add_each_round_trip_labelled_source(generator_dir, re
 
 def test_study_matched_arm_finds_the_reverse_generator_beside_the_forward_one(generator_dir, reverse_dir,
                                                                                data_args, tmp_path):
-    from ferjax.eval.balancing_study import _prepare, reverse_generator
+    from ferjax.tasks.studies.balancing import _prepare, reverse_generator
 
     cfg = cfg_lib.build("compare_balancing", [*data_args, f"generator_checkpoint={generator_dir}",
                                               "target_count=30"])
@@ -349,7 +349,7 @@ def test_source_detail_option_in_balance_and_study(generator_dir, data_args, tmp
     the manifest and the reason; the study's cyclegan_detail arm passes its sigma and refuses to
     reuse data made with another; a negative sigma, or one with oversampling, fails first."""
     from ferjax.data import derived
-    from ferjax.eval.balancing_study import _prepare
+    from ferjax.tasks.studies.balancing import _prepare
     from ferjax.train.generator_export import load_generator
 
     for bad in (("source_detail_sigma=-1",), ("method=oversample", "source_detail_sigma=1.0")):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ferjax.registry import LOSSES
-from ferjax.train.classifier_task import balanced_class_weights
+from ferjax.tasks.train_classifier import balanced_class_weights
 
 
 def test_weighted_cross_entropy_matches_the_weighted_mean():

@@ -10,6 +10,7 @@ import pytest
 from conftest import REAL_FER, require_files, synthetic_rows, write_csv
 
 from ferjax.data import compact
+from ferjax.data.compact import cli as compact_cli
 from ferjax.data import fer2013 as fer
 from ferjax.data.loading import load_splits
 
@@ -31,7 +32,7 @@ def csv_and_compact(tmp_path_factory):
     write_csv(src / "fer2013.csv", rows)
     _with_ferplus(src, rows[:-5])
     out = src.parent / "compact_out" / "fer2013.npz.xz"
-    assert compact.main(["export", "--out", str(out), "--fer2013_path", str(src)]) == 0
+    assert compact_cli.main(["export", "--out", str(out), "--fer2013_path", str(src)]) == 0
     return src, out
 
 
@@ -67,7 +68,7 @@ def test_compact_records_equal_the_csv_records(csv_and_compact):
 def test_compact_file_is_found_in_a_folder_and_described(csv_and_compact, capsys):
     _, out = csv_and_compact
     assert fer.find_source(out.parent) == out
-    assert compact.main(["info", str(out)]) == 0
+    assert compact_cli.main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["rows"] == 64 and (info["train"], info["validation"], info["test"]) == (40, 12, 12)
     assert info["ferplus_votes"] is True
@@ -79,7 +80,7 @@ def test_compact_file_is_found_in_a_folder_and_described(csv_and_compact, capsys
 def test_without_ferplus_votes_the_file_has_none(tmp_path):
     write_csv(tmp_path / "src" / "fer2013.csv", synthetic_rows((7, 2, 2)))
     out = tmp_path / "a.npz.xz"
-    assert compact.main(["export", "--out", str(out), "--fer2013_path", str(tmp_path / "src")]) == 0
+    assert compact_cli.main(["export", "--out", str(out), "--fer2013_path", str(tmp_path / "src")]) == 0
     assert "ferplus_votes" not in compact.read(out)
     assert all(r.ferplus_votes is None for r in compact.iter_records(out))
 
@@ -142,7 +143,7 @@ def test_missing_arrays_truncated_and_foreign_files(tmp_path, csv_and_compact):
 def test_export_refuses_bad_names_and_keeps_the_old_file_on_failure(tmp_path, csv_and_compact, capsys):
     src, good = csv_and_compact
     with pytest.raises(SystemExit):
-        compact.main(["export", "--out", str(tmp_path / "x.npz"), "--fer2013_path", str(src)])
+        compact_cli.main(["export", "--out", str(tmp_path / "x.npz"), "--fer2013_path", str(src)])
     assert "must end with .npz.xz" in capsys.readouterr().err
     # a CSV with a bad row: the export fails, naming the row, and the existing file stays whole
     out = tmp_path / "keep.npz.xz"
@@ -150,7 +151,7 @@ def test_export_refuses_bad_names_and_keeps_the_old_file_on_failure(tmp_path, cs
     bad = tmp_path / "bad" / "fer2013.csv"
     bad.parent.mkdir()
     bad.write_text("emotion,pixels,Usage\n9,1 2,Training\n")
-    assert compact.main(["export", "--out", str(out), "--fer2013_path", str(bad)]) == 1
+    assert compact_cli.main(["export", "--out", str(out), "--fer2013_path", str(bad)]) == 1
     assert "row 0 (line 2)" in capsys.readouterr().err
     assert out.read_bytes() == good.read_bytes()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".keep")] == []
@@ -161,7 +162,7 @@ def test_real_fer2013_compact_matches_the_csv(tmp_path):
     """The whole Kaggle CSV (+ FER+ votes) exported and read back: the same split arrays, byte for byte."""
     require_files(REAL_FER / "fer2013.csv.gz", REAL_FER / fer.FERPLUS_FILE, why="real FER2013 and FER+ votes")
     out = tmp_path / "fer2013.npz.xz"
-    assert compact.main(["export", "--out", str(out), "--fer2013_path", str(REAL_FER / "fer2013.csv.gz")]) == 0
+    assert compact_cli.main(["export", "--out", str(out), "--fer2013_path", str(REAL_FER / "fer2013.csv.gz")]) == 0
     assert out.stat().st_size < 60 * 2 ** 20
     _assert_same_splits(load_splits(str(REAL_FER), str(tmp_path / "tfds")),
                         load_splits(str(out), str(tmp_path / "tfds")))

@@ -194,7 +194,7 @@ def test_name_lists_match_the_code():
     import numpy as np
     import optax
 
-    from ferjax.eval.evaluate_task import TTA_MODES
+    from ferjax.eval.predict import TTA_MODES
     from ferjax.eval.predict import evaluate_split
     from ferjax.train.cyclegan_steps import AUGMENTS
     from ferjax.train.schedules import make_optimizer, make_schedule

@@ -13,7 +13,7 @@ import pytest
 
 from ferjax import config as cfg_lib
 from ferjax.curation import scoring
-from ferjax.curation.kfold import out_of_fold_probabilities, stratified_folds
+from ferjax.tasks.kfold import out_of_fold_probabilities, stratified_folds
 from ferjax.curation.relabel import confident_relabeling
 from ferjax.curation.signals import (BlankSignal, DuplicatesSignal, TextGraphicsSignal, curation_view,
                                      save_npz, training_twins, yaw_ratio)
@@ -199,7 +199,7 @@ def two_sources(tmp_path_factory):
 
 
 def _run(src: Path, tfds: Path, workdir: Path, *overrides: str) -> dict:
-    from ferjax.curation.task import curate
+    from ferjax.tasks.curate import curate
 
     return curate(_config(src, tfds, *overrides), str(workdir))
 
@@ -267,7 +267,7 @@ def test_finished_folds_are_not_retrained(tmp_path):
     train = {"image": _noise(20), "label": labels, "row": np.arange(20) + 7}
     recipe = cfg_lib.build("fer2013_vgg:tiny")
     folds = stratified_folds(labels, 2, 0)
-    from ferjax.curation import kfold
+    from ferjax.tasks import kfold
 
     key = kfold.cache_key(recipe, train, 2, 0, 0.1)
     for f in range(2):
@@ -356,7 +356,7 @@ def test_real_non_face_signals_against_ferplus(real_fer, tfds_dir, tmp_path):
     """The default non-face signals of curate_fer2013 on the real Training split (a YuNet pass at
     three rotations, minutes on a 2-core CPU): 155 flagged, 88 of them in the 150 FER+ NF-majority
     images (precision 56.8%, recall 58.7%; measured 2026-11-29)."""
-    from ferjax.curation.task import run_signals
+    from ferjax.tasks.curate import run_signals
 
     view, votes = _real_view(real_fer, tfds_dir)
     config = cfg_lib.build("curate_fer2013", ["curation_signals=blank,text_graphics,no_face"])
@@ -370,7 +370,7 @@ def test_real_non_face_signals_against_ferplus(real_fer, tfds_dir, tmp_path):
 
 def test_bad_relabeling_settings_stop_before_any_work(two_sources, tmp_path):
     """A recipe that does not exist or a bad fold count fails at once, before data or detectors."""
-    from ferjax.curation.task import curate
+    from ferjax.tasks.curate import curate
 
     pytest.importorskip("cleanlab", reason="the optional extra 'curate' (cleanlab) is not installed")
     src, _ = two_sources

@@ -185,7 +185,7 @@ def test_diff_augment_moves_content_cuts_a_square_and_passes_gradients():
 
 def test_class_guide_is_refused_when_it_is_the_judge_or_passes_no_gradient():
     from ferjax.experiments.cyclegan_neutral2disgust import get_config
-    from ferjax.train.cyclegan_task import class_guide
+    from ferjax.tasks.cyclegan import class_guide
 
     c = get_config("tiny")
     assert class_guide(c) is None  # lambda_class 0: no guide, nothing loaded
@@ -210,7 +210,7 @@ def test_class_guide_is_refused_when_it_is_the_judge_or_passes_no_gradient():
 def test_an_ensemble_guide_is_the_mean_log_probability_of_its_members_and_excludes_the_judge():
     from ferjax import pretrained
     from ferjax.experiments.cyclegan_neutral2disgust import get_config
-    from ferjax.train.cyclegan_task import class_guide, unit_image_classifier
+    from ferjax.tasks.cyclegan import class_guide, unit_image_classifier
 
     c = get_config("tiny")
     c.gan.update(lambda_class=1.0, class_guide="fer2013_vgg_small, ferplus_vgg_small")
@@ -245,11 +245,11 @@ def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(
 
 
 def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterrupted, monkeypatch):
-    from ferjax.eval.rescore_generator import rescore
+    from ferjax.probes.rescore_generator import rescore
 
     wd, _ = uninterrupted
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "FER2013_PATH": str(synthetic_csv)}
-    proc = subprocess.run([sys.executable, "-m", "ferjax.eval.rescore_generator", f"--run={wd}",
+    proc = subprocess.run([sys.executable, "-m", "ferjax.probes.rescore_generator", f"--run={wd}",
                            "--experiment=cyclegan_neutral2disgust:tiny", f"--out={wd / 'rescored.json'}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -258,7 +258,7 @@ def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterru
     assert rescored.keys() == original.keys()
     for key in ("kid_mean", "fid", "gan_test_target_rate", "target_rate_on_real_source_inputs", "cycle_ssim"):
         assert rescored[key] == pytest.approx(original[key], rel=1e-5, abs=1e-7), key
-    bad = subprocess.run([sys.executable, "-m", "ferjax.eval.rescore_generator", f"--run={wd / 'samples'}"],
+    bad = subprocess.run([sys.executable, "-m", "ferjax.probes.rescore_generator", f"--run={wd / 'samples'}"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "expected a cyclegan workdir" in bad.stderr
     # The images balance_fer2013 adds with source_detail_sigma are other images: other scores.
@@ -374,7 +374,7 @@ def test_projected_discriminator_trains_heads_on_the_frozen_classifier_features(
 
 def test_projected_discriminator_on_the_judge_is_refused_before_training(synthetic_csv, tmp_path):
     from ferjax.experiments.cyclegan_neutral2disgust import get_config
-    from ferjax.train.cyclegan_task import cyclegan_train
+    from ferjax.tasks.cyclegan import cyclegan_train
 
     c = get_config("tiny")
     c.data.fer2013_path = str(synthetic_csv)

@@ -145,7 +145,7 @@ def test_real_fer2013_counts(real_fer, tfds_dir):
 
 
 def test_ferplus_majority_labels():
-    from ferjax.components.datasets import ferplus_majority
+    from ferjax.data.ferplus import ferplus_majority
 
     votes = np.array([
         [0, 9, 1, 0, 0, 0, 0, 0, 0, 0],   # happiness -> FER happy (3)
@@ -161,7 +161,7 @@ def test_ferplus_majority_labels():
 
 def test_real_ferplus_agreement(real_fer, tfds_dir):
     """About 65% of Training rows keep their label under the FER+ majority (GUIDE.md §3)."""
-    from ferjax.components.datasets import ferplus_majority
+    from ferjax.data.ferplus import ferplus_majority
 
     train = load_splits(str(real_fer), str(tfds_dir), splits=("train",))["train"]
     major = ferplus_majority(train["ferplus_votes"])

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ferjax.atomic import file_sha256
 from ferjax.realtime import models
 from ferjax.realtime.detect import Detection
 from ferjax.registry import DETECTORS
@@ -62,7 +63,7 @@ def test_models_dir_comes_from_the_environment(monkeypatch):
         pytest.skip("YuNet file absent")
     monkeypatch.setenv(models.ENV_VAR, str(MODELS))
     assert models.locate(models.YUNET) == MODELS / "detectors" / models.YUNET.name
-    assert models.sha256(models.locate(models.YUNET)) == models.YUNET.sha256
+    assert file_sha256(models.locate(models.YUNET)) == models.YUNET.sha256
 
 
 @pytest.mark.parametrize("name", ["haar", "ssd_resnet10", "yunet", "mtcnn"])

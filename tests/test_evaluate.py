@@ -85,7 +85,7 @@ def test_unknown_pretrained_model_fails_fast(tmp_path):
 
 def test_flip_tta_is_mirror_invariant_and_differs_from_plain():
     """Flip TTA averages a face with its mirror image, so mirrored inputs give equal logits."""
-    from ferjax.eval.evaluate_task import TTA_MODES
+    from ferjax.tasks.evaluate import TTA_MODES
     model, variables, _ = pretrained.load()
     plain = lambda v, x: model.apply(v, x, train=False)
     flip = TTA_MODES["flip"](plain)

@@ -1,4 +1,4 @@
-"""`ferjax.eval.guide_transfer`: a class guide's gradient, judged by a classifier it never saw."""
+"""`ferjax.probes.guide_transfer`: a class guide's gradient, judged by a classifier it never saw."""
 import numpy as np
 import pytest
 
@@ -9,7 +9,7 @@ def test_moved_faces_stay_within_the_budget_and_turn_to_the_target_class():
     """`mover` keeps every face within its L2 budget and [0, 255], and the guide calls the
     moved faces the target class far more often than the originals (real shipped weights)."""
     from ferjax import pretrained
-    from ferjax.eval.guide_transfer import mover, target_rate
+    from ferjax.probes.guide_transfer import mover, target_rate
     from ferjax.inference import Predictor
 
     model, variables, _ = pretrained.load("fer2013_vgg_small")
@@ -31,7 +31,7 @@ def test_a_guide_that_is_also_the_judge_is_refused():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "ferjax.eval.guide_transfer", "--guides=fer_mini_xception",
+    proc = subprocess.run([sys.executable, "-m", "ferjax.probes.guide_transfer", "--guides=fer_mini_xception",
                            "--judge=fer_mini_xception"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "the judge must be a classifier the guides never saw" in proc.stderr
 
@@ -42,7 +42,7 @@ def test_the_robust_guide_moves_real_neutral_faces_to_what_the_judge_calls_disgu
     calls the robust guide's faces disgust more often than the plain guide's: the adversarially
     fine-tuned model's gradient changes the expression, the plain one's mostly its own reading."""
     from ferjax.data.loading import load_splits
-    from ferjax.eval.guide_transfer import transfer_table
+    from ferjax.probes.guide_transfer import transfer_table
 
     train = load_splits(str(real_fer), str(tfds_dir), splits=("train",))["train"]
     neutral = train["image"][train["label"] == 6]

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from ferjax import atomic
+from ferjax.atomic import file_sha256
 from ferjax.realtime import models
 
 
@@ -33,7 +35,7 @@ def test_a_pinned_name_with_other_bytes_is_refused_naming_both_hashes(dirs, wher
     path = dirs[where] / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not yunet" * 100)
-    wrong = models.sha256(path)
+    wrong = file_sha256(path)
     with pytest.raises(OSError) as e:  # before: the wrong file was returned
         models.find(models.YUNET, dirs["config"])
     msg = str(e.value)
@@ -56,7 +58,7 @@ def test_verification_is_cached_per_path_size_and_mtime(dirs):
     path.write_bytes(_shipped())
     for _ in range(50):
         models.find(models.YUNET)
-    keys = [k for k in models._digests if k[0] == str(path.resolve())]
+    keys = [k for k in atomic._digests if k[0] == str(path.resolve())]
     assert len(keys) == 1  # hashed once for 50 lookups
     data = bytearray(_shipped())
     data[100] ^= 1  # same size, new bytes, a later mtime: hashed again and refused

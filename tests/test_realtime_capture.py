@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ferjax.realtime.capture import SourceError, as_bgr, kind_of, open_source
+from ferjax.images import as_bgr
+from ferjax.realtime.capture import SourceError, kind_of, open_source
 
 
 def write_video(path: Path, n: int = 20, size: tuple[int, int] = (160, 120), fourcc: str = "mp4v") -> Path:

@@ -171,7 +171,7 @@ def test_format_table_reports_skipped_detectors():
 
 
 def test_fps_ratio_stands_beside_detection_rates_and_only_where_both_find_faces():
-    from ferjax.components.realtime_tasks import _add_ratios
+    from ferjax.tasks.realtime import _add_ratios
 
     stages = {f"{k}_ms": 1.0 for k in TIMED}
     rows = [{"detector": "haar", "backend": "b", "classifier": "c", "video": v, "frames": 10, "fps": fps,

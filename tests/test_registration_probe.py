@@ -1,16 +1,10 @@
-"""tools/registration_probe.py: its warp, its training pairs and its AUC (the analysis itself trains
+"""ferjax/probes/registration_probe.py: its warp, its training pairs and its AUC (the analysis itself trains
 two CNNs on FER2013 for about 15 minutes; README "Curating FER2013" records its run)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "registration_probe.py"
-_spec = importlib.util.spec_from_file_location("registration_probe", SCRIPT)
-probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(probe)
+from ferjax.probes import registration_probe as probe
 
 
 def _face_like() -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Multi-seed studies (ferjax.eval.study) and the balancing study on the synthetic FER2013."""
+"""Multi-seed studies (ferjax.tasks.studies.study) and the balancing study on the synthetic FER2013."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from ferjax.data.fer2013 import EMOTIONS
-from ferjax.eval import study
+from ferjax.tasks.studies import study
 from ferjax.eval.metrics import classification_report
 
 
@@ -133,7 +133,7 @@ def test_a_finished_run_predicts_as_it_did_at_its_test_evaluation(balancing, syn
     """The shortcut check's classifier, read back from a run's best checkpoint, predicts the test
     split exactly as the run itself did when it finished."""
     from ferjax import config as cfg_lib
-    from ferjax.eval.shortcut import run_predictor
+    from ferjax.tasks.studies.shortcut import run_predictor
     from ferjax.registry import DATASETS
 
     _, wd, _ = balancing

@@ -309,7 +309,7 @@ def test_only_the_primary_process_writes_run_files(tmp_path, monkeypatch):
     and reports the same summary but writes no config, report, plot, prediction or export file
     (Orbax coordinates the checkpoints itself)."""
     from ferjax.train import sharding
-    from ferjax.train.classifier_task import train_classifier
+    from ferjax.tasks.train_classifier import train_classifier
 
     data, config = _one_epoch_in_memory_run()
     config.export_to = str(tmp_path / "export" / "model.msgpack")
@@ -327,7 +327,7 @@ def test_init_from_loads_a_shipped_model_and_refuses_one_that_does_not_fit():
     from ferjax import pretrained
     from ferjax.config import ConfigError, build
     from ferjax.registry import CLASSIFIERS
-    from ferjax.train.classifier_task import initial_variables
+    from ferjax.tasks.train_classifier import initial_variables
 
     _, shipped, _ = pretrained.load("fer2013_vgg_small")
     got = initial_variables(CLASSIFIERS.create("vgg_small"), "fer2013_vgg_small")
@@ -388,7 +388,7 @@ def test_ema_run_exports_the_average_and_records_it(tmp_path):
     the offset folded into the output bias."""
     from ferjax.eval import logit_adjustment as la
     from ferjax.registry import CLASSIFIERS
-    from ferjax.train.classifier_task import train_classifier
+    from ferjax.tasks.train_classifier import train_classifier
 
     data, config = _one_epoch_in_memory_run()
     config.train.ema_decay = 0.5
@@ -424,7 +424,7 @@ def test_ema_run_exports_the_average_and_records_it(tmp_path):
 def test_resume_with_an_option_that_changes_the_state_is_refused_naming_it(tmp_path):
     """A run resumed with `train.ema_decay` newly set (its state gains the average) is refused by
     the config comparison, naming the field, before Orbax tries to restore the other structure."""
-    from ferjax.train.classifier_task import train_classifier
+    from ferjax.tasks.train_classifier import train_classifier
 
     data, config = _one_epoch_in_memory_run()
     train_classifier(config, str(tmp_path), data=data)
@@ -452,7 +452,8 @@ def test_resume_refuses_an_option_added_since_the_checkpoint_unless_at_its_defau
     recipe default and refused at any other value, even when the state keeps its structure; an
     option only the old run names (removed since) does not count."""
     from ferjax import config as cfg_lib
-    from ferjax.train.loop import flat_config, refuse_changed_config
+    from ferjax.config import flat_config
+    from ferjax.train.loop import refuse_changed_config
 
     current = flat_config(cfg_lib.build("fer2013_vgg:quick", []))
     saved = {k: v for k, v in current.items() if k != "train.ema_decay"}
@@ -536,7 +537,7 @@ def test_exported_card_rebuilds_a_narrow_network_and_names_adversarial_training(
     describes (`registry/pretrained.py`'s `_shipped`) and gives the run's own test predictions."""
     import ferjax.components.pretrained as shipped
     from ferjax import pretrained
-    from ferjax.train.classifier_task import train_classifier
+    from ferjax.tasks.train_classifier import train_classifier
 
     data, config = _one_epoch_in_memory_run()
     config.classifier_kwargs.width = 0.25

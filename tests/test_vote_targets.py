@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ferjax.components.datasets import ferplus_distribution, ferplus_majority
+from ferjax.data.ferplus import ferplus_distribution, ferplus_majority
 
 # FER2013 label -> its FER+ vote column (neutral, happiness, surprise, sadness, anger, disgust, fear)
 FER_TO_FERPLUS_COLUMN = [4, 5, 6, 1, 3, 2, 0]
@@ -65,7 +65,7 @@ def test_vote_targets_refuse_other_soft_targets_and_data_without_votes(tmp_path)
     import ml_collections
 
     from ferjax.experiments import ferplus_vgg
-    from ferjax.train.classifier_task import train_classifier
+    from ferjax.tasks.train_classifier import train_classifier
 
     rng = np.random.default_rng(0)
     split = {"image": rng.integers(0, 256, (16, 48, 48, 1)).astype(np.uint8),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import importlib
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ferjax.atomic import file_sha256
 from ferjax.convert.mapping import ConversionError, assign
 
 __all__ = ["FORMATS", "ConversionError", "Converted", "convert", "convert_file", "template"]
@@ -80,14 +80,6 @@ def convert(fmt: str, path: str | os.PathLike) -> tuple[Converted, dict]:
     return conv, assign(variables, conv.arrays, str(path))
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_file(fmt: str, src: str | os.PathLike, out: str | os.PathLike, card: dict | None = None) -> dict:
     """Converts `src` and writes `out` (flax msgpack) and `out` with suffix .json (model card)."""
     from ferjax import pretrained  # noqa: PLC0415
@@ -95,7 +87,7 @@ def convert_file(fmt: str, src: str | os.PathLike, out: str | os.PathLike, card:
     src, out = Path(src), Path(out)
     conv, variables = convert(fmt, src)
     info = {"name": out.stem, "classifier": conv.classifier, "classifier_kwargs": conv.kwargs,
-            "converted_from": {"format": fmt, "file": src.name, "sha256": sha256(src)},
+            "converted_from": {"format": fmt, "file": src.name, "sha256": file_sha256(src)},
             "converted_on": datetime.date.today().isoformat(), "conversion_notes": conv.notes,
             "protocol": "published weights, converted; not trained or evaluated by ferjax",
             "command": f"python -m ferjax.convert {fmt} --in {src.name} --out {out.name}"}

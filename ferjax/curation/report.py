@@ -50,7 +50,7 @@ def _pct(v: float | None) -> str:
 
 
 def markdown(summary: dict, grids: dict[str, str], command: str) -> str:
-    """The report's Markdown from the task's summary (see ferjax.curation.task)."""
+    """The report's Markdown from the task's summary (see ferjax.tasks.curate)."""
     lines = [f"# FER2013 curation: {summary['experiment']}", "", f"Command: `{command}`", "",
              f"Base: {summary['base']}; training data written: `data=curated` at `{summary['output']}`. "
              "Only Training rows are removed or relabeled; PublicTest and PrivateTest are untouched.", "",

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ferjax.components.datasets import ferplus_majority
+from ferjax.data.ferplus import ferplus_majority
 
 
 def skipped_reason(votes: np.ndarray | None) -> str | None:

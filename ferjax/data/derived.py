@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from ferjax.atomic import atomic_folder
+from ferjax.atomic import atomic_folder, file_sha256
 from ferjax.data.fer2013 import EMOTIONS, folder_images
 
 FORMAT, VERSION = "ferjax-derived-dataset", 1
@@ -77,11 +77,6 @@ def fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
             h.update(f"{key}:{a.dtype.str}:{a.shape}\0".encode())
             h.update(a.tobytes())
     return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _rows(split: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -133,7 +128,7 @@ def _read_manifest(folder: Path) -> dict:
                                   f"version {VERSION}")
     for name, digest in manifest["files"].items():
         file = folder / name
-        if not file.is_file() or _file_sha256(file) != digest:
+        if not file.is_file() or file_sha256(file) != digest:
             raise DerivedDatasetError(
                 f"{file} is missing or changed since {MANIFEST} was written (SHA-256 differs); "
                 f"recreate the folder with: {manifest.get('command', 'the command that made it')}")
@@ -454,7 +449,7 @@ class DerivedBuilder:
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "command": command, "history": self.history, "classes": list(self.classes),
                 "base": self.base, "counts": self.counts(), "info": dict(info or {}),
-                "files": {name: _file_sha256(tmp / name) for name in (PROVENANCE, ADDED)}}
+                "files": {name: file_sha256(tmp / name) for name in (PROVENANCE, ADDED)}}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         return out_dir
 

@@ -18,8 +18,6 @@ one carved from train: an image goes to validation when the SHA-256 of
 from __future__ import annotations
 
 import csv
-import dataclasses
-import difflib
 import gzip
 import hashlib
 import os
@@ -29,15 +27,14 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+from ferjax.data.records import (  # noqa: F401  (re-exported: the names every reader shares)
+    COMPACT_FILE, COMPACT_SUFFIX, EMOTIONS, SPLITS, FER2013FormatError, ReadReport, Record, class_index)
+
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
-SPLITS = ("train", "validation", "test")
 FOLDER_SPLITS = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
                  "validation": "validation", "publictest": "validation", "test": "test",
                  "privatetest": "test"}
 FERPLUS_FILE = "fer2013new.csv"
-COMPACT_SUFFIX = ".npz.xz"  # a compact array file (ferjax.data.compact); FER+ votes are inside
-COMPACT_FILE = "fer2013" + COMPACT_SUFFIX  # its default name
 FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
                    "contempt", "unknown", "NF")
 # Rows whose FER+ votes belong to another image (see shared/data/fer2013/README.md).
@@ -48,42 +45,6 @@ CARVE_SEED, CARVE_FRACTION = 0, 0.1  # validation carved from train in image fol
 MAX_LINE_BYTES = 131_072  # a valid row is under 10,000 bytes; a longer line is a bad row, read in bounded chunks
 READER_VERSION = 3  # part of content_hash: bump when the same files would give other records
 KAGGLE_URL = "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data"
-
-
-def class_index(name: str) -> int:
-    """Index of an expression class name in `EMOTIONS` (any case); unknown names raise with close matches."""
-    key = str(name).strip().lower()
-    if key not in EMOTIONS:
-        close = difflib.get_close_matches(key, EMOTIONS, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown class {name!r}.{hint} Classes: {', '.join(EMOTIONS)}")
-    return EMOTIONS.index(key)
-
-
-class FER2013FormatError(ValueError):
-    """A FER2013 source file does not have the expected format."""
-
-
-@dataclasses.dataclass
-class Record:
-    row: int
-    split: str
-    label: int
-    image: np.ndarray  # [48,48,1] uint8
-    ferplus_votes: np.ndarray | None = None  # [10] int16, -1 where unknown
-
-
-@dataclasses.dataclass
-class ReadReport:
-    source: str
-    rows_read: int = 0
-    bad_rows: list[tuple[int, str]] = dataclasses.field(default_factory=list)
-
-    def summary(self) -> str:
-        head = "; ".join(f"row {r}: {why}" for r, why in self.bad_rows[:5])
-        more = f" (+{len(self.bad_rows) - 5} more)" if len(self.bad_rows) > 5 else ""
-        return f"{self.source}: {self.rows_read} rows read, {len(self.bad_rows)} skipped" + (
-            f" [{head}{more}]" if self.bad_rows else "")
 
 
 def find_source(path: str | os.PathLike) -> Path:

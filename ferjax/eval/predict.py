@@ -1,4 +1,4 @@
-"""Batched prediction over a whole split and its evaluation report."""
+"""Batched prediction over a whole split (with test-time augmentation) and its evaluation report."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,15 @@ import numpy as np
 from ferjax.data.pipeline import eval_batches
 from ferjax.eval.metrics import classification_report
 from ferjax.eval.plots import plot_confusion
+
+
+def _flip_averaged(apply):
+    """Test-time augmentation: mean of the logits of each image and its mirror image."""
+    return lambda v, x: (apply(v, x) + apply(v, x[:, :, ::-1])) / 2
+
+
+TTA_MODES = {"none": lambda apply: apply, "flip": _flip_averaged}
+"""Test-time augmentations by name: each wraps an `apply(variables, images) -> logits`."""
 
 
 def predict_logits(logits_fn: Callable[[dict], np.ndarray], images: np.ndarray,

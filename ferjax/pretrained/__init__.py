@@ -17,7 +17,7 @@ import importlib_resources
 import jax
 import jax.numpy as jnp
 
-from ferjax.atomic import atomic_write_bytes
+from ferjax.atomic import atomic_write_bytes, file_sha256
 from ferjax.registry import CLASSIFIERS, PRETRAINED
 
 DEFAULT = "fer2013_distilled_adjusted"
@@ -44,14 +44,12 @@ def init_variables(model: Any, seed: int = 0) -> Any:
 def weights_sha256(name: str | None = None) -> str:
     """sha256 of registered pretrained model `name`'s weights file: what its outputs depend on
     (a retrained or replaced file keeps its name). Computed once per file version
-    (`ferjax.realtime.models.sha256`)."""
-    from ferjax.realtime import models  # noqa: PLC0415  (registry/pretrained.py imports this module)
-
+    (`ferjax.atomic.file_sha256`)."""
     name = name or DEFAULT
     spec: WeightsSpec = PRETRAINED.get(name)()
     if not spec.weights.is_file():
         raise FileNotFoundError(f"weights of pretrained model {name!r} not found at {spec.weights}")
-    return models.sha256(spec.weights)
+    return file_sha256(spec.weights)
 
 
 def load(name: str | None = None) -> tuple[Any, Any, dict]:

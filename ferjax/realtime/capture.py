@@ -16,6 +16,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ferjax.images import as_bgr
+
 _log = logging.getLogger(__name__)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 URL_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -36,23 +38,6 @@ class CaptureStats:
     def note(self, msg: str) -> None:
         if len(self.errors) < 20:
             self.errors.append(msg)
-
-
-def as_bgr(frame: object) -> np.ndarray | None:
-    """A contiguous uint8 HxWx3 BGR copy of a frame, or None when it is not a usable image."""
-    if not isinstance(frame, np.ndarray) or frame.size == 0 or frame.ndim not in (2, 3):
-        return None
-    if frame.shape[0] < 8 or frame.shape[1] < 8:
-        return None
-    if frame.dtype == np.uint16:
-        frame = (frame >> 8).astype(np.uint8)
-    elif frame.dtype != np.uint8:
-        return None
-    if frame.ndim == 2 or frame.shape[2] == 1:
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    if frame.shape[2] == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(frame) if frame.shape[2] == 3 else None
 
 
 def kind_of(source: str | int) -> str:

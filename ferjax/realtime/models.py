@@ -9,9 +9,10 @@ file raises with its download address and sha256.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
+
+from ferjax.atomic import file_sha256
 
 ENV_VAR = "FERJAX_MODELS_DIR"
 DEFAULT_DIR = Path("~/.cache/ferjax/models").expanduser()
@@ -78,7 +79,7 @@ def find(file: ModelFile, models_dir: str | os.PathLike | None = None) -> Path |
 def verified(file: ModelFile, path: Path) -> Path:
     """`path`, when `file` pins no sha256 or `path` has the pinned one; else ModelFileError, one
     line naming both hashes."""
-    if file.sha256 and (digest := sha256(path)) != file.sha256:
+    if file.sha256 and (digest := file_sha256(path)) != file.sha256:
         raise ModelFileError(f"model file {path} has sha256 {digest}, but {file.name} is pinned to "
                              f"{file.sha256}; delete or replace it (download: {file.url})")
     return path
@@ -90,7 +91,7 @@ def packaged(file: ModelFile) -> Path | None:
     path = PACKAGED_DIR / file.name
     if not path.is_file():
         return None
-    if file.sha256 and (digest := sha256(path)) != file.sha256:
+    if file.sha256 and (digest := file_sha256(path)) != file.sha256:
         raise ModelFileError(f"shipped model file {path} is damaged: sha256 {digest} != {file.sha256}; "
                              f"reinstall ferjax")
     return path
@@ -112,16 +113,3 @@ def missing_message(files: list[ModelFile], models_dir: str | os.PathLike | None
         lines.append(f"  {f.name}: {f.url}" + (f"  sha256={f.sha256}" if f.sha256 else ""))
     return "\n".join(lines)
 
-
-_digests: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256
-
-
-def sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, computed once per (path, size, mtime): model files are
-    checked on every lookup and weights keyed by content without re-reading them each time."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        with open(path, "rb") as fh:
-            _digests[key] = hashlib.file_digest(fh, "sha256").hexdigest()
-    return _digests[key]

@@ -14,8 +14,7 @@ import numpy as np
 from ferjax import pretrained
 from ferjax.atomic import save_npz
 from ferjax.data.derived import fingerprint
-from ferjax.eval.evaluate_task import TTA_MODES
-from ferjax.eval.predict import predict_logits, softmax
+from ferjax.eval.predict import TTA_MODES, predict_logits, softmax
 from ferjax.train import sharding
 
 CACHE_NAME = "teacher_probs.npz"

@@ -8,7 +8,6 @@ metrics to JSON lines and TensorBoard. SIGTERM/SIGINT save a checkpoint before e
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import signal
 import sys
@@ -21,6 +20,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from ferjax.config import changed_fields, recipe_defaults
 from ferjax.data.pipeline import TrainBatches
 from ferjax.train import sharding
 from ferjax.train.checkpoint import Checkpointer
@@ -181,40 +181,6 @@ RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.log_every_steps",
                      "train.checkpoint_every_steps", "train.early_stop_patience", "data.fer2013_path",
                      "data.tfds_data_dir", "export_to", "export_name", "export_note", "reproduce_command",
                      "train.logit_adjustment")  # acts after training: a finished run re-exports
-
-
-def flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
-    """{"a.b": value} for every leaf, JSON-normalised (tuples become lists), for `run_config`."""
-    flat = {}
-    for k, v in config.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            flat.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return json.loads(json.dumps(flat, default=str))
-
-
-def changed_fields(saved: dict, current: dict, ignore: tuple[str, ...] = (),
-                   defaults: dict | None = None) -> list[str]:
-    """Sorted flat keys whose values differ between two `flat_config`s, `ignore`d keys aside;
-    with `defaults` (a `flat_config`), a key only `current` has does not count while it holds its
-    default (an option added after `saved` was written: new options default to the earlier
-    behaviour)."""
-    keys = set(saved) | set(current)
-    defaults = defaults or {}
-    return sorted(k for k in keys if k not in ignore and saved.get(k) != current.get(k)
-                  and (k in saved or k not in defaults or current.get(k) != defaults[k]))
-
-
-def recipe_defaults(name: str | None) -> dict | None:
-    """`flat_config` of experiment `name` (NAME or NAME:variant) as declared, without overrides;
-    None when `name` is not a registered experiment (a config built in code)."""
-    from ferjax import config as cfg_lib
-
-    try:
-        return flat_config(cfg_lib.load_experiment(name)) if name else None
-    except ValueError:  # ConfigError included
-        return None
 
 
 def refuse_changed_config(saved: dict | None, current: dict | None, workdir: Path) -> None:

@@ -1,6 +1,6 @@
 """Does a class guide's gradient change faces the way another classifier reads them?
 
-    FER2013_PATH=data/fer2013 python -m ferjax.eval.guide_transfer \\
+    FER2013_PATH=data/fer2013 python -m ferjax.probes.guide_transfer \\
         --guides=fer2013_vgg_small,fer2013_robust_small --budgets=1,2,4,8 [--judge=fer_mini_xception] \\
         [--source=neutral --target=disgust --num_images=1000] [--grid=out.png] [--out=out.json]
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     from ferjax.data.fer2013 import class_index
     from ferjax.data.loading import load_splits
     from ferjax.train.cyclegan_steps import to_unit
-    from ferjax.train.cyclegan_task import sample_grid, write_png
+    from ferjax.tasks.cyclegan import sample_grid, write_png
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--guides", default="fer2013_vgg_small,fer2013_robust_small")

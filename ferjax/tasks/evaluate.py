@@ -12,16 +12,8 @@ from ferjax import pretrained
 from ferjax.config import invoked_command
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.eval import logit_adjustment
-from ferjax.eval.predict import evaluate_split
+from ferjax.eval.predict import TTA_MODES, evaluate_split
 from ferjax.registry import DATASETS
-
-
-def _flip_averaged(apply):
-    """Test-time augmentation: mean of the logits of each image and its mirror image."""
-    return lambda v, x: (apply(v, x) + apply(v, x[:, :, ::-1])) / 2
-
-
-TTA_MODES = {"none": lambda apply: apply, "flip": _flip_averaged}
 
 
 def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict:

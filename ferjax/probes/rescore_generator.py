@@ -1,6 +1,6 @@
 """Re-score a trained CycleGAN generator with another experiment profile's quality settings.
 
-    FER2013_PATH=data/fer2013 python -m ferjax.eval.rescore_generator --run=RUN_DIR \\
+    FER2013_PATH=data/fer2013 python -m ferjax.probes.rescore_generator --run=RUN_DIR \\
         [--experiment=cyclegan_neutral2disgust:cpu] [--out=RUN_DIR/quality_rescored.json] \\
         [--source_detail_sigma=S]
 
@@ -23,7 +23,7 @@ from ferjax.registry import DATASETS
 
 def rescore(run: Path, experiment: str, source_detail_sigma: float = 0.0) -> dict:
     from ferjax import pretrained
-    from ferjax.train.cyclegan_task import generator_quality
+    from ferjax.tasks.cyclegan import generator_quality
     from ferjax.train.generator_export import load_generator
 
     c = cfg_lib.build(experiment)
@@ -40,7 +40,7 @@ def rescore(run: Path, experiment: str, source_detail_sigma: float = 0.0) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m ferjax.eval.rescore_generator",
+    p = argparse.ArgumentParser(prog="python -m ferjax.probes.rescore_generator",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, type=Path, help="a cyclegan_* workdir")
     p.add_argument("--experiment", default="cyclegan_neutral2disgust:cpu",

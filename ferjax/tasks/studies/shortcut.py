@@ -21,7 +21,7 @@ from ferjax.train.checkpoint import best_variables
 def run_predictor(run_dir: str | Path, batch_size: int = 256):
     """images [N,48,48,1] uint8 -> predicted class, by a finished classifier run's best checkpoint
     (with the run's logit adjustment, when its report records one)."""
-    from ferjax.train.classifier_task import classifier_kwargs  # noqa: PLC0415
+    from ferjax.tasks.train_classifier import classifier_kwargs  # noqa: PLC0415
 
     variables = best_variables(run_dir)
     config = ml_collections.ConfigDict(json.loads((Path(run_dir) / "config.json").read_text()))

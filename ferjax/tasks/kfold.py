@@ -1,7 +1,7 @@
 """Out-of-fold class probabilities for every Training image from k cross-validated classifiers.
 
 Training is split into `folds` class-stratified folds. Fold f's classifier trains with the recipe
-experiment's config (`ferjax.train.classifier_task.train_classifier`, its loop, checkpoints and
+experiment's config (`ferjax.tasks.train_classifier.train_classifier`, its loop, checkpoints and
 resume) on the other folds, less a class-stratified `selection_fraction` of them that picks its
 best checkpoint; it then predicts fold f. Only Training images are read: PublicTest and PrivateTest
 play no part. Everything lives under `WORKDIR/folds/KEY/`, KEY a digest of the recipe config, the
@@ -99,7 +99,7 @@ def _fold(recipe: ml_collections.ConfigDict, train: Mapping[str, np.ndarray], fo
           seed: int, selection_fraction: float, fold_dir: Path) -> tuple[np.ndarray, dict]:
     """Trains fold `f`'s classifier (or reads its finished `oof.npz`) and returns its probabilities
     on the held-out fold, in Training order."""
-    from ferjax.train.classifier_task import train_classifier  # noqa: PLC0415  (imports JAX models)
+    from ferjax.tasks.train_classifier import train_classifier  # noqa: PLC0415  (imports JAX models)
 
     held = fold_of == f
     done = fold_dir / OOF_FILE

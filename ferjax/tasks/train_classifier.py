@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from ferjax import pretrained
-from ferjax.components.datasets import ferplus_distribution
+from ferjax.data.ferplus import ferplus_distribution
 from ferjax.config import invoked_command
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.data.pipeline import TrainBatches
@@ -21,7 +21,8 @@ from ferjax.registry import CLASSIFIERS, DATASETS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.classifier_steps import create_state, make_steps
 from ferjax.train.distill import ensemble_weights, teacher_names, teacher_probabilities
-from ferjax.train.loop import fit, flat_config, restore_best
+from ferjax.config import flat_config
+from ferjax.train.loop import fit, restore_best
 from ferjax.train.schedules import make_optimizer, make_schedule
 
 

@@ -21,31 +21,13 @@ from ferjax import config as cfg_lib
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.eval.metrics import classification_report, confusion_matrix
 from ferjax.eval.plots import plot_confusions
-from ferjax.train.loop import changed_fields, flat_config, recipe_defaults
+from ferjax.config import changed_fields, flat_config, recipe_defaults
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 # the label set of the test rows without an exact or near duplicate in Training
 NO_TWIN = "original_without_training_twins"
 DATA_KEYS = ("fer2013_path", "tfds_data_dir", "skip_bad_rows", "limit_per_split")
 """Data config keys a study passes on to every run (where the files are), never `derived_dir`."""
-
-
-def study_config(name: str, variant: str | None, reproduce_command: str) -> ml_collections.ConfigDict:
-    """The fields every study experiment has (recipe, seeds, bootstrap, data files); variant
-    `tiny` trains `fer2013_vgg:tiny` with 2 seeds (tests)."""
-    if variant not in (None, "tiny"):
-        raise ValueError(f"unknown variant {variant!r} of {name}; expected tiny or none")
-    c = ml_collections.ConfigDict()
-    c.name = name + (f":{variant}" if variant else "")
-    c.task = name
-    c.recipe = "fer2013_vgg:tiny" if variant else "fer2013_vgg:quick"  # any classifier experiment
-    c.recipe_overrides = ()  # extra overrides for every run, e.g. ("train.epochs=3",)
-    c.seeds = 2 if variant else 3  # seeds 0 .. seeds-1 of every arm
-    c.bootstrap = 200 if variant else 2000  # resamples of the test images
-    c.data = ml_collections.ConfigDict({"fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False,
-                                        "limit_per_split": 0})
-    c.reproduce_command = reproduce_command
-    return c
 
 
 def data_overrides(data: ml_collections.ConfigDict) -> list[str]:
@@ -82,7 +64,7 @@ def run_arms(recipe: str, arms: Mapping[str, Sequence[str]], seeds: Sequence[int
     (e.g. the shared `as_is` baseline). `post_hoc` maps an arm whose overrides only act after
     training (`train.logit_adjustment`) to the arm it shares its training with (listed before it):
     that arm's finished checkpoints are copied in and only the evaluation runs again."""
-    from ferjax.train.classifier_task import train_classifier  # noqa: PLC0415
+    from ferjax.tasks.train_classifier import train_classifier  # noqa: PLC0415
 
     workdir, reuse, post_hoc = Path(workdir), reuse or {}, post_hoc or {}
     # Seed-major: an interrupted study already holds every arm at its first seeds.
@@ -199,7 +181,7 @@ def score_test_labels(runs: Mapping[str, Sequence[Path]], splits: Mapping[str, M
     with them on the rows whose image has no exact or near duplicate in Training (a model trained on
     such a twin has seen the test face; ferjax.curation.signals.training_twins); and, where
     fer2013new.csv gives them, with the FER+ majority labels (only the rows that have one)."""
-    from ferjax.components.datasets import ferplus_majority  # noqa: PLC0415
+    from ferjax.data.ferplus import ferplus_majority  # noqa: PLC0415
     from ferjax.curation.signals import training_twins  # noqa: PLC0415
 
     test = splits["test"]

@@ -9,15 +9,13 @@ Reading it as a FER2013 source (`--config.data.fer2013_path=FILE.npz.xz`) gives 
 so the same split arrays, as the CSV it was exported from.
 
     python -m ferjax.data.compact export --out fer2013.npz.xz [--fer2013_path PATH] [--skip_bad_rows]
-    python -m ferjax.data.compact info FILE.npz.xz
+    python -m ferjax.data.compact info FILE.npz.xz        (the command: ferjax.data.compact.cli)
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import lzma
-import sys
 import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -25,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ferjax.atomic import atomic_write_bytes
-from ferjax.data import fer2013 as fer
+from ferjax.data import records as fer
 
 SUFFIX = fer.COMPACT_SUFFIX
 FORMAT, VERSION = "ferjax-fer2013-compact", 1
@@ -140,41 +138,3 @@ def summary(path: str | Path) -> dict:
     return {"file": str(path), "bytes": Path(path).stat().st_size, "rows": len(a["image"]),
             **{s: int((a["split"] == i).sum()) for i, s in enumerate(fer.SPLITS)},
             "ferplus_votes": "ferplus_votes" in a}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ferjax.data.compact", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("export", help="write a FER2013 source (CSV, .csv.gz, image folder) as FILE.npz.xz")
-    ex.add_argument("--out", required=True, help=f"output file (name ending {SUFFIX})")
-    ex.add_argument("--fer2013_path", default=None,
-                    help="FER2013 source (default: $FER2013_PATH, else TFDS's manual folder); FER+ "
-                         "votes come from fer2013new.csv beside a CSV")
-    ex.add_argument("--skip_bad_rows", action="store_true", help="skip malformed rows (counted) instead of stopping")
-    info = sub.add_parser("info", help="check a compact file and print its rows per split")
-    info.add_argument("file")
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "info":
-            print(json.dumps(summary(args.file)))
-            return 0
-        if not is_compact(args.out):
-            p.error(f"--out {args.out}: the name must end with {SUFFIX}")
-        from ferjax.data.loading import resolve_source  # noqa: PLC0415  (imports TFDS)
-
-        source = resolve_source(args.fer2013_path)
-        if is_compact(source):
-            p.error(f"{source} is already a compact file")
-        report = fer.ReadReport(str(source))
-        write(args.out, fer.iter_records(source, args.skip_bad_rows, report), source.name)
-        if report.bad_rows:
-            print(report.summary(), file=sys.stderr)
-        print(json.dumps(summary(args.out)))
-        return 0
-    except (FileNotFoundError, fer.FER2013FormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Does a self-supervised "registered FER2013 crop" score find the FER+ not-a-face images the
 non-face curation signals miss? (An analysis for the curation issue; not a registered signal.)
 
-    python tools/registration_probe.py --fer2013=../shared/data/fer2013 --cache=runs/curate_signals/cache
+    python -m ferjax.probes.registration_probe --fer2013=../shared/data/fer2013 --cache=runs/curate_signals/cache
 
 A small CNN learns, from Training images alone, to tell a lightly jittered image (rotation within
 6 degrees, scale within 6%, shift within 2 px) from the same image mis-registered (turned 30-90
@@ -112,7 +112,7 @@ def main() -> None:
     from ferjax.config import load_experiment  # noqa: PLC0415
     from ferjax.curation.scoring import not_a_face, precision_recall  # noqa: PLC0415
     from ferjax.curation.signals import curation_view  # noqa: PLC0415
-    from ferjax.curation.task import run_signals  # noqa: PLC0415
+    from ferjax.tasks.curate import run_signals  # noqa: PLC0415
     from ferjax.data.loading import load_splits  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

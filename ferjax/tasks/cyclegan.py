@@ -25,7 +25,8 @@ from ferjax.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
 from ferjax.train import sharding
 from ferjax.train.cyclegan_steps import create_state, make_step, to_unit, unit_ssim
 from ferjax.train.generator_export import FORWARD, REVERSE, export_run_generators, to_uint8
-from ferjax.train.loop import fit, flat_config
+from ferjax.config import flat_config
+from ferjax.train.loop import fit
 from ferjax.train.schedules import make_optimizer, make_schedule
 
 
@@ -243,7 +244,7 @@ def generator_quality(config, g_variables, generator, source: np.ndarray, target
     cycle/identity SSIM from the final evaluation; the class guide's own rate when there is one.
     `source_detail_sigma` > 0 scores the images balance_fer2013 adds with that setting (the
     generated coarse content with the source's fine detail) instead of the raw G(x)."""
-    from ferjax.data.balance_task import keep_source_detail, translate_images
+    from ferjax.tasks.balance import keep_source_detail, translate_images
     from ferjax.eval.gan_quality import feature_fn, fid, kid
 
     q = config.quality

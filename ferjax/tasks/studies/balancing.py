@@ -20,9 +20,10 @@ import numpy as np
 
 from ferjax import config as cfg_lib
 from ferjax.data import derived
-from ferjax.data.balance_task import balance
+from ferjax.tasks.balance import balance
 from ferjax.data.fer2013 import class_index
-from ferjax.eval import shortcut, study
+from ferjax.tasks.studies import shortcut
+from ferjax.tasks.studies import study
 from ferjax.train.generator_export import REVERSE
 
 ARMS = ("as_is", "cyclegan", "oversample", "class_weighted", "gan_train", "cyclegan_matched", "cyclegan_detail",

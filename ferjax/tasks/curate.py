@@ -18,7 +18,7 @@ import numpy as np
 
 from ferjax.atomic import atomic_write_bytes, refuse_existing
 from ferjax.curation import report, scoring
-from ferjax.curation.kfold import out_of_fold_probabilities
+from ferjax.tasks.kfold import out_of_fold_probabilities
 from ferjax.config import invoked_command
 from ferjax.curation.relabel import check_settings, confident_relabeling, require_cleanlab
 from ferjax.curation.signals import SignalResult, curation_view

@@ -13,7 +13,7 @@ from pathlib import Path
 import ml_collections
 
 from ferjax.data.fer2013 import class_index
-from ferjax.eval import study
+from ferjax.tasks.studies import study
 
 
 def compare_curation(config: ml_collections.ConfigDict, workdir: str) -> dict:

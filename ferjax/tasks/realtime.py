@@ -1,5 +1,5 @@
 """Tasks `realtime` (annotate a webcam, video, stream or image folder) and `realtime_bench`
-(the Table II-style benchmark over real videos)."""
+(the Table II-style benchmark over real videos); registered in `registry/tasks.py`."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,6 @@ import ml_collections
 from ferjax.analyzer import Analyzer
 from ferjax.realtime import bench
 from ferjax.realtime.pipeline import Pipeline
-from ferjax.registry import TASKS
 
 _log = logging.getLogger(__name__)
 
@@ -31,7 +30,6 @@ def _out(workdir: str, name: str) -> str | None:
     return name if os.path.isabs(name) else os.path.join(workdir, name)
 
 
-@TASKS.register("realtime")
 def realtime(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Expression recognition on a webcam, video file, stream or image folder."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -62,7 +60,6 @@ def _add_ratios(rows: list[dict], peers: list[dict]) -> None:
             r["fps_vs_fer"] = round(r["fps"] / peer["fps"], 2)
 
 
-@TASKS.register("realtime_bench")
 def realtime_bench(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Table II-style FPS benchmark: every detector over the configured videos."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
