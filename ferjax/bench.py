@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -322,6 +323,19 @@ def main(argv):
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
             json.dump({"cpu": cpu_model(), "matmul_gflops": peak, "rows": rows, "notes": notes}, f, indent=2)
+
+
+def main_argv(argv: list[str]) -> int:
+    """`ferjax bench ARGV`: the absl command above, returning its exit status."""
+    if {"-h", "--help", "--helpshort"} & set(argv):
+        print(f"usage: ferjax bench [--flag=value ...]\n\n{__doc__.strip()}\n\nflags:\n"
+              f"{flags.FLAGS.module_help(sys.modules[__name__])}")
+        return 0
+    try:
+        app.run(main, argv=["ferjax bench", *argv])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

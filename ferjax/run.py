@@ -1,8 +1,10 @@
 """Command-line entry point.
 
-    python -m ferjax.run --experiment=NAME[:variant] [--config.a.b=value ...] [--workdir=DIR]
-    python -m ferjax.run --list
-    ferjax analyze PATH... [--detector NAME] [--model NAME] [--out DIR]   (see ferjax.cli)
+    ferjax run --experiment=NAME[:variant] [--config.a.b=value ...] [--workdir=DIR]
+    ferjax list                        (or --list)
+    python -m ferjax.run ...           (the same command)
+
+The other subcommands (analyze, serve, bench, ...) are listed by `ferjax --help` (ferjax.command).
 """
 from __future__ import annotations
 
@@ -99,13 +101,32 @@ def main(argv: list[str]) -> int:
     return 1 if isinstance(summary, dict) and summary.get("error") else 0
 
 
-def entry() -> None:
-    if sys.argv[1:2] == ["analyze"]:  # `ferjax analyze PATH...`: the photo/video command
-        from ferjax import cli  # noqa: PLC0415
-
-        sys.exit(cli.main(sys.argv[2:]))
+def main_argv(argv: list[str]) -> int:
+    """`ferjax run ARGV`: the absl command above, returning its exit status."""
+    if {"-h", "--help", "--helpshort"} & set(argv):
+        print(f"usage: ferjax run --experiment=NAME[:variant] [--config.a.b=VALUE ...] [--workdir=DIR]\n\n"
+              f"{__doc__.strip()}\n\nflags:\n{FLAGS.module_help(sys.modules[__name__])}")
+        return 0
     logging.set_verbosity(logging.WARNING)
-    app.run(main, flags_parser=lambda argv: FLAGS(_split_overrides(argv)))
+    try:
+        app.run(main, argv=["ferjax run", *argv], flags_parser=lambda a: FLAGS(_split_overrides(a)))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def list_main(argv: list[str]) -> int:
+    """`ferjax list`: the experiments and registered components, as Markdown tables."""
+    import argparse  # noqa: PLC0415
+
+    argparse.ArgumentParser(prog="ferjax list", description=list_main.__doc__.split(":", 1)[1].strip()).parse_args(argv)
+    print(listing())
+    return 0
+
+
+def entry() -> None:
+    """`python -m ferjax.run ...` (and the `ferjax` command's `run`)."""
+    sys.exit(main_argv(sys.argv[1:]))
 
 
 if __name__ == "__main__":

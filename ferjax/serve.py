@@ -711,7 +711,7 @@ def parser() -> argparse.ArgumentParser:
     from ferjax.analyzer import DEFAULT_DETECTOR  # noqa: PLC0415
     from ferjax.jax_setup import DEFAULT_JAX_CACHE  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(prog="python -m ferjax.serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="ferjax serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s)")
     p.add_argument("--port", type=_port, default=8000, help="port, 0-65535 (0: any free one; default %(default)s)")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, help="a registered detector (default %(default)s)")

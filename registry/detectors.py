@@ -20,12 +20,7 @@ from ferjax.realtime.mtcnn import MTCNNDetector
 from ferjax.registry import DETECTORS, Check, at_least, between, greater, one_of
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
-# The same cascade in the old Haar format, the only Haar format cv2.cuda.CascadeClassifier reads.
-# Not shipped (1.2 MB); Intel License Agreement (BSD-style), like OpenCV's other cascades.
-HAAR_CUDA = models.ModelFile(
-    f"haarcascades_cuda/{HAAR_FILE}",
-    f"https://raw.githubusercontent.com/opencv/opencv/4.x/data/haarcascades_cuda/{HAAR_FILE} "
-    "(old Haar format, for the CUDA cascade only)")
+HAAR_CUDA = models.HAAR_CUDA  # the old-format cascade cv2.cuda.CascadeClassifier reads
 # OpenCV's own install places for cascades: a CMake-built cv2 has no cv2.data.
 OPENCV_SHARE_PREFIXES = tuple(dict.fromkeys((sys.prefix, "/usr/local", "/usr")))
 

@@ -310,18 +310,15 @@ def test_haar_on_an_opencv_without_cascade_classifier_is_skipped_with_the_reason
 
 
 def test_check_script_reports_this_machine_and_fails_require_gpu(tmp_path, capsys):
-    """tools/check_cuda.py on this CPU machine: no device, no DNN CUDA target, every OpenCV
-    detector on the CPU finding the face of the real frame, JAX on the CPU; --require-gpu fails."""
-    import importlib.util
+    """`ferjax doctor` on this CPU machine: no device, no DNN CUDA target, every OpenCV detector on
+    the CPU finding the face of the real frame, JAX on the CPU, the shipped YuNet found with its
+    pinned sha256; --require-gpu fails."""
+    from ferjax import doctor as check
 
     if not FACE_VIDEO.is_file():
         pytest.skip(f"real video {FACE_VIDEO} not present")
     for name in DNN:
         _make(name, use_cuda=False)  # skips, naming the file, when a detector's model is absent
-    script = Path(__file__).resolve().parents[1] / "tools" / "check_cuda.py"
-    spec = importlib.util.spec_from_file_location("check_cuda", script)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
     args = ["--frame", str(FACE_VIDEO), "--models-dir", str(MODELS), "--detectors", ",".join(OPENCV)]
     assert check.main([*args, "--json", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())
@@ -330,5 +327,7 @@ def test_check_script_reports_this_machine_and_fails_require_gpu(tmp_path, capsy
     assert [(d["detector"], d["backend"], d["faces"]) for d in r["detectors"]] == [(n, cuda.CPU, 1) for n in OPENCV]
     assert r["jax"]["backend"] == "cpu" and r["jax"]["conv_ok"] and r["gpu_complete"] is False
     assert r["date"].startswith("20") and r["host"]  # a record: when and where
+    yunet = next(m for m in r["model_files"] if m["name"] == models.YUNET.name)
+    assert yunet["path"] and yunet["sha256"] == models.YUNET.sha256 == yunet["pinned_sha256"]
     assert "everything on the GPU: False" in capsys.readouterr().out
     assert check.main([*args, "--require-gpu"]) == 1

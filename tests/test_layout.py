@@ -23,8 +23,9 @@ LAYERS = [
     ("analyzer", ["ferjax.analyzer"]),
     ("tasks", ["ferjax.tasks"]),
     ("front-ends", ["ferjax.serve_batch", "ferjax.serve", "ferjax.cli", "ferjax.bench", "ferjax.bench_torch",
-                    "ferjax.serve_bench", "ferjax.serve_attack", "ferjax.probes", "ferjax.run", "ferjax.web",
-                    "ferjax.assets"]),
+                    "ferjax.serve_bench", "ferjax.serve_attack", "ferjax.probes", "ferjax.run", "ferjax.doctor",
+                    "ferjax.web", "ferjax.assets"]),
+    ("the command", ["ferjax.command", "ferjax.__main__"]),
 ]
 # The only modules that may name ferjax.components / ferjax.experiments: the two loaders.
 LOADERS = {"ferjax/registry.py": "ferjax.components", "ferjax/config.py": "ferjax.experiments"}

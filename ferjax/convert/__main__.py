@@ -11,7 +11,7 @@ from ferjax.convert.safe_pickle import UnsafePickleError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ferjax.convert", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ferjax convert", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert published weights to a ferjax msgpack + JSON model card.",
         epilog="formats:\n" + "\n".join(f"  {k:18s} {v.help}" for k, v in FORMATS.items()))
     parser.add_argument("format", choices=sorted(FORMATS), metavar="FORMAT", help="input format (see below)")

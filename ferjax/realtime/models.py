@@ -50,6 +50,15 @@ YUNET = ModelFile(
     "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
     aliases=("face_detection_yunet_2023mar.onnx",))
 
+# OpenCV's frontal-face cascade in the old Haar format, the only Haar format cv2.cuda.CascadeClassifier
+# reads. Not shipped (1.2 MB); Intel License Agreement (BSD-style), like OpenCV's other cascades.
+HAAR_CUDA = ModelFile(
+    "haarcascades_cuda/haarcascade_frontalface_default.xml",
+    "https://raw.githubusercontent.com/opencv/opencv/4.x/data/haarcascades_cuda/haarcascade_frontalface_default.xml "
+    "(old Haar format, for the CUDA cascade only)")
+KNOWN_FILES = (YUNET, SSD_TF_PB, SSD_TF_PBTXT, SSD_CAFFE_MODEL, SSD_CAFFE_PROTO, HAAR_CUDA)
+"""Every third-party model file ferjax looks for (what `ferjax doctor` reports)."""
+
 
 def search_dirs(models_dir: str | os.PathLike | None = None) -> list[Path]:
     """Directories searched for model files, most specific first."""

@@ -1,4 +1,4 @@
-"""`python -m ferjax.data.compact export|info`: write a FER2013 source as one compact file, or check one."""
+"""`ferjax compact export|info` (also `python -m ferjax.data.compact`): write a FER2013 source as one compact file, or check one."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +10,14 @@ from ferjax.data.compact import SUFFIX, is_compact, summary, write
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ferjax.data.compact", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ferjax compact", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="write a FER2013 source (CSV, .csv.gz, image folder) as FILE.npz.xz")
     ex.add_argument("--out", required=True, help=f"output file (name ending {SUFFIX})")
-    ex.add_argument("--fer2013_path", default=None,
+    ex.add_argument("--fer2013-path", "--fer2013_path", dest="fer2013_path", default=None,
                     help="FER2013 source (default: $FER2013_PATH, else TFDS's manual folder); FER+ "
                          "votes come from fer2013new.csv beside a CSV")
-    ex.add_argument("--skip_bad_rows", action="store_true", help="skip malformed rows (counted) instead of stopping")
+    ex.add_argument("--skip-bad-rows", "--skip_bad_rows", dest="skip_bad_rows", action="store_true", help="skip malformed rows (counted) instead of stopping")
     info = sub.add_parser("info", help="check a compact file and print its rows per split")
     info.add_argument("file")
     args = p.parse_args(argv)

@@ -1,8 +1,9 @@
-"""Checks the GPU paths of one process the way the real-time pipeline uses them.
+"""`ferjax doctor`: what this machine gives ferjax, checked the way the real-time pipeline uses it.
 
-    python tools/check_cuda.py [--frame VIDEO_OR_IMAGE] [--models-dir DIR] [--json OUT.json] [--require-gpu]
+    ferjax doctor [--frame VIDEO_OR_IMAGE] [--models-dir DIR] [--json OUT.json] [--require-gpu]
 
-Prints OpenCV's build information (CUDA, cuDNN, CUDA modules), the CUDA device count, the DNN CUDA
+Prints the third-party model files found (where, and whether their sha256 is the pinned one),
+OpenCV's build information (CUDA, cuDNN, CUDA modules), the CUDA device count, the DNN CUDA
 targets, the Haar CUDA cascade's file, a one-frame run of each detector (the backend it chose, the
 backend it ended on, and why), and JAX's devices with a small convolution run on them, all in one
 process, importing OpenCV before JAX as ferjax does (that order is where a cuDNN clash shows).
@@ -29,13 +30,17 @@ ENV_AT_START = {k: os.environ.get(k) for k in ENV_KEYS}  # before cv2's import, 
 
 import cv2  # noqa: E402 -- before JAX, as in ferjax's real-time process
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FRAME = REPO.parent / "shared" / "media" / "one_face_pexels_640x360.mp4"
+BUILD_NOTE = "see BUILD.md in the ferjax repository for building OpenCV with CUDA"
 BUILD_KEYS = ("NVIDIA CUDA", "NVIDIA GPU arch", "NVIDIA PTX archs", "cuDNN", "To be built", "Video I/O", "FFMPEG")
 
 
-def read_frame(path: Path) -> Any:
-    """The first frame of a video, or an image."""
+def read_frame(path: Path | None) -> Any:
+    """The first frame of a video, or an image; without one, a grey frame (the detectors run on it
+    and find no face)."""
+    if path is None:
+        import numpy as np  # noqa: PLC0415
+
+        return np.full((360, 640, 3), 128, np.uint8)
     img = cv2.imread(str(path)) if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp") else None
     if img is None:
         ok, img = cv2.VideoCapture(str(path)).read()
@@ -75,13 +80,31 @@ def opencv_report() -> dict[str, Any]:
 
 
 def haar_cuda_report(models_dir: str | None) -> dict[str, Any]:
-    from ferjax.components import detectors
     from ferjax.realtime import cuda, models
 
-    path = models.find(detectors.HAAR_CUDA, models_dir)
+    path = models.find(models.HAAR_CUDA, models_dir)
     return {"file": str(path) if path else None,
             "problem": cuda.cascade_problem(path) if path else f"not found in "
-            f"{', '.join(map(str, models.search_dirs(models_dir)))}; download {detectors.HAAR_CUDA.url}"}
+            f"{', '.join(map(str, models.search_dirs(models_dir)))}; download {models.HAAR_CUDA.url}"}
+
+
+def model_files_report(models_dir: str | None) -> list[dict[str, Any]]:
+    """Each third-party model file: where it was found (or not) and its sha256 against the pinned one."""
+    from ferjax.atomic import file_sha256
+    from ferjax.realtime import models
+
+    out = []
+    for f in models.KNOWN_FILES:
+        row: dict[str, Any] = {"name": f.name, "pinned_sha256": f.sha256}
+        try:
+            path = models.find(f, models_dir)
+        except OSError as e:  # a file with the pinned name but another sha256 (ModelFileError)
+            row.update(path=None, problem=str(e))
+        else:
+            row.update(path=str(path) if path else None, sha256=file_sha256(path) if path else None,
+                       problem=None if path else f"not found; download {f.url}")
+        out.append(row)
+    return out
 
 
 def detector_report(name: str, frame: Any, models_dir: str | None) -> dict[str, Any]:
@@ -136,13 +159,13 @@ def nvidia_smi() -> list[str] | str:
     return out.stdout.strip().splitlines() or out.stderr.strip()
 
 
-def run(frame_path: Path, models_dir: str | None, detectors: Sequence[str]) -> dict[str, Any]:
+def run(frame_path: Path | None, models_dir: str | None, detectors: Sequence[str]) -> dict[str, Any]:
     """The whole report as a dict."""
     frame = read_frame(frame_path)
     report: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                               "command": " ".join(sys.argv), "host": platform.node(),
                               "frame": str(frame_path), "nvidia_smi": nvidia_smi(),
-                              "env": ENV_AT_START,
+                              "env": ENV_AT_START, "model_files": model_files_report(models_dir),
                               "opencv": opencv_report(), "haar_cuda_cascade": haar_cuda_report(models_dir)}
     report["detectors"] = [detector_report(n, frame, models_dir) for n in detectors]
     report["jax"] = jax_report()
@@ -161,6 +184,10 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"{r['date']} on {r['host']}: {r['command']}")
     print(f"nvidia-smi: {r['nvidia_smi']}")
     print(f"environment: { {k: v for k, v in r['env'].items() if v is not None} }")
+    for m in r["model_files"]:
+        state = m["problem"] or ("sha256 as pinned" if m["pinned_sha256"] and m["sha256"] == m["pinned_sha256"]
+                                 else f"sha256 {m['sha256']}")
+        print(f"model file {m['name']}: {m['path'] or '-'} ({state})")
     print(f"OpenCV {cv['version']} ({cv['file']}); cv2.data: {cv['has_cv2_data']}")
     for line in cv["build"]:
         print(f"  {line}")
@@ -183,8 +210,9 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--frame", type=Path, default=DEFAULT_FRAME, help="a video (first frame) or an image")
+    p = argparse.ArgumentParser(prog="ferjax doctor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--frame", type=Path, default=None,
+                   help="a video (first frame) or an image to run the detectors on (default: a grey frame)")
     p.add_argument("--models-dir", default=None, help="detector files (else $FERJAX_MODELS_DIR, ~/.cache)")
     p.add_argument("--detectors", default="haar,ssd_resnet10,yunet,mtcnn")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")

@@ -1,0 +1,4 @@
+"""`python -m ferjax ...`: the `ferjax` command."""
+from ferjax.command import main
+
+main()
