@@ -17,6 +17,8 @@ checkerboard are a signature a classifier can learn instead of the expression).
 """
 import ml_collections
 
+from ferjax.experiments.common import data_block
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     if variant:
@@ -26,9 +28,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.task = "balance"
     c.dataset = "fer2013"  # the base: any registered dataset (`derived` for a curated set)
     c.protocol = "original"
-    c.data = ml_collections.ConfigDict({
-        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0,
-        "derived_dir": ""})
+    c.data = data_block()
     # "generator": translate source_class images with generator_checkpoint; "oversample": add copies
     # of the real target_class images (random oversampling, the baseline CycleGAN balancing must beat)
     c.method = "generator"

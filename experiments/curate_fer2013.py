@@ -14,6 +14,8 @@ Rerunning in the same workdir reuses the finished folds and the detector pass (s
 """
 import ml_collections
 
+from ferjax.experiments.common import data_block
+
 VARIANTS = ("cpu", "gpu", "tiny")
 
 
@@ -26,9 +28,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.task = "curate"
     c.dataset = "fer2013"  # the base: any registered dataset with a Training split
     c.protocol = "original"
-    c.data = ml_collections.ConfigDict({
-        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0,
-        "derived_dir": ""})
+    c.data = data_block()
     c.curation_signals = "blank,text_graphics,no_face,non_frontal,duplicates"
     # Thresholds chosen on Training against FER+ (README "Curation" gives the figures and how)
     c.curation_signal_args = ml_collections.ConfigDict({

@@ -9,6 +9,8 @@ bare name picks `paper` when JAX has a GPU/TPU and `cpu` otherwise. Another clas
 """
 import ml_collections
 
+from ferjax.experiments.common import data_block, train_block
+
 VARIANTS = {"paper": "the paper's full recipe (accelerator)", "cpu": "2-core CPU, under an hour",
             "tiny": "smoke test on a few images"}
 
@@ -32,8 +34,7 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
     c.source_class = source
     c.target_class = target
     c.dataset = "fer2013"
-    c.data = ml_collections.ConfigDict({
-        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
+    c.data = data_block(derived_dir=False)
     c.generator = "resnet"
     # upsample "transpose" and residual False: the paper's generator (see registry/generators.py)
     c.generator_kwargs = ml_collections.ConfigDict({"base": 32, "blocks": 6, "dropout": 0.5, "norm": "batch",
@@ -63,26 +64,14 @@ def cyclegan_config(source: str, target: str, variant: str | None, name: str) ->
     c.quality = ml_collections.ConfigDict({"model": "fer2013_vgg_small", "feature_layer": "Dense_0",
                                            "num_images": 1000, "seed": 0,
                                            "kid_subset_size": 100, "kid_subsets": 100})
-    t = c.train = ml_collections.ConfigDict()
-    t.seed = 0
-    t.batch_size = 1
-    t.epochs = 200
-    t.optimizer = "adam"
-    t.learning_rate = 2e-4
-    t.b1 = 0.5
-    t.b2 = 0.999
-    t.grad_clip = 0.0
-    t.schedule = "linear_decay"  # constant until decay_start_epoch, then linearly to 0
-    t.decay_start_epoch = 100
-    t.warmup_epochs = 0.0
-    t.plateau = ml_collections.ConfigDict({"factor": 1.0, "patience": 1_000_000, "min_scale": 1.0})
-    t.early_stop_patience = 0
-    t.select_metric = "cycle_ssim"  # on fixed Training images; the exported generator is the last
-    t.select_mode = "max"
-    t.log_every_steps = 200
-    t.checkpoint_every_steps = 1000
-    t.max_steps = 0
-    t.num_devices = 0
+    t = c.train = train_block(  # the paper's: Adam 2e-4 (beta1 0.5), batch 1, 100 constant + 100 decaying epochs
+        batch_size=1, epochs=200, optimizer="adam", learning_rate=2e-4, b1=0.5,
+        schedule="linear_decay",  # constant until decay_start_epoch, then linearly to 0
+        decay_start_epoch=100, warmup_epochs=0.0,
+        plateau=ml_collections.ConfigDict({"factor": 1.0, "patience": 1_000_000, "min_scale": 1.0}),
+        early_stop_patience=0,
+        select_metric="cycle_ssim",  # on fixed Training images; the exported generator is the last
+        log_every_steps=200, checkpoint_every_steps=1000)
     if variant == "cpu":
         # ~1/6 of the paper generator's FLOPs (base 16, 4 blocks: ~0.13 GFLOP per pass); batch 8
         # split over the cores (batch norm still sees 4 images per device; 8 ran faster per image

@@ -8,6 +8,8 @@ those that have one), the leak-free view of FER2013's test splits.
 """
 import ml_collections
 
+from ferjax.experiments.common import data_block
+
 VARIANTS = ("original", "ferplus")  # the protocol
 
 
@@ -27,6 +29,5 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.training_twins = "keep"
     c.export_to = ""  # with logit_adjustment=select: write the adjusted model (offset in its output bias)
     c.export_name = ""
-    c.data = ml_collections.ConfigDict({
-        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0})
+    c.data = data_block(derived_dir=False)
     return c

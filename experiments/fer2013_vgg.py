@@ -8,6 +8,8 @@ steps on a few hundred images, for smoke tests).
 """
 import ml_collections
 
+from ferjax.experiments.common import classifier_train_block, data_block
+
 VARIANTS = ("cpu", "quick", "gpu", "paper", "tiny")
 
 
@@ -22,48 +24,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.protocol = "original"
     c.loss = "cross_entropy"
     c.loss_kwargs = ml_collections.ConfigDict({"num_classes": 7, "label_smoothing": 0.1})
-    c.data = ml_collections.ConfigDict({
-        "fer2013_path": "", "tfds_data_dir": "", "skip_bad_rows": False, "limit_per_split": 0,
-        "derived_dir": ""})  # with --config.dataset=derived: a derived dataset folder (balanced, curated)
+    c.data = data_block()  # with --config.dataset=derived: data.derived_dir, a derived dataset folder
     c.augment = ml_collections.ConfigDict({"crop_pad": 4, "flip": True, "rotate_deg": 10.0,
                                            "jitter": 0.1})
-    t = c.train = ml_collections.ConfigDict()
-    t.seed = 0
-    t.batch_size = 128
-    t.eval_batch_size = 256
-    t.epochs = 24
-    t.optimizer = "adamw"
-    t.learning_rate = 2e-3
-    t.b1 = 0.9
-    t.b2 = 0.999
-    t.weight_decay = 5e-4
-    t.grad_clip = 0.0
-    t.momentum = 0.9
-    t.schedule = "cosine"
-    t.warmup_epochs = 1.0
-    t.decay_start_epoch = 0
-    t.final_lr_ratio = 0.01
-    t.plateau = ml_collections.ConfigDict({"factor": 0.5, "patience": 100, "min_scale": 1e-3})
-    t.early_stop_patience = 10
-    t.select_metric = "accuracy"
-    t.select_mode = "max"
-    t.log_every_steps = 20
-    t.checkpoint_every_steps = 100
-    t.max_steps = 0
-    t.num_devices = 0
-    t.sync_batch_norm = False  # per-device batch statistics (DDP semantics); True: global batch
-    t.compute_dtype = "float32"  # or "bfloat16" (mixed precision; parameters stay float32)
-    t.init_from = ""  # a registered pretrained model (same classifier) whose weights start the run
-    t.class_weighting = "none"  # or "balanced": loss weights n / (7 n_class) from the Training labels
-    # "select": after training, subtract tau * log(Training class frequency) from the logits, tau chosen
-    # on PublicTest (ferjax.eval.logit_adjustment); folded into the exported output bias
-    t.logit_adjustment = "none"
-    t.ema_decay = 0.0  # > 0: evaluate, select and export a moving average of the weights (e.g. 0.999)
-    # > 0: adversarial training on L2 PGD examples within this radius (pixels in [0, 1]), each of
-    # adversarial_steps steps costing about one more train step: a robust classifier (class guides)
-    t.adversarial_eps = 0.0
-    t.adversarial_steps = 1
-    t.adversarial_warmup_epochs = 0.0  # the radius grows from 0 over these epochs
+    t = c.train = classifier_train_block()
     c.export_to = ""
     c.export_name = ""
     c.export_note = ""

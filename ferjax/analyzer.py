@@ -126,16 +126,14 @@ class Analyzer:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], detector: str | None = None) -> "Analyzer":
-        """An Analyzer from an experiment config (the `realtime` experiment's fields)."""
+        """An Analyzer from an experiment config (the `realtime` experiment's fields, all declared there)."""
         name = detector or config["detector"]
-        return cls(name, config.get("pretrained") or None,
-                   detector_args=(config.get("detector_args") or {}).get(name) or {}, settings=config,
-                   classifier=config.get("classifier") or None,
-                   allow_random=bool(config.get("allow_random_classifier", False)),
-                   buckets=tuple(config.get("buckets", DEFAULT_BUCKETS)), align=config.get("align", True),
-                   margin=config.get("margin", 0.0), max_faces=config.get("max_faces", 64),
-                   smoothing=config.get("smoothing", False), smoothing_iou=config.get("smoothing_iou", 0.3),
-                   smoothing_alpha=config.get("smoothing_alpha", 0.4))
+        return cls(name, config["pretrained"] or None, detector_args=config["detector_args"].get(name) or {},
+                   settings=config, classifier=config["classifier"] or None,
+                   allow_random=bool(config["allow_random_classifier"]), buckets=tuple(config["buckets"]),
+                   align=config["align"], margin=config["margin"], max_faces=config["max_faces"],
+                   smoothing=config["smoothing"], smoothing_iou=config["smoothing_iou"],
+                   smoothing_alpha=config["smoothing_alpha"])
 
     def replica(self) -> "Analyzer":
         """An Analyzer sharing this one's compiled classifier and settings, with a detector of its

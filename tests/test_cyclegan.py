@@ -16,6 +16,13 @@ from ferjax.train.generator_export import load_generator
 TINY = ("--experiment=cyclegan_neutral2disgust:tiny",)
 
 
+def _gan_block() -> dict:
+    """The `gan` block of the CycleGAN experiment (every field a step reads, at its default)."""
+    from ferjax.config import load_experiment
+
+    return load_experiment("cyclegan_neutral2disgust:tiny").gan.to_dict()
+
+
 def _args(csv_dir, workdir, *extra):
     return (*TINY, f"--config.data.fer2013_path={csv_dir}", f"--workdir={workdir}", *extra)
 
@@ -308,7 +315,7 @@ def test_guide_pulls_only_on_images_whose_cycle_ssim_clears_the_gate():
     guide = lambda x: jnp.stack([x.mean(axis=(1, 2, 3))] * 7, axis=-1) * jnp.arange(7.0)  # differentiable
 
     def first_step(**gan):
-        cfg = {"lambda_cycle": 5.0, "lambda_identity": 0.5, "flip_labels": True, "pool_size": 2,
+        cfg = {**_gan_block(), "lambda_cycle": 5.0, "lambda_identity": 0.5, "flip_labels": True, "pool_size": 2,
                "lambda_class": 1.0, **gan}
         step = make_step(gen, disc, tx, tx, cycle, cycle, LOSSES.create("lsgan"),
                          ml_collections.ConfigDict(cfg), 0, sharding.data_mesh(1),
@@ -359,8 +366,8 @@ def test_projected_discriminator_trains_heads_on_the_frozen_classifier_features(
     gen = GENERATORS.create("resnet", base=4, blocks=1)
     tx = optax.adam(1e-3)
     cycle = LOSSES.create("cycle_l1_l2_ssim")
-    cfg = ml_collections.ConfigDict({"lambda_cycle": 5.0, "lambda_identity": 0.5, "flip_labels": True,
-                                     "pool_size": 2})
+    cfg = ml_collections.ConfigDict({**_gan_block(), "lambda_cycle": 5.0, "lambda_identity": 0.5,
+                                     "flip_labels": True, "pool_size": 2})
     step = make_step(gen, disc, tx, tx, cycle, cycle, LOSSES.create("lsgan"), cfg, 0, sharding.data_mesh(1))
     state = create_state(gen, disc, tx, tx, 0, 2)
     before = jax.device_get(state.variables["d_b"]["params"])

@@ -59,7 +59,7 @@ def test_max_pool2x2():
 
 def test_schedules():
     c = ml_collections.ConfigDict({"learning_rate": 1.0, "epochs": 10, "schedule": "linear_decay",
-                                   "decay_start_epoch": 5, "warmup_epochs": 0})
+                                   "decay_start_epoch": 5, "warmup_epochs": 0, "final_lr_ratio": 0.0})
     s = make_schedule(c, steps_per_epoch=10)
     assert float(s(0)) == 1.0 and float(s(49)) == 1.0
     assert abs(float(s(75)) - 0.5) < 1e-6 and float(s(100)) == 0.0

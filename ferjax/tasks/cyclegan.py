@@ -208,7 +208,7 @@ def class_guide(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.
     judge nor distilled from it. Several names (comma-separated) guide as an ensemble
     (`ensemble_log_probs`): a pull that moves several networks at once is more likely to move an
     unseen one (the judge) too."""
-    weight, names = config.gan.get("lambda_class", 0.0), guide_names(config.gan.get("class_guide", ""))
+    weight, names = config.gan.lambda_class, guide_names(config.gan.class_guide)
     if weight <= 0:
         return None
     if not names:

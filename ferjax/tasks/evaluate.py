@@ -25,12 +25,12 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     split = config.split
     if split not in data:
         raise ValueError(f"split {split!r} not in dataset; available: {sorted(data)}")
-    adjust = config.get("logit_adjustment", "none")  # values checked by config.FIELD_RULES
+    adjust = config.logit_adjustment  # values checked by config.FIELD_RULES
     if adjust == "select" and split == "validation":
         raise ValueError("--config.logit_adjustment=select chooses tau on the validation split; "
                          "evaluate another split (--config.split=test)")
-    twins = config.get("training_twins", "keep")  # values checked by config.FIELD_RULES
-    export_to = config.get("export_to", "")
+    twins = config.training_twins  # values checked by config.FIELD_RULES
+    export_to = config.export_to
     if export_to and (adjust != "select" or config.tta != "none" or split != "test" or not config.export_name
                       or twins != "keep"):
         raise ValueError("--config.export_to writes the logit-adjusted model: it needs "

@@ -77,7 +77,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
         data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
     model = CLASSIFIERS.create_accepting(config.classifier, classifier_kwargs(config))
     loss_kwargs = dict(config.loss_kwargs)
-    if config.train.get("class_weighting") == "balanced":  # values checked by config.FIELD_RULES
+    if config.train.class_weighting == "balanced":  # values checked by config.FIELD_RULES
         loss_kwargs["class_weights"] = balanced_class_weights(data["train"]["label"], len(EMOTIONS))
     teachers = teacher_names(config.distill) if "distill" in config else []
     vote_weight = config.vote_targets.weight if "vote_targets" in config else 0.0
@@ -107,10 +107,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
         train_arrays["teacher_probs"] = ferplus_distribution(data["train"]["ferplus_votes"])
     batches = TrainBatches(train_arrays, tcfg.batch_size, tcfg.seed)  # global batches
     tx = make_optimizer(tcfg, make_schedule(tcfg, batches.steps_per_epoch))
-    init_from = tcfg.get("init_from", "")
-    ema_decay = tcfg.get("ema_decay", 0.0)
-    adversarial = {k: tcfg.get(k, default) for k, default in (
-        ("adversarial_eps", 0.0), ("adversarial_steps", 1), ("adversarial_warmup_epochs", 0.0))}
+    init_from, ema_decay = tcfg.init_from, tcfg.ema_decay
+    adversarial = {k: tcfg[k] for k in ("adversarial_eps", "adversarial_steps", "adversarial_warmup_epochs")}
     state = create_state(model, tx, tcfg.seed, variables=initial_variables(model, init_from) if init_from else None,
                          ema=ema_decay > 0)
     train_step, eval_step = make_steps(model, tx, loss_fn, config.augment, tcfg.seed, mesh,
@@ -138,7 +136,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str, data: dict
     train_seconds = time.perf_counter() - t0
     best = jax.device_put(restore_best(state, workdir, tcfg.select_metric), sharding.replicated(mesh))
     adjustment = None  # post-hoc logit adjustment, its tau chosen on the selection split
-    if tcfg.get("logit_adjustment", "none") == "select":
+    if tcfg.logit_adjustment == "select":
         adjustment = logit_adjustment.select_on_validation(logits_fn(best), data, eval_bs, EMOTIONS)
     shift = adjustment["offset"] if adjustment else None
     title = f"{config.classifier}"

@@ -152,18 +152,18 @@ def make_step(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gradie
     guide otherwise collapsed every G(a) into one pattern with cycle SSIM 0.1).
     """
     base_key = jax.random.key(seed)
-    policy = parse_augment_policy(cfg.get("diff_augment", ""))
+    policy = parse_augment_policy(cfg.diff_augment)
     augment_key = jax.random.fold_in(base_key, 0xD1FF)
     guide_key = jax.random.fold_in(base_key, 0x6D1DE)
-    lambda_class = float(cfg.get("lambda_class", 0.0))
+    lambda_class = float(cfg.lambda_class)
     if lambda_class > 0 and (class_guide is None or target_class < 0):
         raise ValueError("gan.lambda_class > 0 needs a class guide and the target class index")
-    margin = float(cfg.get("class_guide_margin", 0.0))
+    margin = float(cfg.class_guide_margin)
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"gan.class_guide_margin={margin}: expected a probability in [0, 1)")
     ce_floor = -float(jnp.log(margin)) if margin > 0 else 0.0
-    warmup_steps = float(cfg.get("class_guide_warmup_epochs", 0.0)) * steps_per_epoch
-    min_cycle_ssim = float(cfg.get("class_guide_min_cycle_ssim", 0.0))
+    warmup_steps = float(cfg.class_guide_warmup_epochs) * steps_per_epoch
+    min_cycle_ssim = float(cfg.class_guide_min_cycle_ssim)
     if not 0.0 <= min_cycle_ssim < 1.0:
         raise ValueError(f"gan.class_guide_min_cycle_ssim={min_cycle_ssim}: expected an SSIM in [0, 1)")
 

@@ -8,15 +8,16 @@ import optax
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """`constant`, `cosine` (with warmup), or `linear_decay` (constant, then linear to 0: CycleGAN)."""
+    """`constant`, `cosine` (with warmup), or `linear_decay` (constant, then linear to 0: CycleGAN).
+    `cfg`: a train block (experiments/common.py `train_block`), every field declared."""
     lr = cfg.learning_rate
     total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
-    kind = cfg.get("schedule", "constant")
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    kind = cfg.schedule
     if kind == "constant":
         main = optax.constant_schedule(lr)
     elif kind == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(1, total - warmup), alpha=cfg.get("final_lr_ratio", 0.0))
+        main = optax.cosine_decay_schedule(lr, max(1, total - warmup), alpha=cfg.final_lr_ratio)
     elif kind == "linear_decay":
         start = int(cfg.decay_start_epoch * steps_per_epoch)
         main = optax.join_schedules(
@@ -31,17 +32,16 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax
 
 def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
     """adam / adamw / sgd (momentum) with optional global-norm clipping."""
-    name = cfg.get("optimizer", "adam")
+    name = cfg.optimizer
     if name == "adam":
-        opt = optax.adam(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))
+        opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
     elif name == "adamw":
-        opt = optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
-                          weight_decay=cfg.get("weight_decay", 1e-4))
+        opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
     elif name == "sgd":
-        opt = optax.sgd(schedule, momentum=cfg.get("momentum", 0.9), nesterov=True)
+        opt = optax.sgd(schedule, momentum=cfg.momentum, nesterov=True)
     else:
         raise ValueError(f"unknown optimizer {name!r}; expected adam, adamw or sgd")
-    if cfg.get("grad_clip", 0.0):
+    if cfg.grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
     return opt
 
