@@ -5,7 +5,7 @@
     analyzer = ferjax.Analyzer(detector="yunet", model=None)   # models kept loaded
 """
 __version__ = "0.1.0"
-_LAZY = {"analyze": "ferjax.analyzer", "Analyzer": "ferjax.analyzer", "Face": "ferjax.realtime.pipeline",
+_LAZY = {"analyze": "ferjax.analyzer", "Analyzer": "ferjax.analyzer", "Face": "ferjax.realtime.faces",
          "ImageError": "ferjax.images"}
 __all__ = ["__version__", *_LAZY]
 

@@ -26,7 +26,8 @@ from ferjax import images
 from ferjax.data.records import EMOTIONS
 from ferjax.inference import DEFAULT_BUCKETS, Predictor
 from ferjax.realtime.detect import Detector
-from ferjax.realtime.pipeline import Face, Pipeline, draw_faces, make_faces
+from ferjax.realtime.faces import Face, draw_faces, make_faces
+from ferjax.realtime.pipeline import Pipeline
 from ferjax.realtime.tracker import IoUTracker
 
 DEFAULT_DETECTOR = "yunet"

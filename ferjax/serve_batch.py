@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from ferjax.analyzer import Analyzer
-from ferjax.realtime.pipeline import Face
+from ferjax.realtime.faces import Face
 
 _log = logging.getLogger(__name__)
 

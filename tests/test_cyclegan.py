@@ -68,6 +68,7 @@ def test_tiny_run_writes_grids_report_and_a_loadable_generator(uninterrupted):
     assert y.shape == (2, 48, 48, 1) and float(jnp.abs(y).max()) <= 1.0
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_interrupted_run_resumes_exactly(synthetic_csv, tmp_path, uninterrupted):
     run_cli(*_args(synthetic_csv, tmp_path, "--config.train.max_steps=3"))
     proc = run_cli(*_args(synthetic_csv, tmp_path))
@@ -108,6 +109,7 @@ def test_bare_name_picks_the_cpu_profile_without_an_accelerator_and_says_why():
     assert out == "cpu | auto: JAX_PLATFORMS=cpu | 8"
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_residual_generator_starts_as_the_identity_and_learns_an_edit():
     from ferjax.registry import GENERATORS
 
@@ -236,6 +238,7 @@ def test_an_ensemble_guide_is_the_mean_log_probability_of_its_members_and_exclud
         class_guide(c)
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(synthetic_csv, tmp_path):
     run_cli(*_args(synthetic_csv, tmp_path, "--config.gan.lambda_class=1.0",
                    "--config.gan.class_guide=fer2013_vgg_small", "--config.quality.model=fer_mini_xception",
@@ -297,6 +300,7 @@ def test_export_from_run_rewrites_both_generators_from_the_checkpoint(uninterrup
     assert exit_info.value.code == 2 and "is not a CycleGAN workdir" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_guide_pulls_only_on_images_whose_cycle_ssim_clears_the_gate():
     import ml_collections
     import optax
@@ -333,6 +337,7 @@ def test_guide_pulls_only_on_images_whose_cycle_ssim_clears_the_gate():
         first_step(class_guide_min_cycle_ssim=1.0)
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_projected_discriminator_trains_heads_on_the_frozen_classifier_features():
     import ml_collections
     import optax

@@ -65,7 +65,7 @@ def test_realtime_window_shows_annotated_video_under_xvfb(gui_python, tmp_path):
         assert shot is not None, f"no window appeared; ferjax.run said: {app.stderr.read()[-2000:] if app.poll() is not None else ''}"
         cv2.imwrite(str(tmp_path / "window.png"), shot)
         # The annotated frame is in the window: its boxes use the label colours of the pipeline.
-        from ferjax.realtime.pipeline import COLOURS
+        from ferjax.realtime.faces import COLOURS
 
         drawn = sum(int((np.abs(shot.astype(int) - np.array(c)).sum(axis=2) < 20).sum()) for c in COLOURS.values())
         assert drawn > 200, "no box or label colour found in the window"

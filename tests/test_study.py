@@ -148,6 +148,7 @@ def test_a_finished_run_predicts_as_it_did_at_its_test_evaluation(balancing, syn
         run_predictor(wd / "data")
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_curation_study_reuses_the_balancing_baseline(balancing, synthetic_csv, tfds_dir, tmp_path):
     """compare_curation:tiny trains only the curated arm; as_is comes from the balancing study."""
     from ferjax import config as cfg_lib
@@ -171,6 +172,7 @@ def test_curation_study_reuses_the_balancing_baseline(balancing, synthetic_csv, 
     assert missing.returncode == 1 and "holds no derived dataset (no manifest.json)" in missing.stderr
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_logit_adjusted_arm_reuses_the_as_is_weights_and_only_evaluates_again(balancing, tmp_path):
     """The `logit_adjusted` arm trains nothing: it copies each finished as_is run's checkpoints,
     chooses tau on the validation split and predicts the test split with the as_is logits plus

@@ -32,6 +32,7 @@ def test_conv3x3_gradient_matches_xla():
     np.testing.assert_allclose(conv3x3(x, k), conv3x3_reference(x, k), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_vgg_small_custom_conv_grad_matches_xla_gradients():
     from ferjax.registry import CLASSIFIERS
 
@@ -137,6 +138,7 @@ def test_preempt_and_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrup
     assert card["epochs_run"] == 3 and card["train_seconds"] > first_session + epochs_after_resume > 0
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrupted):
     env = {**os.environ, **tiny_env, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "ferjax.run", *ARGS, f"--workdir={tmp_path}"],
@@ -254,6 +256,7 @@ def test_default_step_over_two_devices_is_ddp_with_per_device_batch_norm():
     assert "OK per-device" in proc.stdout
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_four_simulated_devices_match_single_device():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES], capture_output=True, text=True,
@@ -262,6 +265,7 @@ def test_four_simulated_devices_match_single_device():
     assert "OK four-device" in proc.stdout
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
     """Two local processes (jax.distributed, gloo collectives on CPU), each feeding its share of
     every global batch, end with the same parameters and logits as one process."""
@@ -380,6 +384,7 @@ def test_ema_state_averages_the_weights_without_changing_training():
                                                       train=False)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
 def test_ema_run_exports_the_average_and_records_it(tmp_path):
     """A run with `train.ema_decay` exports the moving average (not the live weights) of the best
     checkpoint and names the decay in the model card. Rerunning the finished run with
