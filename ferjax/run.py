@@ -125,7 +125,12 @@ def list_main(argv: list[str]) -> int:
 
 
 def entry() -> None:
-    """`python -m ferjax.run ...` (and the `ferjax` command's `run`)."""
+    """`python -m ferjax.run ...` (and the `ferjax` command's `run`); `python -m ferjax.run analyze
+    PATH...`, the older spelling of `ferjax analyze`, still runs the photo/video command."""
+    if sys.argv[1:2] == ["analyze"]:
+        from ferjax import cli  # noqa: PLC0415
+
+        sys.exit(cli.main(sys.argv[2:]))
     sys.exit(main_argv(sys.argv[1:]))
 
 

@@ -309,7 +309,7 @@ def test_command_with_port_70000_says_so_in_one_line():
     proc = subprocess.run([sys.executable, "-m", "ferjax.serve", "--port", "70000"], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("python -m ferjax.serve: error: argument --port"), \
+    assert proc.stderr.strip().splitlines()[-1].startswith("ferjax serve: error: argument --port"), \
         proc.stderr
 
 
