@@ -1,5 +1,7 @@
 """HTTP service: `python -m ferjax.serve [--host H] [--port P] [--detector NAME] [--model NAME]`.
 
+Endpoints::
+
     POST /v1/analyze   raw image bytes (Content-Type image/* or application/octet-stream) or
                        multipart/form-data with a file field -> {"faces": [...], "width", "height", ...};
                        ?mode=video detects at the detector's fast working width (camera frames),
@@ -15,7 +17,8 @@ checked on every request except /healthz and the page itself (header `X-API-Key`
 4xx with a reason, and no error body carries a library's message or a memory address (details go
 to the server log). Concurrent requests are batched into one jitted predict (`ferjax.serve_batch`).
 
-Limits (flags of `python -m ferjax.serve`, keyword arguments of `create_app` / `BackgroundServer`):
+Limits (flags of `python -m ferjax.serve`, keyword arguments of `create_app` / `BackgroundServer`)::
+
   --max-pixels           pixels one image may declare (refused with 413 before decoding)
   --max-pixels-in-flight decoded pixels all requests hold at once: a request reserves its image's
                          declared size before decoding and releases it when its analysis is done
@@ -29,6 +32,7 @@ Limits (flags of `python -m ferjax.serve`, keyword arguments of `create_app` / `
   --allowed-host         Host names served besides loopback and the bound address ('*': any)
   --allowed-origin       browser origins allowed besides the page's own ('*': any); every request
                          carrying another Origin (the WebSocket included) is refused with 403
+
 A WebSocket message may be up to max_body + 1 MiB: a frame over max_body gets the JSON error.
 """
 
