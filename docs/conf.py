@@ -27,6 +27,7 @@ myst_enable_extensions = ["substitution"]
 myst_heading_anchors = 4
 myst_substitutions = {"version": ferjax.__version__}
 
+smartquotes = False  # flags keep their two hyphens
 default_role = "code"  # docstrings write `name` for code, as the Markdown pages do
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"

@@ -1,4 +1,4 @@
-"""Does CycleGAN balancing help? `fer2013_vgg:quick` trained four ways x 3 seeds (README: results).
+"""Does CycleGAN balancing help? `fer2013_vgg:quick` trained four ways x 3 seeds (docs/studies/balancing.md).
 
     python -m ferjax.run --experiment=compare_balancing \\
         --config.generator_checkpoint=runs/cyclegan_neutral2disgust/cpu/generator

@@ -30,7 +30,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.protocol = "original"
     c.data = data_block()
     c.curation_signals = "blank,text_graphics,no_face,non_frontal,duplicates"
-    # Thresholds chosen on Training against FER+ (README "Curation" gives the figures and how)
+    # Thresholds chosen on Training against FER+ (docs/studies/curation.md gives the figures and how)
     c.curation_signal_args = ml_collections.ConfigDict({
         "blank": {"max_std": 2.0},
         "text_graphics": {"min_mode_fraction": 0.5, "min_saturated_fraction": 0.75},

