@@ -10,8 +10,8 @@ with a MyST ``{include}`` directive (BUILD.md and CHANGELOG.md are rendered into
 way, so their text is part of it). No output and exit status 0 means no figure was lost; any
 missing figure makes the exit status 1.
 
-What counts as a number: a run of digits, with thousands commas and one decimal part allowed
-(``1,516``, ``0.682``, ``65.8``), that is not glued to a letter or digit before it (so the
+What counts as a number: a run of digits, with thousands commas and decimal parts allowed
+(``1,516``, ``0.682``, ``65.8``; a version such as ``0.11.2`` is one number), that is not glued to a letter or digit before it (so the
 digits inside commit hashes and sha256 strings are not numbers; ``640x360`` still gives 360)
 and has at least two significant digits once the sign, commas, decimal point and leading zeros
 are dropped (``0.5``, ``2`` and ``0.0`` are too short to identify a figure: single digits stand
