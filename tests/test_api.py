@@ -175,6 +175,7 @@ class _CompileCounter:
             self.n += 1
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_mixed_size_photo_folder_compiles_once_per_size_bucket(tmp_path, analyzer):
     """MTCNN (JAX) + classifier: after the first photo of each size bucket, nothing compiles."""
     crowd = _frame(CROWD, 10)

@@ -28,7 +28,7 @@ def test_cyclegan_step_of_a_profile_compiles_and_runs(profile):
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_bench_times_both_convolution_gradients_side_by_side(tmp_path):
     """`--conv_grads=xla,custom`: the README's Conv3x3 comparison comes from this command."""
     import json

@@ -332,6 +332,7 @@ def test_real_duplicates_match_the_known_counts(real_fer, tfds_dir):
     assert all(r for r, f in zip(res.reason, res.flagged) if f)
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_real_test_rows_with_a_training_twin(real_fer, tfds_dir):
     """The rows `evaluate --config.training_twins=drop` and the studies' leak-free table leave out:
     PrivateTest and PublicTest images with an exact or near (<= 2 bits) duplicate in Training."""

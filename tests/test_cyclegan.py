@@ -68,7 +68,7 @@ def test_tiny_run_writes_grids_report_and_a_loadable_generator(uninterrupted):
     assert y.shape == (2, 48, 48, 1) and float(jnp.abs(y).max()) <= 1.0
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_interrupted_run_resumes_exactly(synthetic_csv, tmp_path, uninterrupted):
     run_cli(*_args(synthetic_csv, tmp_path, "--config.train.max_steps=3"))
     proc = run_cli(*_args(synthetic_csv, tmp_path))
@@ -90,9 +90,9 @@ def test_restart_with_a_changed_config_is_refused_naming_the_field(synthetic_csv
 @pytest.mark.parametrize("override, message", [
     ("--config.target_class=disgusted", "Did you mean: disgust"),
     ("--config.source_class=disgust", "both 'disgust'"),
-    ("--config.train.batch_size=64", "fewer than train.batch_size=64"),
-    ("--config.gan.lambda_class=1.0", "needs config.gan.class_guide"),
-    ("--config.quality.feature_layer=Dense_9", "feature layer 'Dense_9' not in the classifier"),
+    pytest.param("--config.train.batch_size=64", "fewer than train.batch_size=64", marks=pytest.mark.slow),
+    pytest.param("--config.gan.lambda_class=1.0", "needs config.gan.class_guide", marks=pytest.mark.slow),
+    pytest.param("--config.quality.feature_layer=Dense_9", "feature layer 'Dense_9' not in the classifier", marks=pytest.mark.slow),
 ])
 def test_bad_classes_fail_before_training(synthetic_csv, tmp_path, override, message):
     proc = run_cli(*_args(synthetic_csv, tmp_path, override), check=False)
@@ -109,7 +109,7 @@ def test_bare_name_picks_the_cpu_profile_without_an_accelerator_and_says_why():
     assert out == "cpu | auto: JAX_PLATFORMS=cpu | 8"
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_residual_generator_starts_as_the_identity_and_learns_an_edit():
     from ferjax.registry import GENERATORS
 
@@ -216,6 +216,7 @@ def test_class_guide_is_refused_when_it_is_the_judge_or_passes_no_gradient():
         make_step(None, None, None, None, None, None, None, c.gan, 0, None, class_guide=guide, target_class=1)
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_an_ensemble_guide_is_the_mean_log_probability_of_its_members_and_excludes_the_judge():
     from ferjax import pretrained
     from ferjax.experiments.cyclegan_neutral2disgust import get_config
@@ -238,7 +239,7 @@ def test_an_ensemble_guide_is_the_mean_log_probability_of_its_members_and_exclud
         class_guide(c)
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(synthetic_csv, tmp_path):
     run_cli(*_args(synthetic_csv, tmp_path, "--config.gan.lambda_class=1.0",
                    "--config.gan.class_guide=fer2013_vgg_small", "--config.quality.model=fer_mini_xception",
@@ -254,6 +255,7 @@ def test_guided_tiny_run_logs_guide_and_judge_and_reports_the_independent_judge(
     assert 0.0 <= quality["guide_target_rate"] <= 1.0 and 0.0 <= quality["gan_test_target_rate"] <= 1.0
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterrupted, monkeypatch):
     from ferjax.probes.rescore_generator import rescore
 
@@ -300,7 +302,7 @@ def test_export_from_run_rewrites_both_generators_from_the_checkpoint(uninterrup
     assert exit_info.value.code == 2 and "is not a CycleGAN workdir" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_guide_pulls_only_on_images_whose_cycle_ssim_clears_the_gate():
     import ml_collections
     import optax
@@ -337,7 +339,7 @@ def test_guide_pulls_only_on_images_whose_cycle_ssim_clears_the_gate():
         first_step(class_guide_min_cycle_ssim=1.0)
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_projected_discriminator_trains_heads_on_the_frozen_classifier_features():
     import ml_collections
     import optax

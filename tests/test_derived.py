@@ -95,6 +95,7 @@ def test_provenance_and_manifest(written):
     assert gen[1]["score_kid_feature_dist"] == "0.25"
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_real_data_validation_and_test_byte_identical(real_fer, tfds_dir, tmp_path):
     """On the real FER2013: a derived set with one edit of each kind leaves PublicTest and
     PrivateTest byte-identical to the base (prepared once per session in `tfds_dir`, shared with

@@ -72,6 +72,7 @@ def test_teacher_probabilities_are_the_weighted_mean_of_each_shipped_model(tmp_p
         teacher_probabilities(distill_cfg(tta="twice"), images, 4, mesh)
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_fer2013_distill_tiny_trains_and_records_its_teachers(tmp_path, synthetic_csv, tfds_dir):
     from conftest import run_cli
 

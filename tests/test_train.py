@@ -32,7 +32,7 @@ def test_conv3x3_gradient_matches_xla():
     np.testing.assert_allclose(conv3x3(x, k), conv3x3_reference(x, k), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_vgg_small_custom_conv_grad_matches_xla_gradients():
     from ferjax.registry import CLASSIFIERS
 
@@ -138,7 +138,7 @@ def test_preempt_and_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrup
     assert card["epochs_run"] == 3 and card["train_seconds"] > first_session + epochs_after_resume > 0
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrupted):
     env = {**os.environ, **tiny_env, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "ferjax.run", *ARGS, f"--workdir={tmp_path}"],
@@ -208,14 +208,14 @@ TWO_DEVICES_LOCAL_BN = textwrap.dedent('''
     from ferjax.experiments.fer2013_vgg import get_config
     c = get_config("tiny")
     c.augment.update(crop_pad=0, flip=False, rotate_deg=0.0, jitter=0.0)
-    model = CLASSIFIERS.create("vgg_small", dropout=0.0)
+    model = CLASSIFIERS.create("vgg_small", dropout=0.0, width=0.25)  # narrow: the semantics, in seconds
     loss = LOSSES.create("cross_entropy", num_classes=7, label_smoothing=0.1)
     tx = make_optimizer(c.train, make_schedule(c.train, 10))
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 255, (16, 48, 48, 1)).astype(np.uint8),
              "label": rng.integers(0, 7, 16).astype(np.int32)}
-    variables = jax.tree.map(lambda a: a.astype(np.float64), model.init(
-        jax.random.key(0), np.zeros((1, 48, 48, 1)), train=False))
+    variables = jax.tree.map(lambda a: a.astype(np.float64), jax.jit(lambda k: model.init(
+        k, np.zeros((1, 48, 48, 1)), train=False))(jax.random.key(0)))
     state0 = create_state(model, tx, 0, variables=variables)
     # Reference written independently of make_steps: each half of the batch is its own
     # batch-norm batch; gradients and batch statistics are the mean over the halves.
@@ -226,10 +226,10 @@ TWO_DEVICES_LOCAL_BN = textwrap.dedent('''
             logits, upd = model.apply({"params": p, "batch_stats": state0.batch_stats}, x, train=True,
                                       mutable=["batch_stats"])
             return loss(logits, y), upd["batch_stats"]
-        g, s = jax.grad(objective, has_aux=True)(state0.params)
+        g, s = jax.jit(jax.grad(objective, has_aux=True))(state0.params)
         grads.append(g); stats.append(s)
     mean = lambda trees: jax.tree.map(lambda a, b: (a + b) / 2, *trees)
-    updates, _ = tx.update(mean(grads), state0.opt_state, state0.params)
+    updates, _ = jax.jit(tx.update)(mean(grads), state0.opt_state, state0.params)
     want_params, want_stats = optax.apply_updates(state0.params, updates), mean(stats)
     mesh = sharding.data_mesh(2)
     train, _ = make_steps(model, tx, loss, c.augment, 0, mesh)
@@ -256,7 +256,7 @@ def test_default_step_over_two_devices_is_ddp_with_per_device_batch_norm():
     assert "OK per-device" in proc.stdout
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_four_simulated_devices_match_single_device():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES], capture_output=True, text=True,
@@ -265,7 +265,7 @@ def test_four_simulated_devices_match_single_device():
     assert "OK four-device" in proc.stdout
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
     """Two local processes (jax.distributed, gloo collectives on CPU), each feeding its share of
     every global batch, end with the same parameters and logits as one process."""
@@ -291,6 +291,21 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
         got = np.load(tmp_path / f"p{i}.npz")
         for k in ref.files:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-12)
+
+
+def _tiny_classifier():
+    """A conv + batch norm + dense classifier with the registered classifiers' interface (48x48
+    grey in, 7 logits out, `train=`): the step mechanics below compile in seconds, not minutes."""
+    import flax.linen as nn
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.Conv(4, (3, 3), strides=(4, 4), use_bias=False)((x - 128.0) / 64.0)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+            return nn.Dense(7)(x.mean(axis=(1, 2)))
+
+    return Tiny()
 
 
 def _one_epoch_in_memory_run():
@@ -350,12 +365,12 @@ def test_ema_state_averages_the_weights_without_changing_training():
 
     from ferjax.data.fer2013 import EMOTIONS
     from ferjax.experiments.fer2013_vgg import get_config
-    from ferjax.registry import CLASSIFIERS, LOSSES
+    from ferjax.registry import LOSSES
     from ferjax.train import sharding
     from ferjax.train.classifier_steps import EmaTrainState, create_state, make_steps
 
     config = get_config("tiny")
-    model = CLASSIFIERS.create("vgg_small", width=0.25, dropout=0.0)
+    model = _tiny_classifier()
     loss = LOSSES.create("cross_entropy", num_classes=len(EMOTIONS))
     tx, mesh, decay = optax.adam(1e-2), sharding.data_mesh(1), 0.9
     plain = create_state(model, tx, 0)
@@ -384,7 +399,7 @@ def test_ema_state_averages_the_weights_without_changing_training():
                                                       train=False)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow  # a long end-to-end run: the slow set (.ci/run runs it too)
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_ema_run_exports_the_average_and_records_it(tmp_path):
     """A run with `train.ema_decay` exports the moving average (not the live weights) of the best
     checkpoint and names the decay in the model card. Rerunning the finished run with
@@ -506,12 +521,12 @@ def test_adversarial_training_step_trains_on_moved_inputs_and_refuses_bad_settin
     import optax
 
     from ferjax.experiments.fer2013_vgg import get_config
-    from ferjax.registry import CLASSIFIERS, LOSSES
+    from ferjax.registry import LOSSES
     from ferjax.train import sharding
     from ferjax.train.classifier_steps import create_state, make_steps
 
     config = get_config("tiny")
-    model = CLASSIFIERS.create("vgg_small", width=0.25, dropout=0.0)
+    model = _tiny_classifier()
     loss = LOSSES.create("cross_entropy", num_classes=7)
     tx, mesh = optax.adam(1e-2), sharding.data_mesh(1)
     rng = np.random.default_rng(0)

@@ -43,6 +43,7 @@ def _votes_csv(path, rows, seed=0):
     path.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_ferplus_vgg_tiny_trains_towards_the_votes(tmp_path, tfds_dir):
     from conftest import run_cli, synthetic_rows, write_csv
 

@@ -12,6 +12,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ferjax.data.augment import augment_batch
+from ferjax.nn import init_variables
 from ferjax.train import sharding
 
 
@@ -50,7 +51,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
     """Fresh state (or one around given `variables`, e.g. converted pretrained weights); `ema`
     keeps a moving average of the weights, starting from the initial ones."""
     if variables is None:
-        variables = model.init(jax.random.key(seed), jnp.zeros(input_shape, jnp.float32), train=False)
+        variables = init_variables(model, jax.random.key(seed), jnp.zeros(input_shape, jnp.float32))
     params = variables["params"]
     fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                   opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32))

@@ -18,6 +18,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from ferjax.nn import init_variables
 from ferjax.train import sharding
 
 NETS = ("g", "f", "d_a", "d_b")  # G: A->B, F: B->A, D_A judges A, D_B judges B
@@ -53,7 +54,7 @@ def create_state(generator: nn.Module, discriminator: nn.Module, g_tx: optax.Gra
     variables = {}
     for name, key in zip(NETS, keys):
         net = generator if name in ("g", "f") else discriminator
-        v = net.init({"params": key, "dropout": key}, x, train=False)
+        v = init_variables(net, {"params": key, "dropout": key}, x)
         variables[name] = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
     params = _params(variables)
     pool_shape = (max(1, pool_size), *image_shape)
