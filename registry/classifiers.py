@@ -166,7 +166,7 @@ class VGGFace(nn.Module):
         for b, (n, width) in enumerate(zip(VGGFACE_DEPTHS, self.widths), start=1):
             for i in range(1, n + 1):
                 x = nn.relu(layer(partial(nn.Conv, width, (3, 3)), f"conv{b}_{i}", x))
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
         if self.include_top:
             x = x.reshape(x.shape[0], -1)
             for name in ("fc6", "fc7"):
@@ -308,7 +308,7 @@ class MiniXception(nn.Module):
             x = nn.relu(bn(f"batch_normalization_{3 * i + 1}")(x))
             x = _SeparableConv(width, self.dtype, name=f"separable_conv2d_{2 * i}")(x)
             x = bn(f"batch_normalization_{3 * i + 2}")(x)
-            x = nn.max_pool(x, (3, 3), (2, 2), "SAME") + r
+            x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME") + r
         x = nn.Conv(self.num_classes, (3, 3), padding="SAME", dtype=self.dtype,
                     name=f"conv2d_{len(self.widths) + 3}")(x)
         return x.mean(axis=(1, 2)).astype(jnp.float32)
