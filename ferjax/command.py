@@ -1,7 +1,7 @@
 """`ferjax`: one command with subcommands; each `ferjax SUB --help` says what it does and lists its flags.
 
     ferjax run --experiment=NAME[:variant] [--config.a.b=VALUE ...] [--workdir=DIR]
-    ferjax list | analyze | serve | bench | convert | compact | doctor [...]
+    ferjax list | analyze | serve | bench | convert | compact | export | doctor [...]
 
 The older forms keep working: `ferjax --experiment=...` (= `ferjax run`), and every
 `python -m ferjax.X` the documentation used (`ferjax.run`, `ferjax.serve`, `ferjax.bench`,
@@ -34,6 +34,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "convert": Subcommand("ferjax.convert.__main__", "main", "convert published weights (VGG-Face: "
                           "Keras, Caffe, PyTorch) to a ferjax model"),
     "compact": Subcommand("ferjax.data.compact.cli", "main", "write FER2013 as one compact file, or check one"),
+    "export": Subcommand("ferjax.export", "main", "a pretrained classifier as one ONNX file (--int8: "
+                         "quantised) with its model card (needs the onnx extra)"),
     "doctor": Subcommand("ferjax.doctor", "main", "what this machine gives ferjax: model files, OpenCV "
                          "(CUDA), JAX devices, each detector on a frame"),
 }

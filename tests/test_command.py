@@ -19,12 +19,12 @@ def _ferjax(*args: str, module: str = "ferjax") -> subprocess.CompletedProcess:
 def test_help_lists_every_subcommand(capsys):
     assert command.dispatch(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("run", "list", "analyze", "serve", "bench", "convert", "compact", "doctor"):
+    for name in ("run", "list", "analyze", "serve", "bench", "convert", "compact", "export", "doctor"):
         assert f"\n  {name} " in out
     assert command.dispatch([]) == 2  # no subcommand: the same text, and a usage error
 
 
-@pytest.mark.parametrize("name", ["list", "analyze", "serve", "convert", "compact", "doctor"])
+@pytest.mark.parametrize("name", ["list", "analyze", "serve", "convert", "compact", "export", "doctor"])
 def test_each_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as e:
         command.dispatch([name, "--help"])

@@ -18,7 +18,7 @@ LAYERS = [
               "ferjax.images"]),
     ("data", ["ferjax.data"]),
     ("config, weights, metrics", ["ferjax.config", "ferjax.pretrained", "ferjax.convert", "ferjax.eval"]),
-    ("inference", ["ferjax.inference"]),
+    ("inference", ["ferjax.inference", "ferjax.export"]),
     ("train, realtime, curation", ["ferjax.train", "ferjax.realtime", "ferjax.curation"]),
     ("analyzer", ["ferjax.analyzer"]),
     ("tasks", ["ferjax.tasks"]),
