@@ -1,4 +1,5 @@
-"""The benchmark's CycleGAN rows build the step each profile trains with (class guide included).
+"""`ferjax bench`: its smallest table, and the CycleGAN rows built from the step each profile trains
+with (class guide included).
 In a subprocess: `ferjax.bench` defines absl flags that `ferjax.run` defines too."""
 import os
 import subprocess
@@ -20,7 +21,8 @@ print("ok")
 
 
 # The :cpu profile's step only compiles at its real widths (37 s here); the tiny one runs the same code.
-@pytest.mark.parametrize("profile", ["tiny", pytest.param("cpu", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a CycleGAN step compiles for a minute: the slow set (pytest -m slow)
+@pytest.mark.parametrize("profile", ["tiny", "cpu"])
 def test_cyclegan_step_of_a_profile_compiles_and_runs(profile):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", CHECK.format(profile=profile)], cwd=REPO, env=env,
@@ -48,3 +50,21 @@ def test_bench_times_both_convolution_gradients_side_by_side(tmp_path):
     # FLOPs counted on the lowered program: about 0.64 GFLOP per vgg_small train image, also when
     # the step is split over 2 devices (a compiled GPU program's count leaves out cuDNN convolutions)
     assert all(0.5 < r["gflops"] / r["images_per_s"] < 0.8 for r in rows), rows
+
+
+def test_bench_prints_and_writes_a_row_per_measurement(tmp_path):
+    """`ferjax bench` in its smallest form (one classifier, predict at batch 1): the Markdown table
+    and the JSON rows carry a compile time, a rate and the fraction of the matmul peak."""
+    import json
+
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "ferjax.bench", "--classifiers=vgg_small",
+                           "--predict_batch_sizes=1", "--train_batch_sizes=", "--cyclegan=",
+                           "--noinput_pipeline", "--notorch", "--repeats=3", "--iters=1", f"--json_out={out}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| vgg_small | predict | float32 | 1 | jax |" in proc.stdout, proc.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["classifier"] == "vgg_small" and row["batch"] == 1
+    assert row["compile_s"] > 0 and row["images_per_s"] > 0 and 0 < row["fraction_of_matmul"]

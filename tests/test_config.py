@@ -233,3 +233,8 @@ def test_export_refuses_a_path_whose_card_would_overwrite_the_weights(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
     pretrained.export(variables, {"name": "x"}, tmp_path / "x.msgpack")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.msgpack"]
+    import json
+
+    import ferjax  # the card records the version that wrote it
+
+    assert json.loads((tmp_path / "x.json").read_text()) == {"name": "x", "ferjax_version": ferjax.__version__}

@@ -320,6 +320,7 @@ def _real_view(real_fer, tfds_dir):
     return curation_view(splits), votes
 
 
+@pytest.mark.slow  # a long end-to-end run: the slow set (pytest -m slow)
 def test_real_duplicates_match_the_known_counts(real_fer, tfds_dir):
     """GUIDE.md section 3: 1,516 groups of identical images (3,369 rows), 557 across splits, 57 with
     conflicting labels; every flagged Training row says why."""

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ferjax.nn import conv3x3, conv3x3_reference, max_pool2x2
+from ferjax.nn import conv3x3, conv3x3_reference, init_variables, max_pool2x2
 from ferjax.train.checkpoint import read_state_as_numpy, saved_steps
 from ferjax.train.schedules import EarlyStopping, ReduceOnPlateau, make_schedule
 from conftest import REPO, run_cli
@@ -491,11 +491,11 @@ def test_l2_adversarial_examples_stay_in_the_ball_and_raise_the_loss():
     """`l2_adversarial`: every example moves at most eps (L2, pixels in [0, 255]), stays in
     [0, 255], and the loss on the moved batch is higher than on the clean one; more steps move
     further up the loss than one."""
-    from ferjax.registry import CLASSIFIERS, LOSSES
+    from ferjax.registry import LOSSES
     from ferjax.train.classifier_steps import l2_adversarial
 
-    model = CLASSIFIERS.create("vgg_small", width=0.25, dropout=0.0)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    model = _tiny_classifier()
+    variables = init_variables(model, jax.random.key(0), jnp.zeros((1, 48, 48, 1)))
     loss = LOSSES.create("cross_entropy", num_classes=7)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1)).astype(np.float32))
@@ -504,7 +504,9 @@ def test_l2_adversarial_examples_stay_in_the_ball_and_raise_the_loss():
     def loss_of(xi):
         return loss(model.apply(variables, xi, train=False), y)
     eps = 2.0 * 255.0
-    moved = {steps: l2_adversarial(loss_of, x, jax.random.key(1), eps, steps) for steps in (1, 5)}
+    loss_of = jax.jit(loss_of)
+    moved = {steps: jax.jit(lambda xi, k, n=steps: l2_adversarial(loss_of, xi, k, eps, n))(x, jax.random.key(1))
+             for steps in (1, 5)}
     for xa in moved.values():
         dist = np.sqrt(np.sum(np.square(np.asarray(xa - x)), axis=(1, 2, 3)))
         assert np.all(dist <= eps * (1 + 1e-4)) and np.all(dist > 0.1 * eps)

@@ -17,6 +17,7 @@ import importlib_resources
 import jax
 import jax.numpy as jnp
 
+from ferjax import __version__
 from ferjax.atomic import atomic_write_bytes, file_sha256
 from ferjax.registry import CLASSIFIERS, PRETRAINED
 
@@ -84,7 +85,9 @@ def card_path(weights_path: str | os.PathLike) -> Path:
 
 def export(variables: Any, card: dict, weights_path: str | os.PathLike) -> None:
     """Writes `variables` (params + batch_stats) and the card beside them, each atomically;
-    refuses a weights path other than `*.msgpack` (see `card_path`) before writing anything."""
+    refuses a weights path other than `*.msgpack` (see `card_path`) before writing anything. The
+    card records the ferjax version that wrote it (`ferjax_version`)."""
     card_file = card_path(weights_path)
+    card = {**card, "ferjax_version": card.get("ferjax_version", __version__)}
     atomic_write_bytes(Path(weights_path), flax.serialization.to_bytes(jax.device_get(variables)))
     atomic_write_bytes(card_file, json.dumps(card, indent=2).encode())
