@@ -32,6 +32,7 @@ from ferjax.realtime.tracker import IoUTracker
 
 DEFAULT_DETECTOR = "yunet"
 MAX_SIDE = 2048  # photos: longest side detected at full resolution (faces of ~12 px and up)
+BACKENDS = ("jax", "onnxruntime")  # where the classifier runs (the detector stays on OpenCV / JAX)
 
 
 def build_detector(name: str, args: Mapping[str, Any] | None = None,
@@ -96,6 +97,9 @@ class Analyzer:
       max_side: photos larger than this on their longer side are scaled down for detection.
       max_pixels: encoded images declaring more pixels are refused before decoding.
       smoothing: video only: track faces (IoU) and average each track's probabilities.
+      backend: where the classifier runs: "jax" (default; training and GPU path) or "onnxruntime"
+        (the pretrained `model` exported to ONNX into ferjax's cache on first use, keyed by its
+        weights' sha256; needs the onnx extra). The detector is the same either way.
     """
 
     def __init__(self, detector: str | Detector = DEFAULT_DETECTOR, model: str | Predictor | None = None, *,
@@ -104,7 +108,7 @@ class Analyzer:
                  allow_random: bool = False, buckets: Sequence[int] = DEFAULT_BUCKETS, align: bool = True,
                  margin: float = 0.0, max_faces: int = 64, min_face: int = 12, max_side: int = MAX_SIDE,
                  max_pixels: int = images.DEFAULT_MAX_PIXELS, smoothing: bool = True,
-                 smoothing_iou: float = 0.3, smoothing_alpha: float = 0.4):
+                 smoothing_iou: float = 0.3, smoothing_alpha: float = 0.4, backend: str = "jax"):
         from ferjax.realtime.classify import make_predictor  # noqa: PLC0415
 
         settings = dict(settings or {})
@@ -112,7 +116,20 @@ class Analyzer:
             settings["models_dir"] = str(models_dir)
         self.detector = build_detector(detector, detector_args, settings) if isinstance(detector, str) else detector
         self._detector_spec = (detector, dict(detector_args or {}), settings) if isinstance(detector, str) else None
-        if isinstance(model, Predictor):  # share a loaded, compiled classifier
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+        if backend == "onnxruntime":
+            from ferjax import export  # noqa: PLC0415
+
+            if isinstance(model, export.OnnxPredictor):
+                self.predictor = model
+            elif isinstance(model, Predictor) or classifier:
+                raise ValueError("backend='onnxruntime' takes a registered pretrained model name (or an "
+                                 "OnnxPredictor), not a JAX Predictor or a random-weights classifier")
+            else:
+                self.predictor = export.load_onnx_predictor(model or None, buckets)
+            self.model_desc = f"pretrained {self.predictor.name} (onnxruntime)"
+        elif isinstance(model, Predictor):  # share a loaded, compiled classifier
             self.predictor, self.model_desc = model, f"pretrained {model.name}"
         else:
             self.predictor, self.model_desc = make_predictor(model or None, classifier or None, allow_random,

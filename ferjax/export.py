@@ -229,6 +229,71 @@ def predict(sess: Any, faces: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(out, 0) if out else np.zeros((0, len(EMOTIONS)), np.float32)
 
 
+class OnnxPredictor:
+    """`ferjax.inference.Predictor`'s interface on ONNX Runtime (CPU): classifies [N,48,48] or
+    [N,48,48,1] grey faces (0..255) into class probabilities with an exported float32 file. The
+    batch is symbolic, so nothing is padded; batches larger than the largest bucket are split, as
+    Predictor does. The session is safe to share between threads."""
+
+    def __init__(self, path: str | os.PathLike, name: str, class_names: Sequence[str] | None = None,
+                 buckets: Sequence[int] | None = None, threads: int | None = None):
+        from ferjax.inference import DEFAULT_BUCKETS  # noqa: PLC0415  (it imports JAX)
+
+        self.path, self.name = Path(path), name
+        self.class_names = tuple(class_names) if class_names else None
+        self.buckets = tuple(sorted(set(int(b) for b in (buckets or DEFAULT_BUCKETS))))
+        self.session = session(path, threads)
+
+    def warmup(self) -> float:
+        import time  # noqa: PLC0415
+
+        start = time.perf_counter()
+        for b in self.buckets:
+            self(np.zeros((b, 48, 48, 1), np.float32))
+        return time.perf_counter() - start
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        faces = np.asarray(faces, np.float32)
+        if faces.ndim == 3:
+            faces = faces[..., None]
+        if faces.ndim != 4 or faces.shape[1:] != (48, 48, 1):
+            raise ValueError(f"expected faces of shape [N,48,48] or [N,48,48,1], got {faces.shape}")
+        return predict(self.session, faces, batch=self.buckets[-1])
+
+
+def cache_dir() -> Path:
+    """Where exports made on first use live: $FERJAX_CACHE_DIR/onnx (default ~/.cache/ferjax/onnx)."""
+    return Path(os.environ.get("FERJAX_CACHE_DIR", "~/.cache/ferjax")).expanduser() / "onnx"
+
+
+def cached_onnx(name: str) -> Path:
+    """The float32 export of registered pretrained model `name` in `cache_dir()`, keyed by its
+    weights' sha256 (retrained weights under the same name get a new file); exported on first
+    use, and again when the file no longer matches the sha256 its card records."""
+    from ferjax import pretrained  # noqa: PLC0415
+
+    path = cache_dir() / f"{name}-{pretrained.weights_sha256(name)}{SUFFIX}"
+    card = card_path(path)
+    try:
+        ok = path.is_file() and json.loads(card.read_text())["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        _log.info("exporting %s to ONNX at %s (first use)", name, path)
+        to_onnx(name, path)
+    return path
+
+
+def load_onnx_predictor(name: str | None = None, buckets: Sequence[int] | None = None) -> OnnxPredictor:
+    """An OnnxPredictor for a registered pretrained model (default: the model shipped with ferjax),
+    exported into ferjax's cache on first use (`cached_onnx`)."""
+    from ferjax import pretrained  # noqa: PLC0415
+
+    name = name or pretrained.DEFAULT
+    path = cached_onnx(name)
+    return OnnxPredictor(path, name, json.loads(card_path(path).read_text())["labels"], buckets)
+
+
 def compare(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray | None = None) -> dict:
     """Agreement of two [N,7] probability arrays: argmax agreement, the largest absolute
     difference, and the accuracy of each against `labels` when given."""

@@ -2,7 +2,8 @@
 this module, gives the JAX Predictor's probabilities on 64 faces (the first 64 PrivateTest rows of
 the real FER2013 when present, else synthetic faces drawn here): argmax agreement 100% and max
 |difference| < 1e-4; the batch is symbolic (1 and 5 run); the card's fields and sha256 hold; the
-int8 export runs and agrees with JAX on at least 60 of 64 faces. The default suite exports two
+int8 export runs and agrees with JAX on at least 60 of 64 faces; `Analyzer(backend="onnxruntime")`
+exports into the cache once and labels a photo as the JAX Analyzer does. The default suite exports two
 models, one of each architecture (the default model, vgg_small with logit adjustment, and
 mini_xception); the other four are in the slow set (jax2onnx takes about 11 s for its first
 conversion in a process and 12 s for mini_xception, 1-3 s for each further vgg_small). The full
@@ -171,3 +172,35 @@ def test_refusals_come_before_any_work(tmp_path, capsys):
     assert "unknown pretrained model 'no_such_model'" in capsys.readouterr().err
     assert command.dispatch(["export", "fer2013_vgg_small", "--out", str(tmp_path / "x.json")]) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_analyzer_onnxruntime_backend_exports_once_into_the_cache_and_labels_as_jax(exported, faces, tmp_path,
+                                                                                     monkeypatch):
+    """`Analyzer(..., backend="onnxruntime")`: the model is exported into $FERJAX_CACHE_DIR/onnx on
+    first use, named by its weights' sha256, and reused; the same probabilities as JAX (1e-4) on
+    the 64 faces, and on a photo of four of them (each upscaled to 160 px) the same boxes and labels
+    as the JAX Analyzer sharing the same detector settings."""
+    from ferjax import Analyzer
+
+    monkeypatch.setenv("FERJAX_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="backend="):
+        Analyzer("yunet", INT8_MODEL, backend="tensorrt")
+    analyzer = Analyzer("yunet", INT8_MODEL, backend="onnxruntime")
+    path = analyzer.predictor.path
+    assert path == tmp_path / "cache" / "onnx" / f"{INT8_MODEL}-{pretrained.weights_sha256(INT8_MODEL)}.onnx"
+    stamp = path.stat().st_mtime_ns
+    assert export.load_onnx_predictor(INT8_MODEL).path == path and path.stat().st_mtime_ns == stamp  # reused
+    x, _ = faces
+    _, _, reference, _ = exported(INT8_MODEL)
+    np.testing.assert_allclose(analyzer.predictor(x), reference, atol=1e-4, rtol=0)
+    assert analyzer.model_desc == f"pretrained {INT8_MODEL} (onnxruntime)"
+
+    tiles = [cv2.resize(x[i, ..., 0].astype(np.uint8), (160, 160), interpolation=cv2.INTER_CUBIC) for i in range(4)]
+    photo = cv2.cvtColor(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]), cv2.COLOR_GRAY2BGR)
+    jax_faces = Analyzer("yunet", INT8_MODEL).analyze(photo)
+    onnx_faces = analyzer.analyze(photo)
+    assert len(jax_faces) >= 2  # YuNet finds 3 of the 4 real faces, all 4 synthetic ones
+    assert [f.box for f in onnx_faces] == [f.box for f in jax_faces]
+    assert [f.label for f in onnx_faces] == [f.label for f in jax_faces]
+    for a, b in zip(onnx_faces, jax_faces):
+        assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < 1e-4
