@@ -54,15 +54,16 @@ CLASSIFIER_CONTRACT_BREAKS = {
 }
 
 
-# The two costliest to compile run in the slow set (their forward passes keep default tests:
-# tests/test_mini_xception.py, tests/test_mixed_precision.py).
-SLOW_CLASSIFIERS = {"mini_xception", "vggface_fer"}
+# The default suite checks the contract on vgg_small; the others, costlier to compile, in the slow
+# set (mini_xception's and vggface_fer's forward passes keep default tests: tests/test_mini_xception.py,
+# tests/test_mixed_precision.py).
+DEFAULT_CLASSIFIERS = {"vgg_small"}
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason=CLASSIFIER_CONTRACT_BREAKS[n], strict=True))
-    if n in CLASSIFIER_CONTRACT_BREAKS else pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CLASSIFIERS
-    else n for n in CLASSIFIERS.names()])
+    pytest.param(n, marks=[pytest.mark.xfail(reason=CLASSIFIER_CONTRACT_BREAKS[n], strict=True), pytest.mark.slow])
+    if n in CLASSIFIER_CONTRACT_BREAKS else n if n in DEFAULT_CLASSIFIERS else pytest.param(n, marks=pytest.mark.slow)
+    for n in CLASSIFIERS.names()])
 def test_classifier_forward_and_one_train_step(name):
     """[N,48,48,1] grey levels 0..255 -> [N,7] logits; one gradient step lowers the loss and
     keeps everything finite (loss, gradient norm, new weights)."""

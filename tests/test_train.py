@@ -441,6 +441,8 @@ def test_ema_run_exports_the_average_and_records_it(tmp_path):
     assert summary["test_report"]["accuracy"] == pytest.approx(np.mean(after.argmax(1) == data["test"]["label"]))
 
 
+@pytest.mark.slow  # trains an epoch to be refused: the slow set (pytest -m slow); the config
+# comparison keeps default tests (test_resume_refuses_an_option_added_since_the_checkpoint...)
 def test_resume_with_an_option_that_changes_the_state_is_refused_naming_it(tmp_path):
     """A run resumed with `train.ema_decay` newly set (its state gains the average) is refused by
     the config comparison, naming the field, before Orbax tries to restore the other structure."""
