@@ -32,6 +32,7 @@ import numpy as np
 from ferjax import __version__
 from ferjax.atomic import atomic_write_bytes
 from ferjax.data.records import EMOTIONS
+from ferjax.images import face_batch
 
 FORMATS = ("onnx",)
 SUFFIX = ".onnx"
@@ -253,12 +254,7 @@ class OnnxPredictor:
         return time.perf_counter() - start
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
-        faces = np.asarray(faces, np.float32)
-        if faces.ndim == 3:
-            faces = faces[..., None]
-        if faces.ndim != 4 or faces.shape[1:] != (48, 48, 1):
-            raise ValueError(f"expected faces of shape [N,48,48] or [N,48,48,1], got {faces.shape}")
-        return predict(self.session, faces, batch=self.buckets[-1])
+        return predict(self.session, face_batch(faces), batch=self.buckets[-1])
 
 
 def cache_dir() -> Path:

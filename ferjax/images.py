@@ -283,3 +283,13 @@ def _clean(error: BaseException) -> str:
     text = re.sub(r"\s*in function '.*$", "", text)
     text = " ".join(text.split()).rstrip(": ")
     return f"{type(error).__name__}: {text[:120]}" if text else type(error).__name__
+
+
+def face_batch(faces: np.ndarray) -> np.ndarray:
+    """Faces as float32 [N,48,48,1] (a [N,48,48] batch gains its channel); any other shape is refused."""
+    faces = np.asarray(faces, np.float32)
+    if faces.ndim == 3:
+        faces = faces[..., None]
+    if faces.ndim != 4 or faces.shape[1:] != (48, 48, 1):
+        raise ValueError(f"expected faces of shape [N,48,48] or [N,48,48,1], got {faces.shape}")
+    return faces

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from ferjax.images import face_batch
+
 _log = logging.getLogger(__name__)
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 
@@ -39,11 +41,7 @@ class Predictor:
         return next(b for b in self.buckets if b >= n)
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
-        faces = np.asarray(faces, np.float32)
-        if faces.ndim == 3:
-            faces = faces[..., None]
-        if faces.ndim != 4 or faces.shape[1:] != (48, 48, 1):
-            raise ValueError(f"expected faces of shape [N,48,48] or [N,48,48,1], got {faces.shape}")
+        faces = face_batch(faces)
         n = faces.shape[0]
         if n == 0:
             return np.zeros((0, 7), np.float32)

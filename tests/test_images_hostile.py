@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from ferjax import images
@@ -243,3 +244,12 @@ def test_png_chunk_declaring_gigabytes_is_never_allocated():
         except images.ImageError as e:
             assert str(e).startswith(f"<{len(data)} bytes>: ")
     assert watch.grown_mb < 64, f"decoding a {len(data)}-byte PNG took {watch.grown_mb:.0f} MB"
+
+
+def test_face_batch_takes_the_classifiers_layout_and_refuses_other_shapes():
+    """`images.face_batch`, the input check of both predictors (JAX and ONNX Runtime)."""
+    got = images.face_batch(np.zeros((2, 48, 48), np.uint8))
+    assert got.shape == (2, 48, 48, 1) and got.dtype == np.float32
+    for bad in ((2, 32, 32), (48, 48), (1, 48, 48, 3)):
+        with pytest.raises(ValueError, match=r"expected faces of shape \[N,48,48\] or \[N,48,48,1\]"):
+            images.face_batch(np.zeros(bad, np.float32))
