@@ -30,9 +30,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ferjax import __version__
-from ferjax.atomic import atomic_write_bytes
+from ferjax.atomic import atomic_write_bytes, file_sha256
 from ferjax.data.records import EMOTIONS
 from ferjax.images import face_batch
+from ferjax.jax_setup import CACHE_ENV
 
 FORMATS = ("onnx",)
 SUFFIX = ".onnx"
@@ -259,7 +260,7 @@ class OnnxPredictor:
 
 def cache_dir() -> Path:
     """Where exports made on first use live: $FERJAX_CACHE_DIR/onnx (default ~/.cache/ferjax/onnx)."""
-    return Path(os.environ.get("FERJAX_CACHE_DIR", "~/.cache/ferjax")).expanduser() / "onnx"
+    return Path(os.environ.get(CACHE_ENV, "~/.cache/ferjax")).expanduser() / "onnx"
 
 
 def cached_onnx(name: str) -> Path:
@@ -271,7 +272,7 @@ def cached_onnx(name: str) -> Path:
     path = cache_dir() / f"{name}-{pretrained.weights_sha256(name)}{SUFFIX}"
     card = card_path(path)
     try:
-        ok = path.is_file() and json.loads(card.read_text())["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        ok = path.is_file() and json.loads(card.read_text())["sha256"] == file_sha256(path)
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
     if not ok:
