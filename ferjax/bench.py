@@ -22,6 +22,7 @@ from typing import Any, Callable
 from absl import app, flags
 
 from ferjax.jax_setup import split_host_cpu
+from ferjax.nn import init_variables
 
 flags.DEFINE_list("classifiers", ["vgg_small", "vgg13"], "Registered classifiers to measure ('all' for every one).")
 flags.DEFINE_list("predict_batch_sizes", ["1", "32", "128"], "Batch sizes for predict.")
@@ -125,7 +126,7 @@ def jax_predict(name: str, batch: int, dtype: str) -> tuple[Callable, float, flo
     import numpy as np
 
     model = _model(name, dtype)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    variables = init_variables(model, jax.random.key(0), jnp.zeros((1, 48, 48, 1)))
     x = jnp.asarray(np.random.default_rng(0).integers(0, 255, (batch, 48, 48, 1)), jnp.float32)
     start = time.perf_counter()
     lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ferjax import __version__
 from ferjax.atomic import atomic_write_bytes, file_sha256
+from ferjax.nn import init_variables as _init_compiled
 from ferjax.registry import CLASSIFIERS, PRETRAINED
 
 DEFAULT = "fer2013_distilled_adjusted"
@@ -39,7 +40,7 @@ def packaged(filename: str) -> Path:
 
 def init_variables(model: Any, seed: int = 0) -> Any:
     """Variables of `model` for a [1,48,48,1] input (the template that weights are read into)."""
-    return model.init(jax.random.key(seed), jnp.zeros((1, 48, 48, 1), jnp.float32), train=False)
+    return _init_compiled(model, jax.random.key(seed), jnp.zeros((1, 48, 48, 1), jnp.float32))
 
 
 def weights_sha256(name: str | None = None) -> str:
