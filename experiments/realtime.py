@@ -40,6 +40,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.pretrained = pretrained.DEFAULT  # the shipped model (one home: ferjax.pretrained.DEFAULT)
     c.classifier = ""              # a registered classifier with random weights (demos only)
     c.allow_random_classifier = False
+    c.backend = "auto"             # classifier on jax, onnxruntime (onnx extra) or auto (ferjax.analyzer.resolve_backend)
     c.buckets = (1, 2, 4, 8, 16, 32)
     c.align = True                 # rotate crops so the eyes are level when landmarks exist
     c.margin = 0.0

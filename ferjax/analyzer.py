@@ -33,6 +33,35 @@ from ferjax.realtime.tracker import IoUTracker
 DEFAULT_DETECTOR = "yunet"
 MAX_SIDE = 2048  # photos: longest side detected at full resolution (faces of ~12 px and up)
 BACKENDS = ("jax", "onnxruntime")  # where the classifier runs (the detector stays on OpenCV / JAX)
+AUTO = "auto"
+# What `backend="auto"` picks where the onnx extra is installed (`python -m ferjax.backend_bench`
+# decides it: ONNX Runtime only when its whole-pipeline FPS is >= 10% higher on every shared video).
+AUTO_PREFERS = "jax"
+
+
+def onnx_available() -> bool:
+    """Whether the onnx extra (jax2onnx, onnx, onnxruntime) is importable."""
+    import importlib.util  # noqa: PLC0415
+
+    return all(importlib.util.find_spec(m) is not None for m in ("jax2onnx", "onnx", "onnxruntime"))
+
+
+def resolve_backend(backend: str | None, model: Any = None, classifier: str | None = None) -> str:
+    """The backend an Analyzer runs: `backend` itself, or for "auto"/None `AUTO_PREFERS` where the
+    onnx extra is installed and the classifier is a registered pretrained model (a JAX
+    `Predictor` or random weights stay on JAX), else "jax". Unknown names raise ValueError."""
+    backend = backend or AUTO
+    if backend not in (*BACKENDS, AUTO):
+        raise ValueError(f"backend={backend!r}: expected one of {(*BACKENDS, AUTO)}")
+    if backend != AUTO:
+        return backend
+    if model is not None and not isinstance(model, str):  # a loaded predictor runs where it was built
+        from ferjax import export  # noqa: PLC0415
+
+        return "onnxruntime" if isinstance(model, export.OnnxPredictor) else "jax"
+    if AUTO_PREFERS == "jax" or isinstance(model, Predictor) or classifier or not onnx_available():
+        return "jax"
+    return AUTO_PREFERS
 
 
 def build_detector(name: str, args: Mapping[str, Any] | None = None,
@@ -97,9 +126,10 @@ class Analyzer:
       max_side: photos larger than this on their longer side are scaled down for detection.
       max_pixels: encoded images declaring more pixels are refused before decoding.
       smoothing: video only: track faces (IoU) and average each track's probabilities.
-      backend: where the classifier runs: "jax" (default; training and GPU path) or "onnxruntime"
-        (the pretrained `model` exported to ONNX into ferjax's cache on first use, keyed by its
-        weights' sha256; needs the onnx extra). The detector is the same either way.
+      backend: where the classifier runs: "jax" (the training and GPU path), "onnxruntime" (the
+        pretrained `model` exported to ONNX into ferjax's cache on first use, keyed by its
+        weights' sha256; needs the onnx extra) or "auto" (default: see `resolve_backend`). The
+        detector is the same either way; `backend` holds the one chosen.
     """
 
     def __init__(self, detector: str | Detector = DEFAULT_DETECTOR, model: str | Predictor | None = None, *,
@@ -108,7 +138,7 @@ class Analyzer:
                  allow_random: bool = False, buckets: Sequence[int] = DEFAULT_BUCKETS, align: bool = True,
                  margin: float = 0.0, max_faces: int = 64, min_face: int = 12, max_side: int = MAX_SIDE,
                  max_pixels: int = images.DEFAULT_MAX_PIXELS, smoothing: bool = True,
-                 smoothing_iou: float = 0.3, smoothing_alpha: float = 0.4, backend: str = "jax"):
+                 smoothing_iou: float = 0.3, smoothing_alpha: float = 0.4, backend: str | None = AUTO):
         from ferjax.realtime.classify import make_predictor  # noqa: PLC0415
 
         settings = dict(settings or {})
@@ -116,8 +146,7 @@ class Analyzer:
             settings["models_dir"] = str(models_dir)
         self.detector = build_detector(detector, detector_args, settings) if isinstance(detector, str) else detector
         self._detector_spec = (detector, dict(detector_args or {}), settings) if isinstance(detector, str) else None
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+        self.backend = backend = resolve_backend(backend, model, classifier)
         if backend == "onnxruntime":
             from ferjax import export  # noqa: PLC0415
 
@@ -151,7 +180,7 @@ class Analyzer:
                    allow_random=bool(config["allow_random_classifier"]), buckets=tuple(config["buckets"]),
                    align=config["align"], margin=config["margin"], max_faces=config["max_faces"],
                    smoothing=config["smoothing"], smoothing_iou=config["smoothing_iou"],
-                   smoothing_alpha=config["smoothing_alpha"])
+                   smoothing_alpha=config["smoothing_alpha"], backend=config.get("backend", AUTO))
 
     def replica(self) -> "Analyzer":
         """An Analyzer sharing this one's compiled classifier and settings, with a detector of its

@@ -28,13 +28,15 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 
 def parser() -> argparse.ArgumentParser:
     from ferjax import images  # noqa: PLC0415
-    from ferjax.analyzer import DEFAULT_DETECTOR, MAX_SIDE  # noqa: PLC0415
+    from ferjax.analyzer import AUTO, BACKENDS, DEFAULT_DETECTOR, MAX_SIDE  # noqa: PLC0415
     from ferjax.jax_setup import DEFAULT_JAX_CACHE  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="ferjax analyze", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", metavar="PATH", help="photos, folders of photos, videos")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, help="a registered detector (default %(default)s)")
     p.add_argument("--model", default=None, help="a registered pretrained model (default: the shipped one)")
+    p.add_argument("--backend", choices=(*BACKENDS, AUTO), default=AUTO,
+                   help="where the classifier runs: jax, onnxruntime (the onnx extra) or auto (default)")
     p.add_argument("--detector-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="detector keyword argument, e.g. threshold=0.8 (repeatable)")
     p.add_argument("--models-dir", default=None, help="folder of third-party detector files")
@@ -245,8 +247,9 @@ def _run(args: argparse.Namespace) -> int:
     enable_jax_cache(args.jax_cache_dir)
     try:
         analyzer = Analyzer(args.detector, args.model, detector_args=detector_args,
-                            models_dir=args.models_dir, max_side=args.max_side, max_pixels=args.max_pixels)
-    except (RegistryError, OSError, TypeError, ValueError) as e:
+                            models_dir=args.models_dir, max_side=args.max_side, max_pixels=args.max_pixels,
+                            backend=args.backend)
+    except (RegistryError, OSError, TypeError, ValueError, ImportError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     warm_s = analyzer.warmup()  # classifier buckets; not counted in the per-photo time
     try:

@@ -145,6 +145,7 @@ FIELD_RULES: dict[str, registry.Check] = {
     "smoothing_alpha": registry.number(0.0, 1.0, open_low=True), "smoothing_iou": _FRACTION,
     "input_size": _positive_ints(2),
     "display": registry.one_of("auto", "yes", "no"),
+    "backend": registry.one_of("auto", "jax", "onnxruntime"),
     "video_out": registry.Check(lambda v: v == "" or str(v).lower().endswith(VIDEO_SUFFIXES),
                                 f"'' (no video) or a file name ending in {' or '.join(VIDEO_SUFFIXES)}"),
     "buckets": _positive_ints(),

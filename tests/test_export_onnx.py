@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REAL_FER
+from conftest import MEDIA, REAL_FER
 
 pytest.importorskip("jax2onnx", reason="the onnx extra (jax2onnx, onnx, onnxruntime) converts the models")
 pytest.importorskip("onnxruntime", reason="the onnx extra (jax2onnx, onnx, onnxruntime) runs the exports")
@@ -204,3 +204,59 @@ def test_analyzer_onnxruntime_backend_exports_once_into_the_cache_and_labels_as_
     assert [f.label for f in onnx_faces] == [f.label for f in jax_faces]
     for a, b in zip(onnx_faces, jax_faces):
         assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < 1e-4
+
+
+def test_auto_backend_resolves_by_the_benchmarks_rule():
+    """"auto" follows `AUTO_PREFERS` for registered models where the onnx extra is installed; a
+    loaded predictor runs where it was built; unknown backends are refused by name."""
+    from ferjax import analyzer
+
+    assert analyzer.onnx_available()
+    assert analyzer.resolve_backend(None) == analyzer.resolve_backend("auto") == analyzer.AUTO_PREFERS
+    assert analyzer.resolve_backend("auto", classifier="vgg_small") == "jax"  # random weights: JAX only
+    assert analyzer.resolve_backend("jax") == "jax" and analyzer.resolve_backend("onnxruntime") == "onnxruntime"
+    with pytest.raises(ValueError, match="'tensorrt'"):
+        analyzer.resolve_backend("tensorrt")
+
+
+def test_analyze_command_backend_flag_labels_a_photo_as_jax_does(faces, tmp_path, capsys):
+    """`ferjax analyze PHOTO --backend onnxruntime` and `--backend jax`: the same boxes and labels,
+    probabilities within 1e-4 (as printed, rounded to 4 places); a backend it does not know is a
+    usage error (exit 2) before any model loads."""
+    x, _ = faces
+    tiles = [cv2.resize(x[i, ..., 0].astype(np.uint8), (160, 160), interpolation=cv2.INTER_CUBIC) for i in range(4)]
+    photo = tmp_path / "four.png"
+    cv2.imwrite(str(photo), np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]))
+    out = {}
+    for backend in ("jax", "onnxruntime"):
+        assert command.dispatch(["analyze", str(photo), "--backend", backend]) == 0
+        out[backend] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["faces"]
+    assert len(out["jax"]) >= 2
+    assert [f["box"] for f in out["onnxruntime"]] == [f["box"] for f in out["jax"]]
+    assert [f["label"] for f in out["onnxruntime"]] == [f["label"] for f in out["jax"]]
+    for a, b in zip(out["onnxruntime"], out["jax"]):
+        assert max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]) <= 2e-4
+    with pytest.raises(SystemExit) as e:
+        command.dispatch(["analyze", str(photo), "--backend", "tensorrt"])
+    assert e.value.code == 2 and "invalid choice: 'tensorrt'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (MEDIA / "one_face_short.mp4").is_file(), reason=f"shared videos not found at {MEDIA}")
+def test_backend_benchmark_times_both_and_finds_the_same_labels_on_a_real_video(tmp_path, capsys):
+    """`python -m ferjax.backend_bench` on 12 frames of a real video: classifier rows for batch
+    1/8/32 and pipeline FPS for both backends, and every face labelled alike (no near-tie needed)."""
+    from ferjax import backend_bench
+
+    out = tmp_path / "bench.json"
+    assert backend_bench.main(["--videos", str(MEDIA / "one_face_short.mp4"), "--max-frames", "12", "--rounds", "1",
+                               "--repeats", "3", "--iters", "1", "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "| one_face_short.mp4 | 12 |" in capsys.readouterr().out
+    assert [r["batch"] for r in report["classifier"]] == list(backend_bench.BATCHES)
+    assert all(r["jax_ms"] > 0 and r["onnxruntime_ms"] > 0 for r in report["classifier"])
+    (row,) = report["pipeline"]
+    assert row["frames"] == 12 and row["jax_fps"] > 0 and row["onnxruntime_fps"] > 0
+    agreement = report["agreement"]["one_face_short.mp4"]
+    assert agreement["faces"] >= 12 and agreement["same_label"] == agreement["faces"]
+    assert agreement["frames_with_other_boxes"] == 0 and agreement["max_abs_diff"] < 1e-4
+    assert set(report["decision"]) >= {"onnxruntime_default", "faster_on_every_video", "labels_equal"}
