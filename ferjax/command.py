@@ -1,7 +1,7 @@
 """`ferjax`: one command with subcommands; each `ferjax SUB --help` says what it does and lists its flags.
 
     ferjax run --experiment=NAME[:variant] [--config.a.b=VALUE ...] [--workdir=DIR]
-    ferjax list | analyze | serve | bench | convert | compact | export | doctor [...]
+    ferjax list | analyze | serve | bench | convert | compact | export | export-web | doctor [...]
 
 The older forms keep working: `ferjax --experiment=...` (= `ferjax run`), and every
 `python -m ferjax.X` the documentation used (`ferjax.run`, `ferjax.serve`, `ferjax.bench`,
@@ -36,6 +36,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "compact": Subcommand("ferjax.data.compact.cli", "main", "write FER2013 as one compact file, or check one"),
     "export": Subcommand("ferjax.export", "main", "a pretrained classifier as one ONNX file (--int8: "
                          "quantised) with its model card (needs the onnx extra)"),
+    "export-web": Subcommand("ferjax.export_web", "main", "the client-side web page (detection and "
+                             "expressions in the browser) as a static folder"),
     "doctor": Subcommand("ferjax.doctor", "main", "what this machine gives ferjax: model files, OpenCV "
                          "(CUDA), JAX devices, each detector on a frame"),
 }

@@ -9,11 +9,13 @@ Endpoints::
     GET  /v1/models    the loaded detector and model, and every registered one
     GET  /healthz      liveness and batching counters
     GET  /             the live web page (camera -> WebSocket /v1/ws -> boxes and labels)
+    GET  /local/       the in-browser page: detection and expressions run in the browser (ONNX
+                       Runtime Web), no frame reaches the server (`ferjax.serve_local`)
 
 Needs the optional extra `serve` (`pip install 'ferjax[serve]'`: FastAPI + uvicorn). Binds to
 127.0.0.1 by default; any other address requires an API key (`--api-key` or $FERJAX_API_KEY),
-checked on every request except /healthz and the page itself (header `X-API-Key` or
-`Authorization: Bearer KEY`; the page's WebSocket passes it as `?key=`). Every bad request gets a
+checked on every request except /healthz and the pages themselves, / and /local/ (header `X-API-Key`
+or `Authorization: Bearer KEY`; the page's WebSocket passes it as `?key=`). Every bad request gets a
 4xx with a reason, and no error body carries a library's message or a memory address (details go
 to the server log). Concurrent requests are batched into one jitted predict (`ferjax.serve_batch`).
 
@@ -430,6 +432,10 @@ def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEF
     async def script() -> Response:
         return Response(_web_file("app.js"), media_type="text/javascript")
 
+    from ferjax.serve_local import mount  # noqa: PLC0415
+
+    mount(app, info["model"] if info["model"] in PRETRAINED.names() else None)  # GET /local/ (static files)
+
     @app.websocket("/v1/ws")
     async def ws(websocket: WebSocket) -> None:
         """Binary image messages in, one JSON result per message out (the page sends a new frame
@@ -841,7 +847,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      decode_threads=args.decode_threads, allowed_hosts=hosts, allowed_origins=args.allowed_origin)
     limits = ServerLimits(args.request_timeout, args.keep_alive, args.max_connections)
     print(f"ferjax.serve: http://{args.host}:{sock.getsockname()[1]}/ ({analyzer.detector_name} + "
-          f"{analyzer.predictor.name})", file=sys.stderr)
+          f"{analyzer.predictor.name}); in-browser page: http://{args.host}:{sock.getsockname()[1]}/local/",
+          file=sys.stderr)
     uvicorn.Server(server_config(app, limits, args.log_level)).run(sockets=[sock])
     return 0
 
