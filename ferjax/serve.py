@@ -267,7 +267,8 @@ def create_app(analyzer: Any, *, api_key: str | None = None, max_body: int = DEF
     app.state.batcher, app.state.pixels, app.state.body_bytes = batcher, pixels, body_bytes
     app.state.max_body = max_body
     info = {"detector": analyzer.detector_name, "model": analyzer.predictor.name,
-            "classes": list(analyzer.class_names), "max_body_bytes": max_body, "max_pixels": max_pixels}
+            "backend": getattr(analyzer, "backend", "jax"), "classes": list(analyzer.class_names),
+            "max_body_bytes": max_body, "max_pixels": max_pixels}
     retry = {"Retry-After": str(RETRY_AFTER_S)}
 
     async def in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -718,7 +719,7 @@ class BackgroundServer:
 
 
 def parser() -> argparse.ArgumentParser:
-    from ferjax.analyzer import DEFAULT_DETECTOR  # noqa: PLC0415
+    from ferjax.analyzer import AUTO, BACKENDS, DEFAULT_DETECTOR  # noqa: PLC0415
     from ferjax.jax_setup import DEFAULT_JAX_CACHE  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="ferjax serve", description=__doc__.split("\n\n")[0])
@@ -727,6 +728,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default=DEFAULT_DETECTOR, help="a registered detector (default %(default)s)")
     p.add_argument("--model", default=None, help="a registered pretrained model (default: the shipped one)")
     p.add_argument("--models-dir", default=None, help="folder of third-party detector files")
+    p.add_argument("--backend", choices=(*BACKENDS, AUTO), default=AUTO,
+                   help="where the classifier runs: jax, onnxruntime (the onnx extra) or auto (default)")
     p.add_argument("--api-key", default=None, help=f"required for non-loopback --host (or ${API_KEY_ENV})")
     p.add_argument("--max-body", type=_positive(int), default=DEFAULT_MAX_BODY,
                    help="bytes per request (default %(default)s)")
@@ -831,8 +834,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cv2.setNumThreads(args.opencv_threads)  # OpenCV's pool threads would run heavy work at full priority
     try:
-        analyzer = Analyzer(args.detector, args.model, models_dir=args.models_dir, max_pixels=args.max_pixels)
-    except (RegistryError, FileNotFoundError, ValueError) as e:
+        analyzer = Analyzer(args.detector, args.model, models_dir=args.models_dir, max_pixels=args.max_pixels,
+                            backend=args.backend)
+    except (RegistryError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"ferjax.serve: {e}", file=sys.stderr)
         return 2
     analyzer.warmup()
@@ -847,8 +851,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      decode_threads=args.decode_threads, allowed_hosts=hosts, allowed_origins=args.allowed_origin)
     limits = ServerLimits(args.request_timeout, args.keep_alive, args.max_connections)
     print(f"ferjax.serve: http://{args.host}:{sock.getsockname()[1]}/ ({analyzer.detector_name} + "
-          f"{analyzer.predictor.name}); in-browser page: http://{args.host}:{sock.getsockname()[1]}/local/",
-          file=sys.stderr)
+          f"{analyzer.predictor.name} on {analyzer.backend}); in-browser page: "
+          f"http://{args.host}:{sock.getsockname()[1]}/local/", file=sys.stderr)
     uvicorn.Server(server_config(app, limits, args.log_level)).run(sockets=[sock])
     return 0
 

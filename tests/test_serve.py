@@ -93,6 +93,7 @@ def test_analyze_raw_and_multipart_models_and_health(server, frames):
     status, models = call(server.url, "GET", "/v1/models")
     assert status == 200 and models["detector"] == "yunet" and "yunet" in models["detectors"]
     assert models["model"] in models["models"] and len(models["classes"]) == 7
+    assert models["backend"] in ("jax", "onnxruntime")
     status, health = call(server.url, "GET", "/healthz")
     assert status == 200 and health["status"] == "ok" and health["requests"] >= 4
 
