@@ -181,6 +181,7 @@ def test_page_labels_faces_in_chromium_without_server_inference(server, tmp_path
     assert state.get("distinctFrames", 0) >= 30, state
     assert state["errors"] == 0 and state["ready"] and state["fps"] > 0, state
     assert state["threads"] >= 1 and state["backend"].startswith("ONNX Runtime Web"), state
+    assert state["crossOriginIsolated"], state  # /local/'s COOP/COEP headers took effect
     assert checked, state
     for face in checked:
         x1, y1, x2, y2 = face["box"]

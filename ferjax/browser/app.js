@@ -1,8 +1,8 @@
 // ferjax in-browser page: camera, photo or video -> YuNet + the expression classifier on ONNX
 // Runtime Web (wasm) in this tab -> boxes, labels and probability bars on a canvas. Nothing is
 // sent anywhere: onnxruntime-web and the models load from this folder (./ort/, ./models/).
-// Query options: ?autostart=1 starts the camera once the models are loaded; ?threads=N overrides
-// the wasm thread count (more than one needs the page cross-origin isolated: COOP/COEP headers).
+// Query options: ?autostart=1 starts the camera once the models are loaded; ?threads=N sets the
+// wasm thread count (more than one needs the page cross-origin isolated: COOP/COEP headers).
 const params = new URLSearchParams(location.search);
 const MAX_VIDEO_SIDE = 1280;     // larger video frames are scaled down before analysis
 const MAX_PHOTO_SIDE = 2048;     // as the server's photo mode
@@ -34,7 +34,12 @@ function status(text, error = false) {
 function wasmThreads() {
   const asked = parseInt(params.get("threads") || "", 10);
   if (asked > 0) return Math.min(asked, 16);
-  return self.crossOriginIsolated ? Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 4)) : 1;
+  // Half the cores, at most 4 (ONNX Runtime Web's own default): the browser's own threads (camera,
+  // video decoding, compositing, this page's drawing) need the rest. On the 2-core VM, 2 threads
+  // gave 11-13 FPS and 1 thread 18-22 FPS (tools/page_fps.py). More than one thread needs the page
+  // cross-origin isolated (SharedArrayBuffer).
+  const cores = navigator.hardwareConcurrency || 1;
+  return self.crossOriginIsolated ? Math.max(1, Math.min(4, Math.ceil(cores / 2))) : 1;
 }
 
 async function fetchJson(url) {
@@ -71,7 +76,9 @@ async function init() {
   state.model = config.model;
   const version = (ort.env.versions && ort.env.versions.web) || (config.onnxruntime_web || {}).version || "?";
   state.backend = `ONNX Runtime Web ${version} · wasm · ${threads} thread${threads > 1 ? "s" : ""}`;
-  $("backend").textContent = state.backend + (self.crossOriginIsolated ? " (cross-origin isolated)"
+  const cores = navigator.hardwareConcurrency || "?";
+  $("backend").textContent = state.backend + ` of ${cores} cores` + (self.crossOriginIsolated
+    ? " (cross-origin isolated; ?threads=N sets the count)"
     : " (not cross-origin isolated: the server sends no COOP/COEP headers, so wasm runs on one thread)");
   const card = (config.classifier || {}).card || {};
   $("model").textContent = `model ${config.model}` +
