@@ -53,7 +53,7 @@ def refused_path(rel: str) -> bool:
 
 
 def mount(app: Any, model: str | None = None) -> LocalPage:
-    """Adds GET /local and /local/{path} to FastAPI `app`; returns the LocalPage (also app.state.local_page)."""
+    """Adds GET (and HEAD) /local and /local/{path} to FastAPI `app`; returns the LocalPage (also app.state.local_page)."""
     import anyio  # noqa: PLC0415
     from fastapi.responses import FileResponse, RedirectResponse, Response  # noqa: PLC0415
 
@@ -63,11 +63,11 @@ def mount(app: Any, model: str | None = None) -> LocalPage:
     def text(status: int, line: str) -> Response:
         return Response(line + "\n", status_code=status, media_type="text/plain; charset=utf-8", headers=HEADERS)
 
-    @app.get("/local", include_in_schema=False)
+    @app.api_route("/local", methods=["GET", "HEAD"], include_in_schema=False)
     async def local_root() -> Response:
         return RedirectResponse("local/", status_code=308)  # relative: works behind a path prefix
 
-    @app.get(PATH + "{rel:path}", include_in_schema=False)
+    @app.api_route(PATH + "{rel:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def local_file(rel: str) -> Response:
         rel = rel or "index.html"
         if refused_path(rel):

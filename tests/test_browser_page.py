@@ -50,9 +50,9 @@ def server():
     srv.stop()
 
 
-def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+def _get(url: str, method: str = "GET") -> tuple[int, dict, bytes]:
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=120) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=120) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
@@ -121,6 +121,9 @@ def test_local_page_headers_types_and_refusals(server):
         assert status == 200 and headers["content-type"].split(";")[0] == ctype, (rel, status, headers)
         assert headers["cross-origin-embedder-policy"] == "require-corp", rel
     assert len(body) and json.loads(body)["labels"] == list(EMOTIONS)
+    status, headers, body = _get(f"{srv.url}/local/ort/ort-wasm-simd-threaded.wasm", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 1_000_000, headers
+    assert headers["cross-origin-opener-policy"] == "same-origin"
     for rel in ("../serve.py", "%2e%2e/serve.py", "src/../../serve.py", "..%2fexport_web.py"):
         status, _, body = _get(f"{srv.url}/local/{rel}")
         assert status in (400, 404) and b"import" not in body, (rel, status, body[:200])
