@@ -91,7 +91,8 @@ def write_inputs(work: Path, shared: Path, limit: int | None, every: int) -> dic
 
 
 def face_json(face) -> dict:
-    return {"box": [float(v) for v in face.box], "score": float(face.score), "label": face.label}
+    return {"box": [float(v) for v in face.box], "score": float(face.score), "label": face.label,
+            "probabilities": [round(float(face.probs[c]), 7) for c in face.probs]}
 
 
 def run_python(manifest: dict) -> dict:
@@ -171,12 +172,18 @@ def compare(manifest: dict, py: dict, js: dict, labels_order: list[str]) -> dict
     js_top, js_stats = side(js["fer"])
     both = [(p, q) for p, q in zip(py_top, js_top) if p is not None]
     box_ok = sum(1 for p, q in both if q is not None and iou(p["box"], q["box"]) >= 0.9)
+    ious = sorted(iou(p["box"], q["box"]) if q is not None else 0.0 for p, q in both)
     fer = {"images": n, "python": py_stats, "js": js_stats,
            "accuracy_difference_points": 100 * (js_stats["accuracy"] - py_stats["accuracy"]),
            "box_iou_0.9_fraction": box_ok / len(both) if both else None, "python_faces": len(both),
            "label_agreement": (sum(1 for p, q in both if q is not None and p["label"] == q["label"]) / len(both)
                                if both else None),
-           "detection_disagreements": sum(1 for p, q in zip(py_top, js_top) if (p is None) != (q is None))}
+           "detection_disagreements": sum(1 for p, q in zip(py_top, js_top) if (p is None) != (q is None)),
+           "box_iou_min": ious[0] if ious else None, "box_iou_median": ious[len(ious) // 2] if ious else None,
+           "max_probability_difference": _max_prob_diff(both),
+           "label_disagreements": [{"image": i, "truth": truth[i], "python": p, "js": q}
+                                   for i, (p, q) in enumerate(zip(py_top, js_top))
+                                   if p is not None and q is not None and p["label"] != q["label"]]}
     videos, all_pairs, js_faces_total = [], [], 0
     for pv, jv in zip(py["videos"], js["videos"]):
         pairs = [pr for pf, jf in zip(pv["frames"], jv["frames"]) for pr in match(pf, jf)]
@@ -188,9 +195,17 @@ def compare(manifest: dict, py: dict, js: dict, labels_order: list[str]) -> dict
     return {"fer_private_test": fer, "videos": videos, "videos_total": total}
 
 
+def _max_prob_diff(pairs) -> float | None:
+    """Largest |Python - JS| class probability over paired faces."""
+    diffs = [abs(a - b) for p, q in pairs if q is not None for a, b in zip(p["probabilities"], q["probabilities"])]
+    return max(diffs) if diffs else None
+
+
 def _video_stats(name: str, frames: int, pairs: list, js_faces: int) -> dict:
     matched = [(p, q) for p, q, v in pairs if q is not None and v >= 0.9]
     return {"video": name, "frames": frames, "python_faces": len(pairs), "js_faces": js_faces,
+            "box_iou_min": min((v for _, q, v in pairs), default=None),
+            "max_probability_difference": _max_prob_diff(matched),
             "box_iou_0.9_fraction": len(matched) / len(pairs) if pairs else None,
             "label_agreement": sum(1 for p, q in matched if p["label"] == q["label"]) / len(matched) if matched else None}
 
@@ -210,6 +225,7 @@ def main(argv=None) -> int:
     work = Path(args.work)
     manifest = write_inputs(work, Path(args.shared), args.limit, args.every)
     py = run_python(manifest)
+    (work / "py_results.json").write_text(json.dumps(py))
     js = run_js(work / "manifest.json", work / "js_results.json", args.threads)
     from ferjax.data.records import EMOTIONS  # noqa: PLC0415
 
@@ -230,7 +246,8 @@ def main(argv=None) -> int:
         print(f"  {who:6s}: accuracy {100 * s['accuracy']:.2f}%  detection rate {100 * s['detection_rate']:.2f}%")
     print(f"  accuracy difference (js - python): {fer['accuracy_difference_points']:+.2f} points (target within 0.5)")
     print(f"  faces with JS box IoU >= 0.9: {100 * fer['box_iou_0.9_fraction']:.2f}% of {fer['python_faces']} "
-          f"(target >= 99%); labels agree on {100 * fer['label_agreement']:.2f}%")
+          f"(target >= 99%; min IoU {fer['box_iou_min']:.4f}); labels agree on {100 * fer['label_agreement']:.2f}%; "
+          f"max probability difference {fer['max_probability_difference']:.2g}")
     for v in result["videos"] + [tot]:
         frac = "n/a" if v["box_iou_0.9_fraction"] is None else f"{100 * v['box_iou_0.9_fraction']:.2f}%"
         agree = "n/a" if v["label_agreement"] is None else f"{100 * v['label_agreement']:.2f}%"

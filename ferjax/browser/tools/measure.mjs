@@ -34,8 +34,10 @@ function rgba(rgb, width, height) {
   return { data: out, width, height };
 }
 
-const round = (v) => Math.round(v * 1e4) / 1e4;
-const faceJson = (f) => ({ box: f.box.map(round), score: round(f.score), label: f.label });
+const faceJson = (f) => ({
+  box: f.box, score: f.score, label: f.label,
+  probabilities: f.probabilities.map((p) => Math.round(p * 1e7) / 1e7),
+});
 
 function readAt(fd, offset, length) {
   const buf = Buffer.alloc(length);
