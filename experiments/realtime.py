@@ -16,16 +16,18 @@ VARIANTS = {"yunet": "yunet", "ssd": "ssd_resnet10", "ssd_resnet10": "ssd_resnet
 
 
 def detector_args() -> ml_collections.ConfigDict:
-    """Per-detector keyword arguments; detectors see frames downscaled to `detect_width`.
+    """Per-detector keyword arguments; detectors see frames downscaled to `detect_width`: "auto"
+    adapts it per stream to the faces found (full-width rescans every `rescan_every` frames and
+    whenever a face is lost; ferjax/realtime/width.py), a number (e.g. 320) fixes it.
     `use_cuda`: try the OpenCV CUDA path (BUILD.md); `cascade` / `cuda_cascade`: Haar files
     ("" = found in cv2.data / the model directories)."""
     return ml_collections.ConfigDict({
-        "haar": {"scale_factor": 1.2, "min_neighbors": 5, "min_size": 30, "detect_width": 320,
+        "haar": {"scale_factor": 1.2, "min_neighbors": 5, "min_size": 30, "detect_width": "auto",
                  "use_cuda": True, "cascade": "", "cuda_cascade": ""},
         "ssd_resnet10": {"threshold": 0.5, "input_size": (300, 300), "fmt": "auto", "fp16": False,
                          "use_cuda": True},
-        "yunet": {"threshold": 0.6, "detect_width": 320, "use_cuda": True, "fp16": False},
-        "mtcnn": {"detect_width": 320, "min_face_size": 20, "threshold": 0.9},
+        "yunet": {"threshold": 0.6, "detect_width": "auto", "use_cuda": True, "fp16": False},
+        "mtcnn": {"detect_width": "auto", "min_face_size": 20, "threshold": 0.9},
     })
 
 
@@ -35,6 +37,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.source = "0"                 # webcam index, video file, rtsp://... / http://... URL, or image folder
     c.detector = VARIANTS[variant or "yunet"]
     c.detector_args = detector_args()
+    c.rescan_every = 30            # detect_width "auto": frames between full-width scans
     c.models_dir = ""              # detector files; else $FERJAX_MODELS_DIR or ~/.cache/ferjax/models
     c.mtcnn_weights_dir = ""       # pnet/rnet/onet.lz4 of mtcnn==1.0.0; else <models dir>/mtcnn
     c.pretrained = pretrained.DEFAULT  # the shipped model (one home: ferjax.pretrained.DEFAULT)

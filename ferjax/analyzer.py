@@ -8,9 +8,11 @@ photos, batches of photos or video.
     for frame in analyzer.video("clip.mp4"): ...        # per-frame faces with track ids
 
 Photos are detected at full resolution up to `max_side` pixels on the longer side (larger images
-are scaled down for detection; crops always come from the original pixels); video keeps each
-detector's fast working width (`detect_width`, 320 px for the built-in detectors). In every mode
-the copy a detector sees is at most `max_side` on its longer side (a tall 320x78000 frame too).
+are scaled down for detection; crops always come from the original pixels); video runs each
+detector at its working width (`detect_width`): "auto" (the built-in detectors' default) adapts
+it per stream to the faces found, rescanning at full width (`ferjax.realtime.width`); a number
+fixes it. In every mode the copy a detector sees is at most `max_side` on its longer side (a
+tall 320x78000 frame too).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from ferjax.realtime.detect import Detector
 from ferjax.realtime.faces import Face, draw_faces, make_faces
 from ferjax.realtime.pipeline import Pipeline
 from ferjax.realtime.tracker import IoUTracker
+from ferjax.realtime.width import RESCAN_EVERY, capped_width, fixed_width
 
 DEFAULT_DETECTOR = "yunet"
 MAX_SIDE = 2048  # photos: longest side detected at full resolution (faces of ~12 px and up)
@@ -126,6 +129,7 @@ class Analyzer:
       max_side: photos larger than this on their longer side are scaled down for detection.
       max_pixels: encoded images declaring more pixels are refused before decoding.
       smoothing: video only: track faces (IoU) and average each track's probabilities.
+      rescan_every: video with `detect_width="auto"`: frames between full-width scans.
       backend: where the classifier runs: "jax" (the training and GPU path), "onnxruntime" (the
         pretrained `model` exported to ONNX into ferjax's cache on first use, keyed by its
         weights' sha256; needs the onnx extra) or "auto" (default: see `resolve_backend`). The
@@ -138,7 +142,8 @@ class Analyzer:
                  allow_random: bool = False, buckets: Sequence[int] = DEFAULT_BUCKETS, align: bool = True,
                  margin: float = 0.0, max_faces: int = 64, min_face: int = 12, max_side: int = MAX_SIDE,
                  max_pixels: int = images.DEFAULT_MAX_PIXELS, smoothing: bool = True,
-                 smoothing_iou: float = 0.3, smoothing_alpha: float = 0.4, backend: str | None = AUTO):
+                 smoothing_iou: float = 0.3, smoothing_alpha: float = 0.4, backend: str | None = AUTO,
+                 rescan_every: int = RESCAN_EVERY):
         from ferjax.realtime.classify import make_predictor  # noqa: PLC0415
 
         settings = dict(settings or {})
@@ -165,7 +170,7 @@ class Analyzer:
                                                              buckets)
         self.class_names = tuple(self.predictor.class_names or EMOTIONS)
         self.max_side, self.max_pixels = int(max_side), int(max_pixels)
-        self.smoothing = bool(smoothing)
+        self.smoothing, self.rescan_every = bool(smoothing), rescan_every
         self._track_args = (smoothing_iou, smoothing_alpha if smoothing else 1.0)  # alpha 1: ids only
         self._core = Pipeline(self.detector, self.predictor, class_names=self.class_names, align_faces=align,
                               margin=margin, max_faces=max_faces, min_face=min_face)
@@ -180,7 +185,8 @@ class Analyzer:
                    allow_random=bool(config["allow_random_classifier"]), buckets=tuple(config["buckets"]),
                    align=config["align"], margin=config["margin"], max_faces=config["max_faces"],
                    smoothing=config["smoothing"], smoothing_iou=config["smoothing_iou"],
-                   smoothing_alpha=config["smoothing_alpha"], backend=config.get("backend", AUTO))
+                   smoothing_alpha=config["smoothing_alpha"], backend=config.get("backend", AUTO),
+                   rescan_every=config.get("rescan_every", RESCAN_EVERY))
 
     def replica(self) -> "Analyzer":
         """An Analyzer sharing this one's compiled classifier and settings, with a detector of its
@@ -208,7 +214,8 @@ class Analyzer:
         tracker = IoUTracker(*self._track_args) if (self.smoothing if tracking is None else tracking) else None
         c = self._core
         pipe = Pipeline(self.detector, self.predictor, class_names=self.class_names, align_faces=c.align_faces,
-                        margin=c.margin, tracker=tracker, max_faces=c.max_faces, min_face=c.min_face)
+                        margin=c.margin, tracker=tracker, max_faces=c.max_faces, min_face=c.min_face,
+                        max_side=self.max_side, rescan_every=self.rescan_every)
         pipe.classifier_desc = self.model_desc
         return pipe
 
@@ -225,17 +232,17 @@ class Analyzer:
 
     def photo_width(self, frame: np.ndarray) -> int:
         """Detection width for a photo: its own width, or scaled so the longer side is `max_side`."""
-        h, w = frame.shape[:2]
-        return w if max(h, w) <= self.max_side else max(1, round(w * self.max_side / max(h, w)))
+        return capped_width(frame.shape, self.max_side)
 
     def video_width(self, frame: np.ndarray) -> int:
-        """Detection width for a video frame: the detector's fast working width (`detect_width`),
-        narrower where needed so that the longer side stays within `max_side` as for photos.
+        """Detection width for a single video frame: the detector's fast working width
+        (`detect_width`; "auto" outside a stream: `width.DEFAULT_WIDTH`), narrower where needed
+        so that the longer side stays within `max_side` as for photos (`video` adapts it per stream).
 
         The working width alone bounds nothing for a tall frame: a 320x78000 image was detected at
         full size (25 Mpx, 3 s of the one worker); capped, it is detected at 8x2048."""
         w = frame.shape[1]
-        working = getattr(self.detector, "detect_width", None) or w
+        working = fixed_width(getattr(self.detector, "detect_width", None)) or w
         return min(working, w, self.photo_width(frame))
 
     def detection_width(self, frame: np.ndarray, video: bool = False) -> int:
@@ -316,7 +323,7 @@ class Analyzer:
             for n, (index, frame) in enumerate(src):
                 if max_frames is not None and n >= max_frames:
                     break
-                result, _ = pipe.process(index, frame, draw=False, detect_width=self.video_width(frame))
+                result, _ = pipe.process(index, frame, draw=False)  # the stream's width, capped by max_side
                 yield FrameFaces(index, result.faces(self.class_names), result.ms, frame if keep_frames else None)
 
     def draw(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:

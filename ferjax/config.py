@@ -141,6 +141,7 @@ FIELD_RULES: dict[str, registry.Check] = {
     "selection_fraction": registry.number(0.0, 0.5, open_low=True, open_high=True), "min_prob": _FRACTION,
     # realtime
     "max_faces": _POSITIVE_INT, "max_frames": _COUNT, "warmup_frames": _COUNT, "reconnects": _COUNT,
+    "rescan_every": registry.integer(1, note="frames between full-width scans of detect_width 'auto'"),
     "num_threads": registry.integer(0, note="0: all cores"), "margin": _FRACTION,
     "smoothing_alpha": registry.number(0.0, 1.0, open_low=True), "smoothing_iou": _FRACTION,
     "input_size": _positive_ints(2),

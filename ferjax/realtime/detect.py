@@ -8,6 +8,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from ferjax.realtime.width import fixed_width, parse_detect_width
+
 _log = logging.getLogger(__name__)
 
 
@@ -55,13 +57,18 @@ class ResizingDetector:
 
     Detecting on a 320-wide copy of a 640-wide frame costs a quarter of the pixels and still
     finds faces larger than ~40 px; `detect_width=None` (or >= the frame width) keeps full size.
+    `detect_width="auto"`: a video `Pipeline` picks the width per stream from the faces it finds
+    (`ferjax.realtime.width`); called directly, the detector runs at `width.DEFAULT_WIDTH`.
+    `reliable_face`: the smallest face side (pixels of the image detected on, the detector's own
+    box) found reliably, which the adaptive width keeps faces above.
     """
 
     name = "detector"
     backend = "cpu"
+    reliable_face: float = 32.0
 
-    def __init__(self, detect_width: int | None = 320):
-        self.detect_width = detect_width
+    def __init__(self, detect_width: int | str | None = 320):
+        self.detect_width = parse_detect_width(detect_width)
 
     def detect_small(self, frame: np.ndarray) -> list[Detection]:
         raise NotImplementedError
@@ -69,7 +76,7 @@ class ResizingDetector:
     def resized(self, frame: np.ndarray, width: int | None = -1) -> tuple[np.ndarray, float]:
         """The frame the detector sees at `width` (default: `detect_width`; None: full size)
         and its scale relative to `frame`."""
-        width = self.detect_width if width == -1 else width
+        width = fixed_width(self.detect_width) if width == -1 else width
         w = frame.shape[1]
         if not width or width >= w:
             return frame, 1.0
@@ -84,7 +91,7 @@ class ResizingDetector:
         return dets if s == 1.0 else [d.scaled(1.0 / s) for d in dets]
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
-        return self.detect_at(frame, self.detect_width)
+        return self.detect_at(frame, fixed_width(self.detect_width))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from jax import lax
 
 from ferjax.realtime import mtcnn_weights
 from ferjax.realtime.detect import Detection, ResizingDetector
+from ferjax.realtime.width import AUTO
 
 _DN = ("NHWC", "HWIO", "NHWC")
 Params = dict[str, list[jax.Array]]
@@ -296,13 +297,19 @@ class MTCNNDetector(ResizingDetector):
     name = "mtcnn"
     config_args = {"weights_dir": "mtcnn_weights_dir"}  # builder fills weights_dir from this config key
 
-    def __init__(self, detect_width: int | None = 320, threshold: float = 0.9,
+    def __init__(self, detect_width: int | str | None = AUTO, threshold: float = 0.9,
                  weights_dir: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
                  size_buckets: Sequence[int] | None = SIDE_BUCKETS, **kwargs):
         super().__init__(detect_width)
         self.net = MTCNN(weights_dir=weights_dir, models_dir=models_dir, size_buckets=size_buckets, **kwargs)
         self.threshold = threshold
         self.backend = f"jax-{jax.default_backend()}"
+
+    @property
+    def reliable_face(self) -> float:
+        """`min_face_size`: tools/measure_face_sizes.py (real frames scaled down; threshold 0.9,
+        min_face_size 20) finds 83% of faces of 12 px, 90-91% at 14-16 px, 92-100% from 18 px."""
+        return float(self.net.min_face_size)
 
     def warmup(self, frame: np.ndarray) -> None:
         """Compiles every stage for this frame's (padded) size."""

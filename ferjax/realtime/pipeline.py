@@ -1,7 +1,8 @@
 """The real-time loop: capture -> detect -> preprocess -> predict -> draw (-> write).
 
 Every stage is timed per frame; the summary reports mean milliseconds per stage, end-to-end
-frames per second, detection counts and every frame that was skipped, with the reason.
+frames per second, detection counts, the widths detected at, track identities and every frame
+that was skipped, with the reason.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ferjax.realtime.capture import FrameSource, SourceError, open_source
 from ferjax.realtime.detect import Detection, Detector
 from ferjax.realtime.faces import Face, draw_faces, make_faces
 from ferjax.realtime.tracker import IoUTracker
+from ferjax.realtime.width import AUTO, RESCAN_EVERY, AdaptiveWidth, WidthStep, capped_width, fixed_width, summarize
 
 _log = logging.getLogger(__name__)
 STAGES = ("decode", "detect", "preprocess", "predict", "draw", "write")
@@ -33,13 +35,17 @@ class FrameResult:
     probs: np.ndarray                      # [N, C], smoothed when a tracker is used
     track_ids: list[int] | None = None
     ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    widths: WidthStep | None = None        # the widths detected at (None: a detector without detect_at)
 
     def faces(self, class_names: Sequence[str]) -> list[Face]:
         return make_faces(self.detections, self.probs, class_names, self.track_ids)
 
     def to_json(self, class_names: Sequence[str]) -> dict:
-        return {"frame": self.index, "faces": [f.to_json() for f in self.faces(class_names)],
-                "ms": {k: round(v, 3) for k, v in self.ms.items()}}
+        out = {"frame": self.index, "faces": [f.to_json() for f in self.faces(class_names)],
+               "ms": {k: round(v, 3) for k, v in self.ms.items()}}
+        if self.widths is not None:
+            out["detect_widths"] = list(self.widths.widths)
+        return out
 
 
 def display_available() -> bool:
@@ -51,15 +57,31 @@ def display_available() -> bool:
 
 
 class Pipeline:
-    """Detector + Predictor (+ optional IoU/EMA tracker) applied frame by frame."""
+    """Detector + Predictor (+ optional IoU/EMA tracker) applied frame by frame.
+
+    One Pipeline is one stream: with a detector whose `detect_width` is "auto" it keeps an
+    `AdaptiveWidth` (the working width, rescanning at full width every `rescan_every` frames);
+    `max_side` caps the longer side of every copy the detector sees (None: no cap). `run` starts
+    a new stream (`reset`).
+    """
 
     def __init__(self, detector: Detector, predictor: Any, *, class_names: Sequence[str],
                  align_faces: bool = True, margin: float = 0.0, tracker: IoUTracker | None = None,
-                 max_faces: int = 64, min_face: int = 12):
+                 max_faces: int = 64, min_face: int = 12, max_side: int | None = None,
+                 rescan_every: int = RESCAN_EVERY):
         self.detector, self.predictor, self.tracker = detector, predictor, tracker
         self.class_names = tuple(class_names)
         self.align_faces, self.margin = align_faces, margin
         self.max_faces, self.min_face = max_faces, min_face
+        self.max_side, self.rescan_every = max_side, rescan_every
+        self.reset()
+
+    def reset(self) -> None:
+        """Starts a new stream: a fresh width policy (when adaptive) and tracker."""
+        adaptive = getattr(self.detector, "detect_width", None) == AUTO and hasattr(self.detector, "detect_at")
+        self.widths = AdaptiveWidth(self.detector.reliable_face, self.rescan_every) if adaptive else None
+        if self.tracker is not None:
+            self.tracker.reset()
 
     def warmup(self, frame: np.ndarray) -> float:
         """Compiles the predictor's batch buckets and the detector for this frame size; seconds."""
@@ -70,15 +92,31 @@ class Pipeline:
             self.predictor(np.zeros((b, 48, 48, 1), np.float32))
         warm = getattr(self.detector, "warmup", None)
         warm(frame) if warm else self.detector(frame)
+        if self.widths is not None:  # the full-width scans of the stream
+            self.detector.detect_at(frame, capped_width(frame.shape, self.max_side))
         return time.perf_counter() - t
 
     def detect(self, frame: np.ndarray, detect_width: int | None = None) -> list[Detection]:
         """Faces of at least `min_face` px, best first, at most `max_faces`. `detect_width`
         overrides the detector's own working width (photos: full resolution up to a limit)."""
-        if detect_width is not None and hasattr(self.detector, "detect_at"):
-            found = self.detector.detect_at(frame, detect_width)
-        else:
-            found = self.detector(frame)
+        return self.detect_frame(frame, detect_width)[0]
+
+    def detect_frame(self, frame: np.ndarray, detect_width: int | None = None
+                     ) -> tuple[list[Detection], WidthStep | None]:
+        """`detect` and the widths it ran at: `detect_width`, else the stream's adaptive width
+        ("auto") or the detector's own, each at most the full width capped by `max_side`."""
+        if not hasattr(self.detector, "detect_at"):
+            return self._kept(self.detector(frame)), None
+        full = capped_width(frame.shape, self.max_side)
+        if detect_width is None and self.widths is not None:
+            return self.widths.detect(frame, self._detect_at, full)
+        width = min(detect_width or fixed_width(getattr(self.detector, "detect_width", None)) or full, full)
+        return self._detect_at(frame, width), WidthStep((width,))
+
+    def _detect_at(self, frame: np.ndarray, width: int) -> list[Detection]:
+        return self._kept(self.detector.detect_at(frame, width))
+
+    def _kept(self, found: Sequence[Detection]) -> list[Detection]:
         dets = [d for d in found if min(d.width, d.height) >= self.min_face]
         return sorted(dets, key=lambda d: -d.score)[: self.max_faces]
 
@@ -98,7 +136,7 @@ class Pipeline:
         """Runs one frame through detect/preprocess/predict/draw; returns the result and the overlay."""
         ms: dict[str, float] = {}
         t0 = time.perf_counter()
-        dets = self.detect(frame, detect_width)
+        dets, widths = self.detect_frame(frame, detect_width)
         t1 = time.perf_counter()
         crops = self.crops(frame, dets)
         t2 = time.perf_counter()
@@ -107,7 +145,7 @@ class Pipeline:
         ids = None
         if self.tracker is not None:
             ids, probs = self.tracker.update(np.array([d.box for d in dets]).reshape(-1, 4), probs)
-        result = FrameResult(index, dets, probs, ids)
+        result = FrameResult(index, dets, probs, ids, widths=widths)
         out = self.draw(frame, result) if draw else frame
         t4 = time.perf_counter()
         ms.update(detect=(t1 - t0) * 1e3, preprocess=(t2 - t1) * 1e3, predict=(t3 - t2) * 1e3, draw=(t4 - t3) * 1e3)
@@ -130,6 +168,7 @@ class Pipeline:
             _log.error("%s", e)
             return {**summary, "error": str(e), "frames": 0, "bad_frames": 0}
         show = display_available() if display == "auto" else display in (True, "yes", "true", "1")
+        self.reset()
         with src:
             summary.update(self._loop(src, max_frames, video_out, jsonl_out, show, draw, warmup_frames))
         summary["detector_backend"] = getattr(self.detector, "backend", "?")  # what ran: CUDA may have fallen back
@@ -145,6 +184,8 @@ class Pipeline:
             Path(jsonl_out).parent.mkdir(parents=True, exist_ok=True)
             jsonl = open(jsonl_out, "w")
         n = with_faces = faces = max_seen = errors = 0
+        per_frame: list[int] = []
+        steps: list[WidthStep] = []
         compile_s = None
         frames = iter(src)
         try:
@@ -180,6 +221,9 @@ class Pipeline:
                 result.ms.update(decode=(t_dec - t0) * 1e3, write=(t_end - t_w) * 1e3)
                 n += 1
                 faces += len(result.detections)
+                per_frame.append(len(result.detections))
+                if result.widths is not None:
+                    steps.append(result.widths)
                 with_faces += bool(result.detections)
                 max_seen = max(max_seen, len(result.detections))
                 if n > warmup_frames:
@@ -198,6 +242,9 @@ class Pipeline:
             "frame_errors": errors, "errors": src.stats.errors,
             "frames_with_faces": with_faces, "detection_rate": round(with_faces / n, 4) if n else 0.0,
             "faces": faces, "max_faces_in_frame": max_seen,
+            "median_faces_in_frame": float(np.median(per_frame)) if per_frame else 0.0,
+            "track_ids": self.tracker.created if self.tracker is not None else None,
+            "detect_width": getattr(self.detector, "detect_width", None), **summarize(steps),
             "stage_ms": {s: round(float(np.mean(v)), 3) if v else 0.0 for s, v in times.items()},
             "frame_ms_p50": round(float(np.median(wall)), 3) if wall else 0.0,
             "fps": round(len(wall) / total * 1e3, 2) if total else 0.0,

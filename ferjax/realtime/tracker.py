@@ -22,8 +22,17 @@ class IoUTracker:
 
     def __init__(self, iou_threshold: float = 0.3, alpha: float = 0.4, max_missed: int = 5):
         self.iou_threshold, self.alpha, self.max_missed = iou_threshold, alpha, max_missed
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets every track (a new stream); ids start again at 0."""
         self.tracks: dict[int, _Track] = {}
         self._next = 0
+
+    @property
+    def created(self) -> int:
+        """Track identities created since the last reset."""
+        return self._next
 
     def update(self, boxes: np.ndarray, probs: np.ndarray) -> tuple[list[int], np.ndarray]:
         """boxes [N,4], probs [N,C] -> (track id per box, smoothed probs [N,C])."""
