@@ -190,3 +190,15 @@ def test_yunet_auto_finds_a_small_real_face_that_320_misses():
     pipe.detect_frame(src)
     assert pipe.detect_frame(src)[1].widths == (W.FLOOR,)
 
+
+def test_a_face_missed_for_a_few_frames_keeps_its_id():
+    t = IoUTracker(alpha=1.0)
+    p = np.eye(7)[[3]]
+    box = lambda x: np.array([[x, 100, x + 50, 150]], float)
+    ids = [t.update(box(100 + 6 * i), p)[0] for i in range(5)]  # moving 6 px a frame
+    for _ in range(8):  # missed for 8 frames (occluded, or below the detector's size)
+        t.update(np.zeros((0, 4)), np.zeros((0, 7)))
+    after = t.update(box(100 + 6 * 13), p)[0]  # 48 px further: no overlap with the last box
+    assert ids == [[0]] * 5 and after == [0] and t.created == 1
+    other = t.update(np.vstack([box(100 + 6 * 14), box(600)]), np.vstack([p, p]))[0]
+    assert other == [0, 1]  # a face elsewhere still starts its own track
