@@ -202,3 +202,15 @@ def test_a_face_missed_for_a_few_frames_keeps_its_id():
     assert ids == [[0]] * 5 and after == [0] and t.created == 1
     other = t.update(np.vstack([box(100 + 6 * 14), box(600)]), np.vstack([p, p]))[0]
     assert other == [0, 1]  # a face elsewhere still starts its own track
+
+
+def test_bench_table_shows_widths_and_track_ids():
+    from ferjax.realtime.bench import TIMED, format_table
+
+    base = {"detector": "yunet", "backend": "b", "classifier": "c", "video": "v.mp4", "frames": 10, "fps": 9.0,
+            "detection_rate": 1.0, "max_faces_in_frame": 10, **{f"{k}_ms": 1.0 for k in TIMED}}
+    table = format_table([{**base, "detect_width": "auto", "working_width_mean": 351.6, "full_scans": 4,
+                           "retries": 1, "median_faces_in_frame": 8.0, "track_ids": 24},
+                          {**base, "detect_width": 320, "median_faces_in_frame": 3.5, "track_ids": None}])
+    assert "| auto: 352 px, 4 full (1 retries) | 10 / 8 faces, 24 track ids |" in table
+    assert "| 320 | 10 / 3.5 faces |" in table

@@ -36,11 +36,13 @@ def run_bench(make_pipeline: Callable[[str], Pipeline], detectors: Sequence[str]
                    "backend_reason": s.get("detector_backend_reason", ""),
                    "video": video.rsplit("/", 1)[-1], **{k: s.get(k) for k in (
                        "frames", "frames_timed", "bad_frames", "detection_rate", "faces",
-                       "max_faces_in_frame", "fps", "frame_ms_p50", "compile_s", "error")}}
+                       "max_faces_in_frame", "median_faces_in_frame", "track_ids", "detect_width",
+                       "working_width_mean", "full_scans", "retries", "fps", "frame_ms_p50", "compile_s",
+                       "error")}}
             row.update({f"{k}_ms": s.get("stage_ms", {}).get(k, 0.0) for k in STAGES})
             rows.append(row)
-            _log.info("%s on %s: %.1f FPS, detection rate %.3f", name, row["video"], row["fps"] or 0,
-                      row["detection_rate"] or 0)
+            _log.info("%s on %s: %.1f FPS, detection rate %.3f, %s; %s", name, row["video"], row["fps"] or 0,
+                      row["detection_rate"] or 0, _widths(row), _crowd(row))
     return rows
 
 
@@ -72,11 +74,26 @@ def _versus_fer(r: dict[str, Any]) -> str:
     return f"not compared ({rates})"
 
 
+def _widths(r: dict[str, Any]) -> str:
+    """The detection width: the fixed number, or "auto" with the mean working width, the full-width
+    scans and how many of them were retries of a frame the working width missed faces in."""
+    if r.get("detect_width") != "auto":
+        return str(r.get("detect_width") or "")
+    return f"auto: {r.get('working_width_mean', 0):.0f} px, {r.get('full_scans', 0)} full ({r.get('retries', 0)} retries)"
+
+
+def _crowd(r: dict[str, Any]) -> str:
+    """Faces per frame (max / median) and, where tracked, the track identities created."""
+    ids = f", {r['track_ids']} track ids" if r.get("track_ids") is not None else ""
+    return f"{r.get('max_faces_in_frame') or 0} / {r.get('median_faces_in_frame') or 0:g} faces{ids}"
+
+
 def format_table(rows: Sequence[dict[str, Any]], peers: Sequence[dict[str, Any]] = ()) -> str:
     """A Markdown table like the paper's Table II, with per-stage milliseconds, the classifier that
     ran and, where the fer package ran too, the FPS ratio beside both detection rates."""
     head = ["detector", "backend", "classifier", "video", "frames", *[f"{k} ms" for k in TIMED],
-            "ms/frame", "FPS", "frames with face", "vs fer: FPS ratio (ours / fer faces)"]
+            "ms/frame", "FPS", "frames with face", "detect width", "faces per frame (max / median), ids",
+            "vs fer: FPS ratio (ours / fer faces)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "skipped" in r:
@@ -90,12 +107,12 @@ def format_table(rows: Sequence[dict[str, Any]], peers: Sequence[dict[str, Any]]
         lines.append("| " + " | ".join([
             r["detector"], r["backend"], r.get("classifier", ""), r["video"], str(r["frames"]),
             *[f"{r[f'{k}_ms']:.2f}" for k in TIMED], f"{ms:.2f}", f"{r['fps']:.1f}",
-            f"{100 * r['detection_rate']:.1f}%", _versus_fer(r)]) + " |")
+            f"{100 * r['detection_rate']:.1f}%", _widths(r), _crowd(r), _versus_fer(r)]) + " |")
     for p in [*peers, *PAPER_TABLE_II]:
         cells = [p["detector"], p["backend"], p.get("classifier", "mini-Xception (Keras)" if "video" in p else ""),
                  p.get("video", "(paper's webcam)"),
                  str(p.get("frames", "")), *[f"{p[f'{k}_ms']:.2f}" if f"{k}_ms" in p else "" for k in TIMED],
                  f"{1e3 / p['fps']:.2f}", f"{p['fps']:.1f}",
-                 f"{100 * p['detection_rate']:.1f}%" if "detection_rate" in p else "", ""]
+                 f"{100 * p['detection_rate']:.1f}%" if "detection_rate" in p else "", "", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

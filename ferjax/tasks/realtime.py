@@ -17,11 +17,12 @@ from ferjax.realtime.pipeline import Pipeline
 _log = logging.getLogger(__name__)
 
 
-def build_pipeline(config: ml_collections.ConfigDict, detector_name: str | None = None) -> Pipeline:
+def build_pipeline(config: ml_collections.ConfigDict, detector_name: str | None = None,
+                   tracking: bool | None = None) -> Pipeline:
     """The video pipeline of an experiment config, built by `ferjax.Analyzer` (the one
-    construction path of every front-end)."""
+    construction path of every front-end); `tracking` as `Analyzer.pipeline` takes it."""
     cv2.setNumThreads(config.num_threads or os.cpu_count() or 1)
-    return Analyzer.from_config(config, detector_name).pipeline()
+    return Analyzer.from_config(config, detector_name).pipeline(tracking)
 
 
 def _out(workdir: str, name: str) -> str | None:
@@ -70,8 +71,8 @@ def realtime_bench(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise FileNotFoundError(f"benchmark videos not found: {', '.join(missing)} (set --config.media_dir)")
     descs = {}
 
-    def make(name: str) -> Pipeline:
-        p = build_pipeline(config, name)
+    def make(name: str) -> Pipeline:  # tracked for the track-id count; smoothed only when configured
+        p = build_pipeline(config, name, tracking=True)
         descs[name] = p.classifier_desc
         return p
 
