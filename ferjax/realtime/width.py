@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ferjax.realtime.detect import Detection
+
+class FaceBox(Protocol):
+    """What the policy reads of a `ferjax.realtime.detect.Detection` (which imports this module)."""
+
+    @property
+    def width(self) -> float: ...
+
+    @property
+    def height(self) -> float: ...
 
 AUTO = "auto"
 DEFAULT_WIDTH = 320   # the working width with no face found yet, and of a detector called alone
@@ -63,7 +70,7 @@ def capped_width(shape: tuple[int, ...], max_side: int | None) -> int:
     return max(1, round(w * max_side / max(h, w)))
 
 
-def width_for_faces(dets: list[Detection], frame_width: int, full_width: int, reliable_face: float,
+def width_for_faces(dets: Sequence[FaceBox], frame_width: int, full_width: int, reliable_face: float,
                     headroom: float = HEADROOM, floor: int = FLOOR, step: int = STEP) -> int | None:
     """The smallest multiple of `step` (>= `floor`) at which the smallest of `dets` (boxes in
     frame pixels) is `headroom * reliable_face` pixels, or `full_width` where that is more than
@@ -117,17 +124,17 @@ class AdaptiveWidth:
         self.expected = 0                # faces the stream holds, from the last full scan
         self.since_full = 0              # frames since the last full-width pass
 
-    def _needed(self, dets: list[Detection], frame: np.ndarray, full: int) -> int | None:
+    def _needed(self, dets: list[FaceBox], frame: np.ndarray, full: int) -> int | None:
         return width_for_faces(dets, frame.shape[1], full, self.reliable_face, self.headroom, self.floor,
                                self.step)
 
-    def _learn(self, dets: list[Detection], frame: np.ndarray, full: int) -> None:
+    def _learn(self, dets: list[FaceBox], frame: np.ndarray, full: int) -> None:
         """After a full-width pass: the working width for its faces and the count to expect."""
         self.width = self._needed(dets, frame, full) or min(self.default_width, full)
         self.expected, self.since_full = len(dets), 0
 
-    def detect(self, frame: np.ndarray, detect_at: Callable[[np.ndarray, int], list[Detection]],
-               full_width: int) -> tuple[list[Detection], WidthStep]:
+    def detect(self, frame: np.ndarray, detect_at: Callable[[np.ndarray, int], list[FaceBox]],
+               full_width: int) -> tuple[list[FaceBox], WidthStep]:
         """Detections of `frame` (in frame pixels) by `detect_at`, at the working width or full width."""
         self.since_full += 1
         if self.width is None or self.since_full >= self.rescan_every:
