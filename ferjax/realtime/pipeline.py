@@ -21,7 +21,7 @@ import numpy as np
 
 from ferjax.realtime import align
 from ferjax.realtime.capture import FrameSource, SourceError, open_source
-from ferjax.realtime.detect import Detection, Detector
+from ferjax.realtime.detect import Detection, Detector, ResizingDetector
 from ferjax.realtime.faces import Face, draw_faces, make_faces
 from ferjax.realtime.tracker import IoUTracker
 from ferjax.realtime.width import AUTO, RESCAN_EVERY, AdaptiveWidth, WidthStep, capped_width, fixed_width, summarize
@@ -79,7 +79,8 @@ class Pipeline:
     def reset(self) -> None:
         """Starts a new stream: a fresh width policy (when adaptive) and tracker."""
         adaptive = getattr(self.detector, "detect_width", None) == AUTO and hasattr(self.detector, "detect_at")
-        self.widths = AdaptiveWidth(self.detector.reliable_face, self.rescan_every) if adaptive else None
+        reliable = getattr(self.detector, "reliable_face", ResizingDetector.reliable_face)
+        self.widths = AdaptiveWidth(reliable, self.rescan_every) if adaptive else None
         if self.tracker is not None:
             self.tracker.reset()
 
