@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "ferjax.components.tasks",
     "ferjax.components.pretrained",
     "ferjax.components.curation_signals",
+    "ferjax.components.pretrained_generators",
 )
 _log = logging.getLogger(__name__)
 _state = "unloaded"  # "loading" while the component modules import, then "loaded"
@@ -203,8 +204,11 @@ DATASETS = Registry("dataset")
 TASKS = Registry("task")
 PRETRAINED = Registry("pretrained model")
 CURATION_SIGNALS = Registry("curation signal")
+# Trained image-to-image generators by name: each entry returns the folder of a generator export
+# (ferjax.train.generator_export), apart from the classifiers in PRETRAINED.
+PRETRAINED_GENERATORS = Registry("pretrained generator")
 ALL = {r.kind: r for r in (CLASSIFIERS, GENERATORS, DISCRIMINATORS, LOSSES, DETECTORS,
-                            DATASETS, TASKS, PRETRAINED, CURATION_SIGNALS)}
+                            DATASETS, TASKS, PRETRAINED, CURATION_SIGNALS, PRETRAINED_GENERATORS)}
 
 
 def _origin(obj: Any) -> str:

@@ -25,7 +25,7 @@ from flax import traverse_util
 
 from ferjax.atomic import atomic_folder
 from ferjax.data.fer2013 import class_index
-from ferjax.registry import GENERATORS
+from ferjax.registry import GENERATORS, PRETRAINED_GENERATORS
 
 META, WEIGHTS = "generator.json", "generator.msgpack"
 FORWARD, REVERSE = "generator", "generator_reverse"  # folders inside a CycleGAN run
@@ -100,6 +100,25 @@ def read_meta(ckpt_dir: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GeneratorCheckpointError(f"{ckpt_dir / META} is not valid JSON: {e}") from None
     return _check_meta(meta, ckpt_dir / META)
+
+
+def resolve_generator(value: str, field: str = "generator_checkpoint") -> Path:
+    """The generator folder `value` names: a folder path, or a registered pretrained generator
+    (`PRETRAINED_GENERATORS`); anything else is refused naming `field` and both forms."""
+    if not value:
+        raise GeneratorCheckpointError(f"--config.{field} is empty: set it to a generator folder (holding {META} "
+                                       f"and {WEIGHTS}, e.g. RUN/generator of a cyclegan_* run) or a "
+                                       f"registered pretrained generator name")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return path
+    if value in PRETRAINED_GENERATORS:
+        return Path(PRETRAINED_GENERATORS.get(value)())
+    names = ", ".join(PRETRAINED_GENERATORS.names()) or "none yet"
+    raise GeneratorCheckpointError(
+        f"--config.{field}={value!r} is neither a folder nor a registered pretrained generator (registered: "
+        f"{names}); train one with `python -m ferjax.run --experiment=cyclegan_neutral2disgust:cpu` and pass "
+        f"--config.{field}=runs/cyclegan_neutral2disgust/cpu/generator")
 
 
 def _tree_differences(template: dict, state: dict) -> list[str]:
