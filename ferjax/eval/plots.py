@@ -69,3 +69,30 @@ def plot_curves(history: list[dict], path: str | Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_grouped_bars(values: dict[str, dict[str, tuple[float, float]]], path: str | Path, title: str,
+                      ylabel: str, lines: dict[str, float] | None = None) -> None:
+    """Bars grouped by the outer key (x axis), one colour per inner key, each (height, error bar);
+    `lines` draws labelled horizontal reference lines (published figures)."""
+    groups = list(values)
+    series = list(dict.fromkeys(s for g in values.values() for s in g))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups) * max(len(series), 1) / 2, 4.2))
+    for i, name in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        pairs = [values[g].get(name, (np.nan, 0.0)) for g in groups]
+        bars = ax.bar(xs, [p[0] for p in pairs], width, yerr=[p[1] for p in pairs], capsize=3, label=name)
+        ax.bar_label(bars, labels=[f"{p[0]:.1f}" if np.isfinite(p[0]) else "" for p in pairs], fontsize=7,
+                     padding=2)
+    for label, y in (lines or {}).items():
+        ax.axhline(y, color="grey", linestyle="--", linewidth=1)
+        ax.text(len(groups) - 0.5, y, label, ha="right", va="bottom", fontsize=7, color="dimgrey")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -70,7 +70,7 @@ def decide(config: ml_collections.ConfigDict, view: Mapping, workdir: Path) -> d
     relabeling = None
     k = config.kfold
     if k.folds:
-        recipe = _recipe(k)
+        recipe = kfold_recipe(k)
         probs, info = out_of_fold_probabilities(recipe, train, k.folds, k.seed, k.selection_fraction, workdir)
         r = config.relabel
         rel = confident_relabeling(labels, probs, r.filter_by, candidates=~removed, min_prob=r.min_prob,
@@ -102,7 +102,8 @@ def decide(config: ml_collections.ConfigDict, view: Mapping, workdir: Path) -> d
             "scores": scores, "signals": signals, "relabeling": relabeling}
 
 
-def _recipe(k: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def kfold_recipe(k: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config that trains each cross-validation fold: `kfold.recipe` with its overrides."""
     from ferjax import config as cfg_lib  # noqa: PLC0415
 
     try:
@@ -153,7 +154,7 @@ def curate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = Path(workdir)
     if config.kfold.folds:  # everything the relabeling step needs, checked before any work
         require_cleanlab()
-        _recipe(config.kfold)
+        kfold_recipe(config.kfold)
         check_settings(config.relabel.filter_by, config.relabel.min_prob, config.relabel.unconfident)
         if config.kfold.folds < 2 or not 0.0 < config.kfold.selection_fraction < 0.5:
             raise ValueError(f"kfold.folds={config.kfold.folds} (0, or at least 2) and "

@@ -136,6 +136,13 @@ def _bootstrap_metrics(y: np.ndarray, preds: np.ndarray, idx: np.ndarray, focus:
             "focus_recall": recall[:, :, focus]}
 
 
+def resampled_means(y: np.ndarray, preds: np.ndarray, focus: int, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """Seed-mean metrics [n_boot] of `preds` [runs, N] on resamples of the test images drawn as
+    `score` draws them (the same `seed` and N give the same resamples)."""
+    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    return {m: v.mean(1) for m, v in _bootstrap_metrics(np.asarray(y), np.asarray(preds), idx, focus).items()}
+
+
 def load_predictions(runs: Mapping[str, Sequence[Path]], rows: np.ndarray) -> dict[str, np.ndarray]:
     """{arm: [seeds, N] predicted classes} of every run's test predictions, in the order of `rows`."""
     return {arm: np.stack([_load_predictions(d, rows) for d in dirs]) for arm, dirs in runs.items()}

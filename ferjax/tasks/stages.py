@@ -1,0 +1,85 @@
+"""Cached pipeline stages: each stage's output lives in ROOT/stages/NAME/KEY, KEY a digest of the
+stage's config and of the content of its inputs (the digests earlier stages recorded of their
+outputs), so a rerun redoes only the stages whose config or inputs changed.
+
+A stage's folder is written through `ferjax.atomic.atomic_folder`: it appears whole, with its
+`stage.json` (wall time, output digest, summary), or not at all, so a killed run resumes at the
+first stage that has none. Work a stage resumes from inside itself (classifier checkpoints,
+cross-validation folds) lives outside these folders, in the stage's own resumable form.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ferjax.atomic import atomic_folder
+
+META = "stage.json"
+
+
+def digest(material: Any) -> str:
+    """16 hex digits of the sha256 of `material` as canonical JSON."""
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 (16 hex digits) of named arrays: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+class Stages:
+    """Runs and records the stages of one run folder, printing one progress line per stage."""
+
+    def __init__(self, root: str | Path, total: int):
+        self.root, self.total, self.done = Path(root), total, 0
+        self.log: dict[str, dict] = {}  # stage name -> its stage.json, plus `cached`
+
+    def run(self, name: str, inputs: Mapping[str, Any], make: Callable[[Path], dict],
+            folder_name: str | None = None) -> tuple[Path, dict]:
+        """(folder, record) of stage `name` for `inputs` (config and upstream digests): read back
+        when made before, else `make(tmp)` writes the outputs into a temporary folder and returns
+        the record's fields (at least `output_digest`)."""
+        key = digest(inputs)
+        folder = self.root / "stages" / (folder_name or name) / key
+        self.done += 1
+        head = f"[{self.done}/{self.total}] {name}"
+        if (folder / META).is_file():
+            record = {**json.loads((folder / META).read_text()), "cached": True}
+            print(f"{head}: cached ({folder.relative_to(self.root)}, made in {record['seconds']} s)", flush=True)
+        else:
+            for stale in folder.parent.glob(f".{key}.tmp-*"):  # a killed attempt's partial output
+                shutil.rmtree(stale, ignore_errors=True)
+            print(f"{head}: running -> {folder.relative_to(self.root)}", flush=True)
+            t0 = time.perf_counter()
+            with atomic_folder(folder, overwrite=True) as tmp:
+                fields = make(tmp)
+                record = {"stage": name, "key": key, "inputs": dict(inputs),
+                          "made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                          "seconds": round(time.perf_counter() - t0, 1), **fields}
+                (tmp / META).write_text(json.dumps(record, indent=2, default=str))
+            record["cached"] = False
+            print(f"{head}: done in {record['seconds']} s", flush=True)
+        self.log[name] = record
+        return folder, record
+
+    def record(self, name: str, seconds: float, cached: bool, **fields) -> None:
+        """Logs a stage that keeps its own resumable output (a classifier run)."""
+        self.done += 1
+        self.log[name] = {"stage": name, "seconds": round(seconds, 1), "cached": cached, **fields}
+
+    def table(self) -> list[dict]:
+        """One row per stage: name, cached, wall seconds (when it was made), key."""
+        return [{"stage": n, "cached": r["cached"], "seconds": r["seconds"], "key": r.get("key", "")}
+                for n, r in self.log.items()]
