@@ -60,6 +60,9 @@ WEIGHTS_SUFFIX = ".msgpack"  # exported weights; the model card is the same path
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "linear_decay")
 TTA = ("none", "flip")
+# Evaluation protocols (GUIDE.md section 4); `paper`: a reproduce_paper run's own 20% test part
+PROTOCOLS = ("original", "ferplus", "paper")
+DECOMPOSITION_ROWS = ("a", "b", "c", "d", "e")  # reproduce_paper's rows; e shares d's split
 DIFF_AUGMENTS = ("brightness", "contrast", "translation", "cutout")
 # Validation metrics `train.select_metric` may name, by task: `fit` selects checkpoints on them.
 SELECT_METRICS = {
@@ -139,6 +142,10 @@ FIELD_RULES: dict[str, registry.Check] = {
     "folds": registry.Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 2),
                             "0 (no relabeling) or an integer >= 2"),
     "selection_fraction": registry.number(0.0, 0.5, open_low=True, open_high=True), "min_prob": _FRACTION,
+    # the paper's protocol (reproduce_paper; evaluate --config.protocol=paper)
+    "protocol": registry.one_of(*PROTOCOLS), "test_fraction": registry.number(0.0, 1.0, open_low=True, open_high=True),
+    "seeds_b_c": _POSITIVE_INT, "rows": _names_in(DECOMPOSITION_ROWS, empty_ok=False),
+    "paper_row": registry.one_of(*DECOMPOSITION_ROWS[:-1]),
     # realtime
     "max_faces": _POSITIVE_INT, "max_frames": _COUNT, "warmup_frames": _COUNT, "reconnects": _COUNT,
     "rescan_every": registry.integer(1, note="frames between full-width scans of detect_width 'auto'"),
@@ -351,6 +358,9 @@ def check_combinations(config: ml_collections.ConfigDict) -> None:
         if metric not in available:
             raise ConfigError(f"config.train.select_metric={metric!r}: task {config.task!r} reports "
                               f"{', '.join(available)} on validation; expected one of those")
+    if config.get("protocol") == "paper" and "paper_run" in config and not config.paper_run:
+        raise ConfigError("config.paper_run is empty: protocol 'paper' scores the 20% test part of a "
+                          "reproduce_paper run; set --config.paper_run=RUN_DIR (its --workdir)")
     distill = config.get("distill")
     if isinstance(distill, ml_collections.ConfigDict) and "teachers" in distill:
         teachers = _names(distill.teachers)

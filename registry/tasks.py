@@ -73,3 +73,11 @@ def realtime_bench(config, workdir):
     from ferjax.tasks.realtime import realtime_bench as run
 
     return run(config, workdir)
+
+
+@TASKS.register("reproduce_paper")
+def reproduce_paper(config, workdir):
+    """The paper's pipeline end to end (curate, relabel, generate, 80/20 split, train), under three protocols."""
+    from ferjax.tasks.studies.reproduce import reproduce_paper as run
+
+    return run(config, workdir)

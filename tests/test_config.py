@@ -53,7 +53,10 @@ def test_unknown_experiment_and_variant():
     ("fer2013_vgg", "train.checkpoint_every_steps=0", "checkpoint_every_steps=0: expected an integer > 0"),
     ("fer2013_vgg", "protocol=orignal", "config.protocol='orignal': dataset 'fer2013' expects one of "
                                         "'original', 'ferplus'"),
-    ("evaluate", "protocol=paper", "config.protocol='paper': dataset 'fer2013' expects"),
+    ("fer2013_vgg", "protocol=paper", "config.protocol='paper': dataset 'fer2013' expects one of "
+                                      "'original', 'ferplus'"),
+    ("evaluate", "protocol=paper", "config.paper_run is empty: protocol 'paper' scores the 20% test part"),
+    ("evaluate", "protocol=papr", "config.protocol='papr': expected one of 'original', 'ferplus', 'paper'"),
     ("realtime", "detector_args.haar.scale_factor=1.0",
      r"config.detector_args.haar.scale_factor=1.0: detector 'haar' expects a number > 1.0"),
     ("realtime", "detector_args.yunet.threshold=1.5", "detector 'yunet' expects a number in"),

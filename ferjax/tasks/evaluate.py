@@ -10,6 +10,7 @@ import numpy as np
 
 from ferjax import pretrained
 from ferjax.config import invoked_command
+from ferjax.data import paper_split
 from ferjax.data.fer2013 import EMOTIONS
 from ferjax.eval import logit_adjustment
 from ferjax.eval.predict import TTA_MODES, evaluate_split
@@ -21,7 +22,7 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
     if config.tta not in TTA_MODES:
         raise ValueError(f"--config.tta={config.tta!r}: expected one of {sorted(TTA_MODES)}")
     model, variables, card = pretrained.load(config.model or None)
-    data = DATASETS.create(config.dataset, cfg=config.data, protocol=config.protocol)
+    data = _protocol_data(config)
     split = config.split
     if split not in data:
         raise ValueError(f"split {split!r} not in dataset; available: {sorted(data)}")
@@ -63,6 +64,18 @@ def evaluate_pretrained(config: ml_collections.ConfigDict, workdir: str) -> dict
         report["exported"] = str(export_to)
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _protocol_data(config: ml_collections.ConfigDict) -> dict:
+    """The splits the protocol scores: FER2013 (or `config.dataset`) for original and ferplus; for
+    paper, the parts of a reproduce_paper run's row (train: its 80%, validation: the selection part
+    of it, test: its 20%)."""
+    if config.protocol != "paper":
+        return DATASETS.create(config.dataset or "fer2013", cfg=config.data, protocol=config.protocol)
+    if config.dataset:
+        raise ValueError(f"--config.protocol=paper scores the split of --config.paper_run; leave "
+                         f"--config.dataset empty (it is {config.dataset!r})")
+    return paper_split.load(config.paper_run, config.paper_row)
 
 
 def _by_training_twins(train_images: np.ndarray, split: dict, twins: str) -> tuple[dict, int]:
