@@ -415,11 +415,12 @@ def reproduce_paper(config: ml_collections.ConfigDict, workdir: str) -> dict:
         members = _members(row, pool, removed, relabel, generated)
         splits[row], split_keys[row] = _split_stage(stages, config, row, members, pool, generated, files,
                                                     up[row])
-    runs = {}
-    for row in rows:
-        s = SPLIT_OF[row]
-        runs[row] = [_train_stage(stages, config, row, seed, splits[s], split_keys[s], pool, generated, private)
-                     for seed in range(seeds[row])]
+    runs = {row: [] for row in rows}
+    for seed in range(max(seeds.values())):  # seed-major: an interrupted run holds every row's first seeds
+        for row in (r for r in rows if seed < seeds[r]):
+            s = SPLIT_OF[row]
+            runs[row].append(_train_stage(stages, config, row, seed, splits[s], split_keys[s], pool, generated,
+                                          private))
 
     report = reproduce_report.write(config, stages, rows, runs, splits, SPLIT_OF, private, pool, generated)
     return {"experiment": config.name, "report": str(report["path"]), "stages": stages.table(),
