@@ -18,7 +18,8 @@ VARIANTS = {"yunet": "yunet", "ssd": "ssd_resnet10", "ssd_resnet10": "ssd_resnet
 def detector_args() -> ml_collections.ConfigDict:
     """Per-detector keyword arguments; detectors see frames downscaled to `detect_width`: "auto"
     adapts it per stream to the faces found (full-width rescans every `rescan_every` frames and
-    whenever a face is lost; ferjax/realtime/width.py), a number (e.g. 320) fixes it.
+    whenever a face is lost; faces too small for the working width followed in track windows at
+    full resolution; ferjax/realtime/width.py), a number (e.g. 320) fixes it.
     `use_cuda`: try the OpenCV CUDA path (BUILD.md); `cascade` / `cuda_cascade`: Haar files
     ("" = found in cv2.data / the model directories)."""
     return ml_collections.ConfigDict({

@@ -73,6 +73,11 @@ class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
     # 75-77% at 48-64 (frontal-only: turned faces are never found).
     RELIABLE_OVER_MIN_SIZE = 1.8
 
+    WINDOW_SCALES = (0.7, 1.5)  # a track window scans faces from 0.7x to 1.5x the tracked face's side
+    # A window scanning those scales only costs 0.6 x its pixels of a full pass: on frames of
+    # many_faces_1080p.mp4 a full pass (1.1 / 50 px) took as long as 41 windows of 288 px.
+    window_cost = 0.6
+
     def __init__(self, cascade: str | None = None, scale_factor: float = 1.1, min_neighbors: int = 5,
                  min_size: int = 30, detect_width: int | str | None = AUTO, use_cuda: bool = True,
                  cuda_cascade: str | None = None, models_dir: str | None = None,
@@ -97,6 +102,12 @@ class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
     @property
     def reliable_face(self) -> float:
         return self.RELIABLE_OVER_MIN_SIZE * self.min_size
+
+    @property
+    def window_face(self) -> float:
+        """The face side track windows scale faces down to: `reliable_face` (a window scans only
+        the scales near its face's, so a larger copy would cost pixels for nothing)."""
+        return self.reliable_face
 
     def _start_cuda(self, use_cuda: bool, cuda_cascade: str | None, models_dir: str | None,
                     probe: cuda.CudaProbe) -> str | None:
@@ -130,16 +141,31 @@ class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
     def _use_cpu(self) -> None:
         self._gpu = None
 
+    def _grey(self, frame: np.ndarray) -> np.ndarray:
+        return cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+
+    @staticmethod
+    def _boxes(rects) -> list[Detection]:
+        return [Detection((float(x), float(y), float(x + w), float(y + h)), 1.0) for x, y, w, h in rects]
+
     def _detect(self, frame: np.ndarray) -> list[Detection]:
-        grey = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+        grey = self._grey(frame)
         if self._gpu is not None:
             image = cv2.cuda_GpuMat()
             image.upload(grey)
-            rects = cuda.gpu_rects(self._gpu.detectMultiScale(image))
-        else:
-            rects = self._cpu.detectMultiScale(grey, self.scale_factor, self.min_neighbors,
-                                               minSize=(self.min_size, self.min_size))
-        return [Detection((float(x), float(y), float(x + w), float(y + h)), 1.0) for x, y, w, h in rects]
+            return self._boxes(cuda.gpu_rects(self._gpu.detectMultiScale(image)))
+        return self._boxes(self._cpu.detectMultiScale(grey, self.scale_factor, self.min_neighbors,
+                                                      minSize=(self.min_size, self.min_size)))
+
+    def detect_window_small(self, image: np.ndarray, face: float | None) -> list[Detection]:
+        """On the CPU with a face side expected: only the scales from `WINDOW_SCALES[0]` to
+        `WINDOW_SCALES[1]` times it (never under `min_size`), a few of the cascade's passes."""
+        if face is None or self._gpu is not None:
+            return self.detect_small(image)
+        lo = max(self.min_size, int(self.WINDOW_SCALES[0] * face))
+        hi = max(lo + 1, int(np.ceil(self.WINDOW_SCALES[1] * face)))
+        return self._boxes(self._cpu.detectMultiScale(self._grey(image), self.scale_factor, self.min_neighbors,
+                                                      minSize=(lo, lo), maxSize=(hi, hi)))
 
 
 @DETECTORS.register("ssd_resnet10", checks={"threshold": _SCORE, "fmt": one_of("auto", "tensorflow", "caffe")})
@@ -203,6 +229,7 @@ class YuNetDetector(cuda.FallsBackToCpu, ResizingDetector):
     # tools/measure_face_sizes.py (real frames scaled down; threshold 0.6): faces of 12 px are
     # found in 79% of cases, 16 px 94%, 18-20 px 96%, from 24 px 100%.
     reliable_face = 20.0
+    NETS = 3
 
     def __init__(self, threshold: float = 0.6, nms_threshold: float = 0.3, top_k: int = 5000,
                  detect_width: int | str | None = AUTO, models_dir: str | None = None, use_cuda: bool = True,
@@ -210,20 +237,34 @@ class YuNetDetector(cuda.FallsBackToCpu, ResizingDetector):
         super().__init__(detect_width)
         self._args = (str(models.locate(models.YUNET, models_dir)), "", (320, 320), threshold, nms_threshold, top_k)
         choice = cuda.choose_dnn(self.name, use_cuda, fp16, cuda_probe)
-        self.net = cv2.FaceDetectorYN.create(*self._args, choice.backend, choice.target)
+        self._target = (choice.backend, choice.target)
+        self.net = cv2.FaceDetectorYN.create(*self._args, *self._target)
         self.backend, self.backend_reason = choice.label, choice.reason
-        self._size: tuple[int, int] | None = None
+        # One network per input size, the most recent NETS sizes: a video stream alternates between
+        # its working width, full-width scans and track windows, and setInputSize reallocates
+        # (~4 ms a switch between 320x180 and 96x96 on the 2-core VM).
+        self._nets: dict[tuple[int, int], cv2.FaceDetectorYN] = {}
 
     def _use_cpu(self) -> None:
-        self.net = cv2.FaceDetectorYN.create(*self._args, cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_CPU)
-        self._size = None
+        self._target = (cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_CPU)
+        self.net = cv2.FaceDetectorYN.create(*self._args, *self._target)
+        self._nets = {}
+
+    def _net(self, size: tuple[int, int]) -> cv2.FaceDetectorYN:
+        net = self._nets.pop(size, None)
+        if net is None:
+            if not self._nets:
+                net = self.net
+            elif len(self._nets) < self.NETS:
+                net = cv2.FaceDetectorYN.create(*self._args, *self._target)
+            else:  # reuse the least recently used one
+                net = self._nets.pop(next(iter(self._nets)))
+            net.setInputSize(size)
+        self._nets[size] = net  # most recent last
+        return net
 
     def _detect(self, frame: np.ndarray) -> list[Detection]:
-        size = (frame.shape[1], frame.shape[0])
-        if size != self._size:
-            self.net.setInputSize(size)
-            self._size = size
-        _, faces = self.net.detect(frame)
+        _, faces = self._net((frame.shape[1], frame.shape[0])).detect(frame)
         if faces is None:
             return []
         faces = faces[np.isfinite(faces).all(axis=1)]  # seen once in CI: a NaN row on a tiny frame

@@ -1,6 +1,8 @@
 """The adaptive working width (`detect_width="auto"`, ferjax/realtime/width.py) and tracking ids."""
 from __future__ import annotations
 
+import json
+
 import cv2
 import ml_collections
 import numpy as np
@@ -10,9 +12,10 @@ from ferjax.analyzer import build_detector
 from ferjax.components.classifiers import EMOTIONS
 from ferjax.config import FIELD_RULES
 from ferjax.realtime import width as W
-from ferjax.realtime.detect import Detection, ResizingDetector
+from ferjax.realtime.detect import Detection, ResizingDetector, box_iou
 from ferjax.realtime.pipeline import Pipeline
 from ferjax.realtime.tracker import IoUTracker
+from ferjax.realtime.windows import cut_by_edge, merge, square_window
 from ferjax.registry import RegistryError
 from conftest import MEDIA, MODELS, require_detector
 
@@ -51,7 +54,7 @@ def pipeline(detector, **kw):
 
 
 def test_the_width_follows_faces_that_shrink_and_grow():
-    pipe = pipeline(Squares(), rescan_every=10)
+    pipe = pipeline(Squares(), rescan_every=10, track_windows=False)  # the width alone (windows: below)
     sides = [400] * 5 + list(range(400, 40, -20)) + [40] * 10 + list(range(40, 400, 20)) + [400] * 12
     steps = []
     for s in sides:
@@ -67,18 +70,20 @@ def test_the_width_follows_faces_that_shrink_and_grow():
     assert all(w <= 640 for st in steps for w in st.widths if not st.full_scan)
 
 
-def test_a_new_small_face_is_found_by_the_next_periodic_rescan():
-    pipe = pipeline(Squares(), rescan_every=10)
+@pytest.mark.parametrize("windows", [False, True])
+def test_a_new_small_face_is_found_by_the_next_periodic_rescan(windows):
+    pipe = pipeline(Squares(), rescan_every=10, track_windows=windows)
     big, small = (100, 100, 400), (900, 500, 40)
     found = [len(pipe.detect_frame(frame(big) if i < 3 else frame(big, small))[0]) for i in range(14)]
     # Frames 1-9 run at 160 wide, where the 40 px face is 5 px: missed until the rescan of frame 10.
     assert found[:10] == [1] * 10 and found[10:] == [2] * 4
-    assert pipe.widths.width == 640  # the rescan widened the working width for the small face
+    # The rescan widened the working width for the small face, or (windows) gave it a window.
+    assert pipe.widths.width == (W.FLOOR if windows else 640)
 
 
 def test_a_missed_frame_is_retried_at_full_width_on_the_same_frame():
     det = Squares()
-    pipe = pipeline(det, rescan_every=100)
+    pipe = pipeline(det, rescan_every=100, track_windows=False)
     pipe.detect_frame(frame((100, 100, 400), (900, 400, 100)))  # full scan: width 1280*20/100 -> 256
     dets, step = pipe.detect_frame(frame((100, 100, 400), (900, 400, 100)))
     assert step.widths == (256,) and len(dets) == 2
@@ -159,8 +164,8 @@ def test_detect_width_config_and_registry_checks():
     assert isinstance(cfg.detector_args, ml_collections.ConfigDict)
 
 
-def test_yunet_auto_finds_a_small_real_face_that_320_misses():
-    """A real face (from a shared video frame) pasted at ~36 px into a 1920x1080 frame."""
+def test_yunet_auto_follows_a_small_real_face_that_320_misses():
+    """A real face (from a shared video frame) pasted at ~36 px into a 1920x1080 frame, moving."""
     require_detector("yunet")
     video = MEDIA / "one_face_pexels_640x360.mp4"
     if not video.is_file():
@@ -174,21 +179,123 @@ def test_yunet_auto_finds_a_small_real_face_that_320_misses():
     patch = src[max(0, y1 - side // 2):y2 + side // 2, max(0, x1 - side // 2):x2 + side // 2]
     k = 36 / side
     small = cv2.resize(patch, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
-    big = np.full((1080, 1920, 3), 90, np.uint8)
-    big[600:600 + small.shape[0], 1300:1300 + small.shape[1]] = small
-    assert yunet.detect_at(big, 320) == []  # 6 px at the old fixed width
-    pipe = pipeline(yunet, rescan_every=30)
-    steps = []
-    for _ in range(4):
-        dets, step = pipe.detect_frame(big)
-        assert len(dets) == 1 and 1300 <= dets[0].box[0] <= 1300 + small.shape[1]
-        steps.append(step)
-    assert steps[0] == W.WidthStep((1920,), full_scan=True)
-    assert all(s.widths == steps[1].widths and s.working < 1920 for s in steps[1:])
+
+    def scene(x, y):
+        big = np.full((1080, 1920, 3), 90, np.uint8)
+        big[y:y + small.shape[0], x:x + small.shape[1]] = small
+        return big
+
+    assert yunet.detect_at(scene(1300, 600), 320) == []  # 6 px at the old fixed width
+    for windows in (False, True):
+        pipe = pipeline(yunet, rescan_every=30, track_windows=windows)
+        steps = []
+        for i in range(6):  # the face moves 4 px right and 2 px down a frame
+            dets, step = pipe.detect_frame(scene(1300 + 4 * i, 600 + 2 * i))
+            assert len(dets) == 1 and 1300 + 4 * i <= dets[0].box[0] <= 1300 + 4 * i + small.shape[1]
+            assert 600 + 2 * i <= dets[0].box[1] <= 600 + 2 * i + small.shape[0]
+            steps.append(step)
+        assert steps[0] == W.WidthStep((1920,), full_scan=True)
+        if windows:  # followed in its window: the working pass at the floor width never sees it
+            assert steps[1:] == [W.WidthStep((W.FLOOR,), windows=1)] * 5
+            assert yunet.detect_at(scene(1300, 600), W.FLOOR) == []
+        else:  # the width alone: wide enough for a 36 px face
+            assert all(s.widths == steps[1].widths and s.working < 1920 for s in steps[1:])
     # The whole frame scaled to 640 wide: a 212 px face at the floor width.
     pipe.reset()
     pipe.detect_frame(src)
     assert pipe.detect_frame(src)[1].widths == (W.FLOOR,)
+
+
+SMALL = [(900, 500, 24), (1000, 150, 24), (200, 600, 28)]  # 3-4 px at the floor width
+
+
+def test_small_tracked_faces_are_found_in_windows_between_rescans():
+    det = Squares()
+    pipe = pipeline(det, rescan_every=30)
+    size = pipe.widths.windows.size
+    assert size == W.window_size(W.WINDOW_HEADROOM * det.reliable_face) == 96
+    dets, step = pipe.detect_frame(frame((100, 100, 400), *SMALL))  # the full scan finds all four
+    assert step.full_scan and len(dets) == 4
+    for i in range(1, 8):  # the small faces move 3 px a frame: their windows follow
+        moved = [(x + 3 * i, y - 2 * i, s) for x, y, s in SMALL]
+        det.seen.clear()
+        dets, step = pipe.detect_frame(frame((100, 100, 400), *moved))
+        assert step == W.WidthStep((W.FLOOR,), windows=3)  # no full pass, no retry
+        assert det.seen == [W.FLOOR, size, size, size]  # the windows at their native pixels (96 px)
+        boxes = sorted(tuple(round(v) for v in d.box) for d in dets)
+        assert boxes[1:] == sorted((x, y, x + s, y + s) for x, y, s in moved)  # exact: full-resolution pixels
+        assert np.abs(np.subtract(boxes[0], (100, 100, 500, 500))).max() <= 1280 / W.FLOOR  # one pixel at 160
+
+
+def test_window_coordinates_map_back_exactly():
+    det = Squares(min_side=8)
+    f = frame((300, 200, 40), (520, 600, 60))
+    # A 192-px window scaled to 96 (every coordinate even: INTER_AREA halves the square exactly).
+    (d,) = det.detect_window(f, (260, 160, 452, 352), 96)
+    assert d.box == (300.0, 200.0, 340.0, 240.0) and det.seen == [96]
+    (d,) = det.detect_window(f, (500, 580, 596, 676), 96)  # 96 px: detected as it is
+    assert d.box == (520.0, 600.0, 580.0, 660.0) and det.seen == [96, 96]
+    lm = Detection((10.0, 20.0, 30.0, 40.0), 0.9, np.array([[12.0, 25.0]] * 5)).scaled(2.0).shifted(100, 7)
+    assert lm.box == (120.0, 47.0, 160.0, 87.0) and lm.landmarks.tolist() == [[124.0, 57.0]] * 5
+    # Windows are squares inside the frame; a face cut by a window edge inside the frame is dropped.
+    assert square_window(np.array([10.0, 10, 30, 30]), 96, FRAME) == (0, 0, 96, 96)
+    assert square_window(np.array([1270.0, 700, 1280, 720]), 96, FRAME) == (1184, 624, 1280, 720)
+    assert square_window(np.array([600.0, 300, 700, 400]), 5000, FRAME) == (290, 0, 1010, 720)
+    assert cut_by_edge((90, 40, 120, 60), (0, 0, 96, 96), FRAME, 1.0)
+    assert not cut_by_edge((0, 0, 20, 20), (0, 0, 96, 96), FRAME, 1.0)  # the frame's own edge
+    # Merging: a window's box wins over the working pass's box of the same face.
+    win, coarse, other = (Detection((100, 100, 140, 140), 0.8), Detection((98, 99, 143, 141), 0.9),
+                          Detection((400, 100, 440, 140), 0.7))
+    assert merge([win], [coarse, other]) == [win, other]
+
+
+def test_windows_bring_the_next_full_scan_forward_once_they_cost_as_much():
+    many = [(60 + 100 * i, 600, 24) for i in range(10)]
+    pipe = pipeline(Squares(), rescan_every=100)
+    steps = [pipe.detect_frame(frame((100, 100, 400), *many))[1] for _ in range(13)]
+    # 10 windows of 2 x 96 x 96 px a frame: a 1280x720 frame's pixels after 5 frames.
+    assert [i for i, s in enumerate(steps) if s.full_scan] == [0, 6, 12]
+    assert {s.windows for s in steps if not s.full_scan} == {10}
+
+
+def test_a_big_face_lost_at_the_working_width_is_retried_but_a_window_miss_is_not():
+    det = Squares()
+    pipe = pipeline(det, rescan_every=100)
+    pipe.detect_frame(frame((100, 100, 400), (900, 500, 24)))
+    assert len(pipe.detect_frame(frame((100, 100, 400), (900, 500, 24)))[0]) == 2
+    dets, step = pipe.detect_frame(frame((100, 100, 400)))  # the small face is gone: its window misses
+    assert len(dets) == 1 and not step.retried and step.windows == 1
+    dets, step = pipe.detect_frame(frame((900, 500, 24)))  # the big face is gone: retried at full width
+    assert step.retried and step.widths == (W.FLOOR, 1280) and len(dets) == 1
+
+
+def test_run_reports_windows(tmp_path):
+    path = str(tmp_path / "crowd.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, FRAME[::-1])
+    for i in range(12):
+        writer.write(frame((100, 100, 400), *[(x + 2 * i, y, s) for x, y, s in SMALL]))
+    writer.release()
+    pipe = pipeline(Squares(), rescan_every=100, tracker=IoUTracker())
+    s = pipe.run(path, display="no", draw=False, jsonl_out=str(tmp_path / "f.jsonl"))
+    assert s["frames"] == 12 and s["faces"] == 48 and s["full_scans"] == 1 and s["retries"] == 0
+    assert s["windows"] == 33 and s["track_ids"] == 4 and s["working_width_mean"] == W.FLOOR
+    rows = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert sum(r.get("windows", 0) for r in rows) == 33 and "windows" not in rows[0]
+
+
+def test_haar_windows_scan_only_near_the_tracked_face_size():
+    video = MEDIA / "one_face_pexels_640x360.mp4"
+    if not video.is_file():
+        pytest.skip(f"real video {video} not present (../shared/media)")
+    ok, src = cv2.VideoCapture(str(video)).read()
+    assert ok
+    haar = build_detector("haar", {"use_cuda": False})
+    (face,) = haar.detect_at(src, None)
+    size = W.window_size(haar.window_face)
+    window = square_window(np.array(face.box), W.CONTEXT * face.width, src.shape)
+    (d,) = haar.detect_window(src, window, size, face.width)
+    assert box_iou([d.box], [face.box])[0, 0] > 0.7
+    assert haar.detect_window(src, window, size, face.width / 3) == []  # only 0.7-1.5x the hint
 
 
 def test_a_face_missed_for_a_few_frames_keeps_its_id():

@@ -37,7 +37,7 @@ def run_bench(make_pipeline: Callable[[str], Pipeline], detectors: Sequence[str]
                    "video": video.rsplit("/", 1)[-1], **{k: s.get(k) for k in (
                        "frames", "frames_timed", "bad_frames", "detection_rate", "faces",
                        "max_faces_in_frame", "median_faces_in_frame", "track_ids", "detect_width",
-                       "working_width_mean", "full_scans", "retries", "fps", "frame_ms_p50", "compile_s",
+                       "working_width_mean", "full_scans", "retries", "windows", "fps", "frame_ms_p50", "compile_s",
                        "error")}}
             row.update({f"{k}_ms": s.get("stage_ms", {}).get(k, 0.0) for k in STAGES})
             rows.append(row)
@@ -76,10 +76,13 @@ def _versus_fer(r: dict[str, Any]) -> str:
 
 def _widths(r: dict[str, Any]) -> str:
     """The detection width: the fixed number, or "auto" with the mean working width, the full-width
-    scans and how many of them were retries of a frame the working width missed faces in."""
+    scans, how many of them were retries of a frame the working width missed faces in, and the
+    track windows detected on (where any ran)."""
     if r.get("detect_width") != "auto":
         return str(r.get("detect_width") or "")
-    return f"auto: {r.get('working_width_mean', 0):.0f} px, {r.get('full_scans', 0)} full ({r.get('retries', 0)} retries)"
+    windows = f", {r['windows']} windows" if r.get("windows") else ""
+    return (f"auto: {r.get('working_width_mean', 0):.0f} px, {r.get('full_scans', 0)} full "
+            f"({r.get('retries', 0)} retries){windows}")
 
 
 def _crowd(r: dict[str, Any]) -> str:

@@ -38,6 +38,12 @@ class Detection:
         lm = None if self.landmarks is None else self.landmarks * s
         return Detection(tuple(float(v) * s for v in self.box), self.score, lm)
 
+    def shifted(self, dx: float, dy: float) -> "Detection":
+        """The same detection moved by (dx, dy) pixels (maps a crop back to its frame)."""
+        lm = None if self.landmarks is None else self.landmarks + np.array([dx, dy], np.float64)
+        x1, y1, x2, y2 = self.box
+        return Detection((x1 + dx, y1 + dy, x2 + dx, y2 + dy), self.score, lm)
+
     def to_json(self) -> dict:
         out = {"box": [round(float(v), 1) for v in self.box], "score": round(float(self.score), 4)}
         if self.landmarks is not None:
@@ -89,6 +95,26 @@ class ResizingDetector:
         small, s = self.resized(frame, width)
         dets = self.detect_small(small)
         return dets if s == 1.0 else [d.scaled(1.0 / s) for d in dets]
+
+    def detect_window(self, frame: np.ndarray, window: tuple[int, int, int, int], size: int,
+                      face: float | None = None) -> list[Detection]:
+        """Detections in `frame` pixels inside `window` (x1, y1, x2, y2: a square of frame pixels
+        within the frame), detecting on it scaled down to `size` x `size` (as it is when not
+        larger: never scaled up). `face`: the face side expected in the frame (a hint that
+        `detect_window_small` may narrow its scan to)."""
+        x1, y1, x2, y2 = (int(v) for v in window)
+        crop = frame[y1:y2, x1:x2]
+        side = max(crop.shape[:2])
+        s = size / side if side > size else 1.0
+        if s != 1.0:
+            crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
+                              interpolation=cv2.INTER_AREA)
+        dets = self.detect_window_small(crop, None if face is None else face * s)
+        return [(d if s == 1.0 else d.scaled(1.0 / s)).shifted(x1, y1) for d in dets]
+
+    def detect_window_small(self, image: np.ndarray, face: float | None) -> list[Detection]:
+        """`detect_small` on a window copy; `face` is the face side expected in it (ignored here)."""
+        return self.detect_small(image)
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
         return self.detect_at(frame, fixed_width(self.detect_width))

@@ -24,7 +24,9 @@ from ferjax.realtime.capture import FrameSource, SourceError, open_source
 from ferjax.realtime.detect import Detection, Detector, ResizingDetector
 from ferjax.realtime.faces import Face, draw_faces, make_faces
 from ferjax.realtime.tracker import IoUTracker
-from ferjax.realtime.width import AUTO, RESCAN_EVERY, AdaptiveWidth, WidthStep, capped_width, fixed_width, summarize
+from ferjax.realtime.width import (AUTO, RESCAN_EVERY, WINDOW_COST, WINDOW_HEADROOM, AdaptiveWidth, WidthStep,
+                                   capped_width, fixed_width, summarize, window_size)
+from ferjax.realtime.windows import TrackWindows, square_window
 
 _log = logging.getLogger(__name__)
 STAGES = ("decode", "detect", "preprocess", "predict", "draw", "write")
@@ -45,6 +47,8 @@ class FrameResult:
                "ms": {k: round(v, 3) for k, v in self.ms.items()}}
         if self.widths is not None:
             out["detect_widths"] = list(self.widths.widths)
+            if self.widths.windows:
+                out["windows"] = self.widths.windows
         return out
 
 
@@ -60,27 +64,35 @@ class Pipeline:
     """Detector + Predictor (+ optional IoU/EMA tracker) applied frame by frame.
 
     One Pipeline is one stream: with a detector whose `detect_width` is "auto" it keeps an
-    `AdaptiveWidth` (the working width, rescanning at full width every `rescan_every` frames);
-    `max_side` caps the longer side of every copy the detector sees (None: no cap). `run` starts
-    a new stream (`reset`).
+    `AdaptiveWidth` (the working width, rescanning at full width every `rescan_every` frames)
+    and, where the detector has `detect_window` and `track_windows` is on, the track windows
+    that follow faces too small for the working width (`ferjax.realtime.windows`); `max_side`
+    caps the longer side of every copy the detector sees (None: no cap). `run` starts a new
+    stream (`reset`).
     """
 
     def __init__(self, detector: Detector, predictor: Any, *, class_names: Sequence[str],
                  align_faces: bool = True, margin: float = 0.0, tracker: IoUTracker | None = None,
                  max_faces: int = 64, min_face: int = 12, max_side: int | None = None,
-                 rescan_every: int = RESCAN_EVERY):
+                 rescan_every: int = RESCAN_EVERY, track_windows: bool = True):
         self.detector, self.predictor, self.tracker = detector, predictor, tracker
         self.class_names = tuple(class_names)
         self.align_faces, self.margin = align_faces, margin
         self.max_faces, self.min_face = max_faces, min_face
-        self.max_side, self.rescan_every = max_side, rescan_every
+        self.max_side, self.rescan_every, self.track_windows = max_side, rescan_every, track_windows
         self.reset()
 
     def reset(self) -> None:
         """Starts a new stream: a fresh width policy (when adaptive) and tracker."""
         adaptive = getattr(self.detector, "detect_width", None) == AUTO and hasattr(self.detector, "detect_at")
         reliable = getattr(self.detector, "reliable_face", ResizingDetector.reliable_face)
-        self.widths = AdaptiveWidth(reliable, self.rescan_every) if adaptive else None
+        windows = None
+        if adaptive and self.track_windows and hasattr(self.detector, "detect_window"):
+            face = getattr(self.detector, "window_face", WINDOW_HEADROOM * reliable)
+            windows = TrackWindows(self._detect_window, window_size(face))
+        cost = getattr(self.detector, "window_cost", WINDOW_COST)
+        self.widths = (AdaptiveWidth(reliable, self.rescan_every, windows=windows, window_cost=cost)
+                       if adaptive else None)
         if self.tracker is not None:
             self.tracker.reset()
 
@@ -95,6 +107,11 @@ class Pipeline:
         warm(frame) if warm else self.detector(frame)
         if self.widths is not None:  # the full-width scans of the stream
             self.detector.detect_at(frame, capped_width(frame.shape, self.max_side))
+            if self.widths.windows is not None:  # and its track windows' size
+                size = self.widths.windows.size
+                h, w = frame.shape[:2]
+                self.detector.detect_window(frame, square_window(np.array([w / 2, h / 2] * 2), size, frame.shape),
+                                            size, None)
         return time.perf_counter() - t
 
     def detect(self, frame: np.ndarray, detect_width: int | None = None) -> list[Detection]:
@@ -110,12 +127,17 @@ class Pipeline:
             return self._kept(self.detector(frame)), None
         full = capped_width(frame.shape, self.max_side)
         if detect_width is None and self.widths is not None:
-            return self.widths.detect(frame, self._detect_at, full)
+            dets, step = self.widths.detect(frame, self._detect_at, full)
+            return self._kept(dets), step
         width = min(detect_width or fixed_width(getattr(self.detector, "detect_width", None)) or full, full)
         return self._detect_at(frame, width), WidthStep((width,))
 
     def _detect_at(self, frame: np.ndarray, width: int) -> list[Detection]:
         return self._kept(self.detector.detect_at(frame, width))
+
+    def _detect_window(self, frame: np.ndarray, window: tuple[int, int, int, int], size: int,
+                       face: float | None) -> list[Detection]:
+        return self._kept(self.detector.detect_window(frame, window, size, face))
 
     def _kept(self, found: Sequence[Detection]) -> list[Detection]:
         dets = [d for d in found if min(d.width, d.height) >= self.min_face]

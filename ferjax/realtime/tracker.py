@@ -62,6 +62,12 @@ class IoUTracker:
         """Track identities created since the last reset."""
         return self._next
 
+    def matched(self, boxes: np.ndarray) -> set[int]:
+        """The ids of the tracks that `boxes` [N,4] would continue (as `update` matches them; no
+        change to the tracks)."""
+        ids = list(self.tracks)
+        return {ids[c] for c in self._match(np.asarray(boxes, np.float64).reshape(-1, 4), ids) if c is not None}
+
     def _match(self, boxes: np.ndarray, ids: list[int]) -> list[int | None]:
         """Column of `ids` matched to each box, or None."""
         assigned: list[int | None] = [None] * len(boxes)

@@ -14,6 +14,22 @@ The adaptive policy, per stream:
 - a working pass that finds fewer faces than the stream expects is retried at full width on the
   same frame, so frames are never lost to the narrow width; the full scans set the expected count,
   so a face that left costs one retry.
+
+With track windows (`Windows`, ferjax/realtime/windows.py: the detectors with `detect_window`), a
+face too small for the working width does not widen it: each working pass also detects, on a
+small square around each such tracked face's predicted box (`CONTEXT` times its side, taken from
+the full-resolution frame and scaled down to `window_size` pixels when larger: the face is then
+the detector's `window_face`, by default `WINDOW_HEADROOM * reliable_face`), and merges what the
+windows find with the working pass's faces. The working width is then the one that costs least
+(`width_with_windows`): each face's own width and the floor are the candidates, a pass costs its
+pixels and a window `window_cost` times its own (`WINDOW_COST`, or the detector's). The periodic
+full scans stay, so new small faces are still found, and come sooner once the windows since the
+last one have cost as much as a full scan would (a crowd of small faces: about every 9 frames
+with 7 YuNet windows of 128 px in 1920x1080), so that faces a full scan missed, or that appeared
+after it, wait less. A frame is retried at full width when a face seen on the frame before, and
+too big for a window, is missing; a window that misses its face does not retry it (the window
+looked at the face's pixels at full resolution already, where a retry would look again; a face
+that moved out of its window is found again by the next periodic scan).
 """
 from __future__ import annotations
 
@@ -41,6 +57,15 @@ HEADROOM = 1.25       # the smallest face stays this much above `reliable_face` 
 RESCAN_EVERY = 30     # frames between full-width scans (about a second of video)
 FULL_ABOVE = 0.8      # a working width above this share of the full width runs at full width: it
                       # would save under 36% of the pixels, and a retry costs a full pass on top
+CONTEXT = 3.0         # a track window's side over its face's side: room for the face to move
+WINDOW_STEP = 32      # window sizes are multiples of this
+WINDOW_HEADROOM = 2.0  # a window scaled down keeps its face this much above `reliable_face`: YuNet
+                      # finds 85% of the faces of many_faces_1080p.mp4 (those it finds at full
+                      # width) in 96-px windows (32 px faces), 93% in 128-px windows (43 px)
+WINDOW_COST = 2.0     # a window costs about this many times its own pixels (a call's fixed
+                      # overhead), unless the detector has its own `window_cost`: on frames of
+                      # many_faces_1080p.mp4, a full pass took as long as 58 YuNet windows of
+                      # 128 px (2.2 x their pixels), 71 MTCNN windows of 128 px (1.8 x)
 
 
 def parse_detect_width(value: int | str | None, field: str = "detect_width") -> int | str | None:
@@ -82,6 +107,49 @@ def width_for_faces(dets: Sequence[FaceBox], frame_width: int, full_width: int, 
     return full_width if need > FULL_ABOVE * full_width else int(need)
 
 
+def window_size(window_face: float, context: float = CONTEXT, step: int = WINDOW_STEP) -> int:
+    """The side (pixels) track windows are detected at: a face of 1 / `context` of it is
+    `window_face` pixels (a detector's `window_face`, else `WINDOW_HEADROOM * reliable_face`),
+    rounded up to a multiple of `step`."""
+    return int(step * math.ceil(context * window_face / step))
+
+
+def width_with_windows(dets: Sequence[FaceBox], frame_shape: tuple[int, ...], full_width: int,
+                       reliable_face: float, window: int, headroom: float = HEADROOM, floor: int = FLOOR,
+                       step: int = STEP, window_cost: float = WINDOW_COST) -> int | None:
+    """The working width that costs least when every face of `dets` too small at it gets a track
+    window of `window` pixels: the candidates are the floor and each face's own `width_for_faces`;
+    a pass costs its pixels, a window `window_cost` times its own (ties: the narrower). None
+    without faces."""
+    if not dets:
+        return None
+    h, w = frame_shape[:2]
+    needs = [width_for_faces([d], w, full_width, reliable_face, headroom, floor, step) for d in dets]
+    cost = lambda width: width * width * h / w + window_cost * window * window * sum(n > width for n in needs)
+    return min(sorted({min(floor, full_width), *needs}), key=cost)
+
+
+class Windows(Protocol):
+    """Track windows for `AdaptiveWidth` (ferjax/realtime/windows.py `TrackWindows`)."""
+
+    size: int
+
+    def detect(self, frame: np.ndarray, found: list, small_side: float) -> tuple[list, int]:
+        """`found` (a working pass's faces, frame pixels) merged with what windows around the
+        tracked faces smaller than `small_side` (frame pixels) find; and how many windows ran."""
+        ...
+
+    def lost(self, dets: list) -> int:
+        """Faces seen on the last frame, without a window on this one, missing from `dets`."""
+        ...
+
+    def update(self, dets: list) -> None:
+        """The faces kept on this frame (the tracks the next windows follow)."""
+        ...
+
+    def reset(self) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class WidthStep:
     """What the width policy did on one frame: the widths detected at, in order, and why."""
@@ -89,6 +157,7 @@ class WidthStep:
     widths: tuple[int, ...]
     full_scan: bool = False   # a full-width pass ran (periodic or retry)
     retried: bool = False     # the working pass found too few faces and full width ran after it
+    windows: int = 0          # track windows detected on (with the working pass)
 
     @property
     def working(self) -> int | None:
@@ -98,58 +167,83 @@ class WidthStep:
 
 def summarize(steps: list[WidthStep]) -> dict:
     """A stream's widths: mean working width (frames that ran a working pass), full-width scans
-    (periodic and retries) and retries."""
+    (periodic and retries), retries and track windows detected on."""
     working = [s.working for s in steps if s.working is not None]
     return {"working_width_mean": round(sum(working) / len(working), 1) if working else 0.0,
-            "full_scans": sum(s.full_scan for s in steps), "retries": sum(s.retried for s in steps)}
+            "full_scans": sum(s.full_scan for s in steps), "retries": sum(s.retried for s in steps),
+            "windows": sum(s.windows for s in steps)}
 
 
 class AdaptiveWidth:
     """Per-stream working width for `detect_width="auto"` (see the module docstring).
 
-    `detect(frame, detect_at, full_width)` runs `detect_at(frame, width)` once or twice and
-    returns the detections kept and a `WidthStep`.
+    `detect(frame, detect_at, full_width)` runs `detect_at(frame, width)` once or twice (and,
+    with `windows`, the track windows beside the working pass) and returns the detections kept and
+    a `WidthStep`.
     """
 
     def __init__(self, reliable_face: float, rescan_every: int = RESCAN_EVERY,
                  default_width: int = DEFAULT_WIDTH, floor: int = FLOOR, step: int = STEP,
-                 headroom: float = HEADROOM):
+                 headroom: float = HEADROOM, windows: Windows | None = None, window_cost: float = WINDOW_COST):
         if not (isinstance(rescan_every, int) and rescan_every > 0):
             raise ValueError(f"rescan_every={rescan_every!r}: expected an integer > 0 (frames)")
         if not reliable_face > 0:
             raise ValueError(f"reliable_face={reliable_face!r}: expected a face side > 0 (pixels)")
         self.reliable_face, self.rescan_every = float(reliable_face), rescan_every
         self.default_width, self.floor, self.step, self.headroom = default_width, floor, step, headroom
+        self.windows, self.window_cost_factor = windows, float(window_cost)
         self.width: int | None = None    # the working width; None until the first full scan
         self.expected = 0                # faces the stream holds, from the last full scan
         self.since_full = 0              # frames since the last full-width pass
+        self.window_cost = 0.0           # what the windows since then cost (pixels, `window_cost` x theirs)
+        if windows is not None:
+            windows.reset()
 
     def _needed(self, dets: list[FaceBox], frame: np.ndarray, full: int) -> int | None:
+        if self.windows is not None:
+            return width_with_windows(dets, frame.shape, full, self.reliable_face, self.windows.size,
+                                      self.headroom, self.floor, self.step, self.window_cost_factor)
         return width_for_faces(dets, frame.shape[1], full, self.reliable_face, self.headroom, self.floor,
                                self.step)
 
     def _learn(self, dets: list[FaceBox], frame: np.ndarray, full: int) -> None:
         """After a full-width pass: the working width for its faces and the count to expect."""
         self.width = self._needed(dets, frame, full) or min(self.default_width, full)
-        self.expected, self.since_full = len(dets), 0
+        self.expected, self.since_full, self.window_cost = len(dets), 0, 0.0
+
+    def _kept(self, dets: list[FaceBox]) -> list[FaceBox]:
+        if self.windows is not None:
+            self.windows.update(dets)
+        return dets
 
     def detect(self, frame: np.ndarray, detect_at: Callable[[np.ndarray, int], list[FaceBox]],
                full_width: int) -> tuple[list[FaceBox], WidthStep]:
-        """Detections of `frame` (in frame pixels) by `detect_at`, at the working width or full width."""
+        """Detections of `frame` (in frame pixels) by `detect_at`, at the working width or full width
+        (and in the track windows)."""
         self.since_full += 1
-        if self.width is None or self.since_full >= self.rescan_every:
+        h, w = frame.shape[:2]
+        if self.width is None or self.since_full >= self.rescan_every or self.window_cost >= full_width ** 2 * h / w:
             dets = detect_at(frame, full_width)
             self._learn(dets, frame, full_width)
-            return dets, WidthStep((full_width,), full_scan=True)
+            return self._kept(dets), WidthStep((full_width,), full_scan=True)
         width = min(self.width, full_width)
         dets = detect_at(frame, width)
+        windows = 0
+        if self.windows is not None and width < full_width:  # faces below this side get a window
+            small = self.headroom * self.reliable_face * frame.shape[1] / width
+            dets, windows = self.windows.detect(frame, dets, small)
+            self.window_cost += windows * self.window_cost_factor * self.windows.size ** 2
+            lost = self.windows.lost(dets) > 0  # a face too big for a window missing
+        else:
+            lost = len(dets) < self.expected
         if width >= full_width:  # the working pass is a full pass: learn from it as from one
             self._learn(dets, frame, full_width)
-        elif len(dets) < self.expected:  # a face lost at the working width: retry this frame
+        elif lost:  # a face lost at the working width: retry this frame
             dets = detect_at(frame, full_width)
             self._learn(dets, frame, full_width)
-            return dets, WidthStep((width, full_width), full_scan=True, retried=True)
+            return self._kept(dets), WidthStep((width, full_width), full_scan=True, retried=True, windows=windows)
         else:
-            self.expected = len(dets)
-            self.width = max(width, self._needed(dets, frame, full_width) or width)
-        return dets, WidthStep((width,))
+            self.expected = max(self.expected, len(dets))
+            if self.windows is None:  # without windows a face come too close widens the width at once
+                self.width = max(width, self._needed(dets, frame, full_width) or width)
+        return self._kept(dets), WidthStep((width,), windows=windows)
