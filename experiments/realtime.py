@@ -21,10 +21,11 @@ def detector_args() -> ml_collections.ConfigDict:
     whenever a face is lost; faces too small for the working width followed in track windows at
     full resolution; ferjax/realtime/width.py), a number (e.g. 320) fixes it.
     `use_cuda`: try the OpenCV CUDA path (BUILD.md); `cascade` / `cuda_cascade`: Haar files
-    ("" = found in cv2.data / the model directories)."""
+    ("" = found in cv2.data / the model directories). Haar runs the `fer` package's settings
+    (scaleFactor 1.1, minNeighbors 5, minSize 50, no histogram equalisation: `equalize`)."""
     return ml_collections.ConfigDict({
-        "haar": {"scale_factor": 1.2, "min_neighbors": 5, "min_size": 30, "detect_width": "auto",
-                 "use_cuda": True, "cascade": "", "cuda_cascade": ""},
+        "haar": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 50, "equalize": False,
+                 "detect_width": "auto", "use_cuda": True, "cascade": "", "cuda_cascade": ""},
         "ssd_resnet10": {"threshold": 0.5, "input_size": (300, 300), "fmt": "auto", "fp16": False,
                          "use_cuda": True},
         "yunet": {"threshold": 0.6, "detect_width": "auto", "use_cuda": True, "fp16": False},

@@ -53,10 +53,11 @@ def _is_width(value) -> bool:
 
 _WIDTH = Check(_is_width, "'auto' (adapts per video stream), an integer > 0 (pixels) or None (full size)")
 _SCORE = between(0.0, 1.0)
+_BOOL = Check(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
 
 
 @DETECTORS.register("haar", checks={"scale_factor": greater(1.0), "min_neighbors": at_least(0),
-                                    "min_size": greater(0), "detect_width": _WIDTH})
+                                    "min_size": greater(0), "detect_width": _WIDTH, "equalize": _BOOL})
 class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
     """Viola-Jones Haar cascade (OpenCV's frontalface_default); CUDA cascade when available.
 
@@ -68,9 +69,11 @@ class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
 
     name = "haar"
     # Faces are found as reliably as larger ones from about 1.8 x `min_size` (the cascade's own
-    # box, ~1.33x YuNet's): tools/measure_face_sizes.py (real frames scaled down; minSize 30,
-    # scaleFactor 1.2, minNeighbors 5) finds 64% of faces of 32 YuNet px, 79% at 40 (53 own px),
-    # 75-77% at 48-64 (frontal-only: turned faces are never found).
+    # box, ~1.33x YuNet's): tools/measure_face_sizes.py (real frames scaled down; fer's settings:
+    # minSize 50, scaleFactor 1.1, minNeighbors 5, no equalisation) finds 51% of faces of 32 YuNet
+    # px (43 own px), 79% at 40 (53 own), 85-87% at 48-64 (64-85 own), 94% at 96 (128 own);
+    # frontal-only: turned faces are never found. (minSize 30, 1.2, equalised: 64% at 32 YuNet
+    # px, 79% at 40, 75-77% at 48-64.)
     RELIABLE_OVER_MIN_SIZE = 1.8
 
     WINDOW_SCALES = (0.7, 1.5)  # a track window scans faces from 0.7x to 1.5x the tracked face's side
@@ -79,9 +82,9 @@ class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
     window_cost = 0.6
 
     def __init__(self, cascade: str | None = None, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_size: int = 30, detect_width: int | str | None = AUTO, use_cuda: bool = True,
+                 min_size: int = 50, detect_width: int | str | None = AUTO, use_cuda: bool = True,
                  cuda_cascade: str | None = None, models_dir: str | None = None,
-                 cuda_probe: cuda.CudaProbe | None = None):
+                 cuda_probe: cuda.CudaProbe | None = None, equalize: bool = False):
         super().__init__(detect_width)
         if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved it out of the main modules
             raise ImportError(f"this OpenCV ({cv2.__version__}) has no cv2.CascadeClassifier: OpenCV 5 "
@@ -89,6 +92,7 @@ class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
                               f"opencv-python-headless<5 (ferjax's requirement) or use another detector")
         path = cascade or haar_cascade_path(models_dir)
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
+        self.equalize = bool(equalize)
         self._cpu = cv2.CascadeClassifier(str(path))
         if self._cpu.empty():
             raise FileNotFoundError(f"cannot load Haar cascade {path}")
@@ -142,7 +146,8 @@ class HaarDetector(cuda.FallsBackToCpu, ResizingDetector):
         self._gpu = None
 
     def _grey(self, frame: np.ndarray) -> np.ndarray:
-        return cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        return cv2.equalizeHist(grey) if self.equalize else grey
 
     @staticmethod
     def _boxes(rects) -> list[Detection]:

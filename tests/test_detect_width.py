@@ -162,6 +162,15 @@ def test_detect_width_config_and_registry_checks():
             build_detector("haar", {"detect_width": bad})
     assert build_detector("haar", {"detect_width": "960"}).detect_width == 960  # from the command line
     assert isinstance(cfg.detector_args, ml_collections.ConfigDict)
+    # Haar: the fer package's settings (scaleFactor 1.1, minNeighbors 5, minSize 50, no equalisation),
+    # in the config and as the detector's own defaults; its reliable size follows min_size.
+    haar = build_detector("haar", {"use_cuda": False})
+    fer = {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 50, "equalize": False}
+    assert {k: cfg.detector_args.haar[k] for k in fer} == fer == {k: getattr(haar, k) for k in fer}
+    assert haar.reliable_face == 90 and build_detector("haar", {"min_size": 30}).reliable_face == 54
+    with pytest.raises(RegistryError, match=r"equalize='yes': detector 'haar' expects True or False"):
+        build_detector("haar", {"equalize": "yes"})
+    assert build_detector("haar", {"equalize": True}).equalize
 
 
 def test_yunet_auto_follows_a_small_real_face_that_320_misses():

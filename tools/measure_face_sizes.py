@@ -27,7 +27,8 @@ from ferjax.registry import DETECTORS
 BINS = (8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40, 48, 64, 96)  # face side bins, pixels detected on
 SOURCES = (("one_face_pexels_640x360.mp4", 24), ("one_face_short.mp4", 8), ("many_faces_1080p.mp4", 15))
 BACKGROUND = ("no_face_cartoon.mp4", 40, (640, 360))  # a real frame without faces
-DETECTORS_MEASURED = {"haar": {"scale_factor": 1.2, "min_neighbors": 5, "min_size": 30, "use_cuda": False},
+DETECTORS_MEASURED = {"haar": {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 50, "equalize": False,
+                               "use_cuda": False},
                       "yunet": {"threshold": 0.6, "use_cuda": False}, "mtcnn": {"min_face_size": 20, "threshold": 0.9}}
 
 
