@@ -7,7 +7,7 @@ Both backends classify with the same registered pretrained model (`ferjax.Analyz
 the ONNX file is exported into ferjax's cache on first use) behind the same detector. Printed:
 
 1. classifier alone, batch 1/8/32 of real PrivateTest faces (synthetic ones without FER2013):
-   median ms per call of each backend, timed interleaved (`ferjax.bench.interleaved`), and the ratio;
+   median ms per call of each backend, timed interleaved (`ferjax.timing.interleaved`), and the ratio;
 2. the whole pipeline (decode, detect, crop, classify, draw) on each video, `--rounds` runs per
    backend alternating JAX / ONNX Runtime, FPS = the median of the rounds, and the ratio;
 3. label agreement on every face of every video: both backends see the same detections (the
@@ -57,7 +57,7 @@ def test_faces(n: int, fer2013_path: str | None) -> tuple[np.ndarray, str]:
 
 def classifier_rows(predictors: dict[str, Callable], faces: np.ndarray, repeats: int, iters: int) -> list[dict]:
     """Median ms per call and per face of each backend at each batch size, timed interleaved."""
-    from ferjax.bench import interleaved  # noqa: PLC0415
+    from ferjax.timing import interleaved  # noqa: PLC0415
 
     rows = []
     for b in BATCHES:
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from ferjax import pretrained  # noqa: PLC0415
     from ferjax.analyzer import Analyzer  # noqa: PLC0415
-    from ferjax.bench import cpu_model  # noqa: PLC0415
+    from ferjax.timing import cpu_model  # noqa: PLC0415
 
     model = a.model or pretrained.DEFAULT
     start = time.perf_counter()

@@ -23,6 +23,7 @@ from absl import app, flags
 
 from ferjax.jax_setup import split_host_cpu
 from ferjax.nn import init_variables
+from ferjax.timing import cpu_model, interleaved
 
 flags.DEFINE_list("classifiers", ["vgg_small", "vgg13"], "Registered classifiers to measure ('all' for every one).")
 flags.DEFINE_list("predict_batch_sizes", ["1", "32", "128"], "Batch sizes for predict.")
@@ -48,17 +49,6 @@ flags.DEFINE_bool("augment", False, "Include on-device augmentation in the JAX t
 FLAGS = flags.FLAGS
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
     """Measured GFLOP/s of one square n x n matmul in `dtype` on the default device."""
     import jax
@@ -73,24 +63,6 @@ def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
         jax.block_until_ready(f(a, a))
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times) / 1e9
-
-
-def interleaved(calls: dict[str, Callable[[], object]], repeats: int, iters: int) -> dict[str, float]:
-    """Median seconds per call of each contender; rounds alternate between contenders, so slow
-    phases of a noisy machine hit all of them alike."""
-    import jax
-
-    for fn in calls.values():
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(max(3, repeats)):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            for _ in range(iters):
-                out = fn()
-            jax.block_until_ready(out)
-            times[name].append((time.perf_counter() - start) / iters)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def input_pipeline_rate(batch: int, n_images: int = 28709, batches: int = 200) -> float:

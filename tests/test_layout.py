@@ -15,7 +15,7 @@ grimp = pytest.importorskip("grimp", reason="grimp (in the `test` extra) draws t
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("core", ["ferjax.atomic", "ferjax.registry", "ferjax.jax_setup", "ferjax.nn", "ferjax.cv2_compat",
-              "ferjax.images"]),
+              "ferjax.images", "ferjax.timing"]),
     ("data", ["ferjax.data"]),
     ("config, weights, metrics", ["ferjax.config", "ferjax.pretrained", "ferjax.convert", "ferjax.eval"]),
     ("inference", ["ferjax.inference", "ferjax.export"]),
