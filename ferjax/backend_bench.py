@@ -159,8 +159,9 @@ def markdown(report: dict) -> str:
             "| same label | near-ties | differing |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["pipeline"]:
         a = report["agreement"][r["video"]]
+        ratio = "n/a (no frame timed)" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         out.append(f"| {r['video']} | {r['frames']} | {r['faces']} | {r['jax_fps']:.1f} | {r['onnxruntime_fps']:.1f} "
-                   f"| {r['ratio']:.2f}x | {r['jax_predict_ms']:.2f} | {r['onnxruntime_predict_ms']:.2f} "
+                   f"| {ratio} | {r['jax_predict_ms']:.2f} | {r['onnxruntime_predict_ms']:.2f} "
                    f"| {a['same_label']}/{a['faces']} | {a['near_ties']} | {len(a['differing'])} |")
     d = report["decision"]
     out += ["", f"Default backend rule (ORT >= {FASTER_BY:.2f}x FPS on every video, labels equal): "
