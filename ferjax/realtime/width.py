@@ -23,13 +23,14 @@ the detector's `window_face`, by default `WINDOW_HEADROOM * reliable_face`), and
 windows find with the working pass's faces. The working width is then the one that costs least
 (`width_with_windows`): each face's own width and the floor are the candidates, a pass costs its
 pixels and a window `window_cost` times its own (`WINDOW_COST`, or the detector's). The periodic
-full scans stay, so new small faces are still found, and come sooner once the windows since the
-last one have cost as much as a full scan would (a crowd of small faces: about every 9 frames
-with 7 YuNet windows of 128 px in 1920x1080), so that faces a full scan missed, or that appeared
-after it, wait less. A frame is retried at full width when a face seen on the frame before, and
-too big for a window, is missing; a window that misses its face does not retry it (the window
-looked at the face's pixels at full resolution already, where a retry would look again; a face
-that moved out of its window is found again by the next periodic scan).
+full scans stay, so new small faces are still found. A frame is retried at full width when a
+face seen on the frame before, and too big for a window, is missing, or when no face is left of
+those expected; a window that misses its face does not retry it (the window looked at the
+face's pixels at full resolution already, where a retry would look again). Window misses
+bring the next full scan forward instead, once the windows since the last one have cost as much
+as a full scan would (a crowd of small faces: about every 9 frames with 7 YuNet windows of 128
+px in 1920x1080), so that faces a full scan missed, moved out of their window or appeared after
+it wait less; windows that keep finding their faces wait for the periodic scan.
 """
 from __future__ import annotations
 
@@ -139,8 +140,9 @@ class Windows(Protocol):
         tracked faces smaller than `small_side` (frame pixels) find; and how many windows ran."""
         ...
 
-    def lost(self, dets: list) -> int:
-        """Faces seen on the last frame, without a window on this one, missing from `dets`."""
+    def lost(self, dets: list) -> tuple[int, int]:
+        """Faces seen on the last frame, without a window on this one, missing from `dets`; and
+        the windows whose face is missing from `dets`."""
         ...
 
     def update(self, dets: list) -> None:
@@ -156,7 +158,7 @@ class WidthStep:
 
     widths: tuple[int, ...]
     full_scan: bool = False   # a full-width pass ran (periodic or retry)
-    retried: bool = False     # the working pass found too few faces and full width ran after it
+    retried: bool = False     # the working pass lost a face and full width ran after it
     windows: int = 0          # track windows detected on (with the working pass)
 
     @property
@@ -184,32 +186,34 @@ class AdaptiveWidth:
 
     def __init__(self, reliable_face: float, rescan_every: int = RESCAN_EVERY,
                  default_width: int = DEFAULT_WIDTH, floor: int = FLOOR, step: int = STEP,
-                 headroom: float = HEADROOM, windows: Windows | None = None, window_cost: float = WINDOW_COST):
+                 headroom: float = HEADROOM, windows: Windows | None = None,
+                 window_cost: float = WINDOW_COST):
         if not (isinstance(rescan_every, int) and rescan_every > 0):
             raise ValueError(f"rescan_every={rescan_every!r}: expected an integer > 0 (frames)")
         if not reliable_face > 0:
             raise ValueError(f"reliable_face={reliable_face!r}: expected a face side > 0 (pixels)")
         self.reliable_face, self.rescan_every = float(reliable_face), rescan_every
         self.default_width, self.floor, self.step, self.headroom = default_width, floor, step, headroom
-        self.windows, self.window_cost_factor = windows, float(window_cost)
+        self.windows, self.window_cost = windows, float(window_cost)
         self.width: int | None = None    # the working width; None until the first full scan
         self.expected = 0                # faces the stream holds, from the last full scan
         self.since_full = 0              # frames since the last full-width pass
-        self.window_cost = 0.0           # what the windows since then cost (pixels, `window_cost` x theirs)
+        self.window_spent = 0.0          # what the windows since then cost (pixels, `window_cost` x theirs)
+        self.window_misses = 0           # and how many of them missed their face
         if windows is not None:
             windows.reset()
 
     def _needed(self, dets: list[FaceBox], frame: np.ndarray, full: int) -> int | None:
         if self.windows is not None:
             return width_with_windows(dets, frame.shape, full, self.reliable_face, self.windows.size,
-                                      self.headroom, self.floor, self.step, self.window_cost_factor)
+                                      self.headroom, self.floor, self.step, self.window_cost)
         return width_for_faces(dets, frame.shape[1], full, self.reliable_face, self.headroom, self.floor,
                                self.step)
 
     def _learn(self, dets: list[FaceBox], frame: np.ndarray, full: int) -> None:
         """After a full-width pass: the working width for its faces and the count to expect."""
         self.width = self._needed(dets, frame, full) or min(self.default_width, full)
-        self.expected, self.since_full, self.window_cost = len(dets), 0, 0.0
+        self.expected, self.since_full, self.window_spent, self.window_misses = len(dets), 0, 0.0, 0
 
     def _kept(self, dets: list[FaceBox]) -> list[FaceBox]:
         if self.windows is not None:
@@ -222,7 +226,8 @@ class AdaptiveWidth:
         (and in the track windows)."""
         self.since_full += 1
         h, w = frame.shape[:2]
-        if self.width is None or self.since_full >= self.rescan_every or self.window_cost >= full_width ** 2 * h / w:
+        windows_did_a_scan = self.window_misses > 0 and self.window_spent >= full_width ** 2 * h / w
+        if self.width is None or self.since_full >= self.rescan_every or windows_did_a_scan:
             dets = detect_at(frame, full_width)
             self._learn(dets, frame, full_width)
             return self._kept(dets), WidthStep((full_width,), full_scan=True)
@@ -232,8 +237,11 @@ class AdaptiveWidth:
         if self.windows is not None and width < full_width:  # faces below this side get a window
             small = self.headroom * self.reliable_face * frame.shape[1] / width
             dets, windows = self.windows.detect(frame, dets, small)
-            self.window_cost += windows * self.window_cost_factor * self.windows.size ** 2
-            lost = self.windows.lost(dets) > 0  # a face too big for a window missing
+            self.window_spent += windows * self.window_cost * self.windows.size ** 2
+            lost, missed = self.windows.lost(dets)
+            self.window_misses += missed
+            # a face too big for a window missing, or no face left of those expected
+            lost = lost > 0 or (not dets and self.expected > 0)
         else:
             lost = len(dets) < self.expected
         if width >= full_width:  # the working pass is a full pass: learn from it as from one
