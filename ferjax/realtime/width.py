@@ -237,6 +237,7 @@ class AdaptiveWidth:
         if self.windows is not None and width < full_width:  # faces below this side get a window
             small = self.headroom * self.reliable_face * frame.shape[1] / width
             dets, windows = self.windows.detect(frame, dets, small)
+        if windows:
             self.window_spent += windows * self.window_cost * self.windows.size ** 2
             lost, missed = self.windows.lost(dets)
             self.window_misses += missed
