@@ -126,6 +126,12 @@ def test_width_rules():
     assert W.width_for_faces(face(400), 1280, 1280, 16) == W.FLOOR
     assert W.width_for_faces(face(90), 1280, 1280, 16) == 288  # 1280 * 20 / 90 = 284.4 -> 288
     assert W.width_for_faces(face(24), 1280, 1280, 16) == 1280  # 1088 > 0.8 x 1280: full width
+    # With windows of 96 px (2 x their pixels): a lone 40 px face is cheapest in a window beside a
+    # 128-wide pass (9.2k + 18.4k px) than at its own 640 (230k); a big face keeps the pass at 160.
+    assert W.width_with_windows(face(40), FRAME, 1280, 16, 96) == W.WINDOW_FLOOR == 128
+    assert W.width_with_windows(face(400) + face(40), FRAME, 1280, 16, 96) == W.FLOOR
+    assert W.width_with_windows(face(400) + face(40), FRAME, 1280, 16, 96, window_cost=40) == 640
+    assert W.width_with_windows([], FRAME, 1280, 16, 96) is None and W.window_size(40) == 128
     assert W.capped_width((78000, 320), 2048) == 8 and W.capped_width((720, 1280), None) == 1280
     assert W.parse_detect_width("960") == 960 and W.parse_detect_width("auto") == "auto"
     for bad in ("wide", 0, -5, True, 1.5):
@@ -204,9 +210,9 @@ def test_yunet_auto_follows_a_small_real_face_that_320_misses():
             assert 600 + 2 * i <= dets[0].box[1] <= 600 + 2 * i + small.shape[0]
             steps.append(step)
         assert steps[0] == W.WidthStep((1920,), full_scan=True)
-        if windows:  # followed in its window: the working pass at the floor width never sees it
-            assert steps[1:] == [W.WidthStep((W.FLOOR,), windows=1)] * 5
-            assert yunet.detect_at(scene(1300, 600), W.FLOOR) == []
+        if windows:  # followed in its window: the working pass at its narrowest never sees it
+            assert steps[1:] == [W.WidthStep((W.WINDOW_FLOOR,), windows=1)] * 5
+            assert yunet.detect_at(scene(1300, 600), W.WINDOW_FLOOR) == []
         else:  # the width alone: wide enough for a 36 px face
             assert all(s.widths == steps[1].widths and s.working < 1920 for s in steps[1:])
     # The whole frame scaled to 640 wide: a 212 px face at the floor width.

@@ -21,8 +21,8 @@ small square around each such tracked face's predicted box (`CONTEXT` times its 
 the full-resolution frame and scaled down to `window_size` pixels when larger: the face is then
 the detector's `window_face`, by default `WINDOW_HEADROOM * reliable_face`), and merges what the
 windows find with the working pass's faces. The working width is then the one that costs least
-(`width_with_windows`): each face's own width and the floor are the candidates, a pass costs its
-pixels and a window `window_cost` times its own (`WINDOW_COST`, or the detector's). The periodic
+(`width_with_windows`): each face's own width, the floor and `WINDOW_FLOOR` are the candidates,
+a pass costs its pixels and a window `window_cost` times its own (`WINDOW_COST`, or the detector's). The periodic
 full scans stay, so new small faces are still found. A frame is retried at full width when a
 face seen on the frame before, and too big for a window, is missing, or when no face is left of
 those expected; a window that misses its face does not retry it (the window looked at the
@@ -58,6 +58,9 @@ HEADROOM = 1.25       # the smallest face stays this much above `reliable_face` 
 RESCAN_EVERY = 30     # frames between full-width scans (about a second of video)
 FULL_ABOVE = 0.8      # a working width above this share of the full width runs at full width: it
                       # would save under 36% of the pixels, and a retry costs a full pass on top
+WINDOW_FLOOR = 128    # the working width may go this low where windows hold the small faces (their
+                      # boxes come from the windows): Haar's one-face 640x360 clips then leave the
+                      # tracked face under minSize in the working pass, which stops spending time on it
 CONTEXT = 3.0         # a track window's side over its face's side: room for the face to move
 WINDOW_STEP = 32      # window sizes are multiples of this
 WINDOW_HEADROOM = 2.0  # a window scaled down keeps its face this much above `reliable_face`: YuNet
@@ -119,7 +122,8 @@ def width_with_windows(dets: Sequence[FaceBox], frame_shape: tuple[int, ...], fu
                        reliable_face: float, window: int, headroom: float = HEADROOM, floor: int = FLOOR,
                        step: int = STEP, window_cost: float = WINDOW_COST) -> int | None:
     """The working width that costs least when every face of `dets` too small at it gets a track
-    window of `window` pixels: the candidates are the floor and each face's own `width_for_faces`;
+    window of `window` pixels: the candidates are `WINDOW_FLOOR`, the floor and each face's own
+    `width_for_faces`;
     a pass costs its pixels, a window `window_cost` times its own (ties: the narrower). None
     without faces."""
     if not dets:
@@ -127,7 +131,7 @@ def width_with_windows(dets: Sequence[FaceBox], frame_shape: tuple[int, ...], fu
     h, w = frame_shape[:2]
     needs = [width_for_faces([d], w, full_width, reliable_face, headroom, floor, step) for d in dets]
     cost = lambda width: width * width * h / w + window_cost * window * window * sum(n > width for n in needs)
-    return min(sorted({min(floor, full_width), *needs}), key=cost)
+    return min(sorted({min(WINDOW_FLOOR, full_width), min(floor, full_width), *needs}), key=cost)
 
 
 class Windows(Protocol):
