@@ -39,7 +39,7 @@ BACKENDS = ("jax", "onnxruntime")  # where the classifier runs (the detector sta
 AUTO = "auto"
 # What `backend="auto"` picks where the onnx extra is installed (`python -m ferjax.backend_bench`
 # decides it: ONNX Runtime only when its whole-pipeline FPS is >= 10% higher on every shared video).
-AUTO_PREFERS = "jax"
+AUTO_PREFERS = "onnxruntime"
 
 
 def onnx_available() -> bool:

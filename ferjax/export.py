@@ -216,6 +216,9 @@ def session(path: str | os.PathLike, threads: int | None = None) -> Any:
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    # Idle intra-op threads sleep instead of spinning: in the video loop the classifier alternates
+    # with OpenCV's detector, whose threads a spinning pool would starve (backend_bench measures it).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
