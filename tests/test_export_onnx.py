@@ -241,6 +241,7 @@ def test_analyze_command_backend_flag_labels_a_photo_as_jax_does(faces, tmp_path
     assert e.value.code == 2 and "invalid choice: 'tensorrt'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 25 s on the 2-core VM: in the slow set (pytest -m slow), which CI runs too
 @pytest.mark.skipif(not (MEDIA / "one_face_short.mp4").is_file(), reason=f"shared videos not found at {MEDIA}")
 def test_backend_benchmark_times_both_and_finds_the_same_labels_on_a_real_video(tmp_path, capsys):
     """`python -m ferjax.backend_bench` on 12 frames of a real video: classifier rows for batch

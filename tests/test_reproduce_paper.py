@@ -182,6 +182,7 @@ def test_private_test_enters_no_stage(tiny):
     assert paper_split.load(wd, "d")["test"]["generated"].any()
 
 
+@pytest.mark.slow  # 23 s on the 2-core VM: in the slow set (pytest -m slow), which CI runs too
 def test_rerun_redoes_nothing_and_a_changed_stage_redoes_only_what_reads_it(tiny):
     again = run_cli(*tiny["args"], env_extra=tiny["env"]).stdout
     assert _stage_lines(again) == {s: "cached" for s in STAGES}, again
