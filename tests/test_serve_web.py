@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -25,25 +26,11 @@ from ferjax.serve import BackgroundServer, create_app  # noqa: E402
 
 ONE_FACE = MEDIA / "one_face_pexels_640x360.mp4"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-def write_y4m(video: Path, out: Path, frames: int = 60, step: int = 3) -> Path:
-    """`frames` frames (every `step`-th) of `video` as a Y4M file (Chromium's fake camera format)."""
-    cap = cv2.VideoCapture(str(video))
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    with open(out, "wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\n".encode())
-        i = n = 0
-        while n < frames:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if i % step == 0:
-                f.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
-                n += 1
-            i += 1
-    assert n == frames, f"{video}: only {n} frames"
-    return out
+# The fake camera's Y4M writer is tools/page_fps.py's (the in-browser page's measurement uses it too).
+_spec = importlib.util.spec_from_file_location("page_fps",
+                                               Path(__file__).resolve().parents[1] / "tools" / "page_fps.py")
+page_fps = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(page_fps)
 
 
 async def _cdp(ws_url: str, expression: str) -> object:
@@ -113,7 +100,7 @@ def run_page(url: str, y4m: Path, profile: Path, min_frames: int = 30, timeout_s
 def test_live_page_draws_labelled_faces_for_distinct_camera_frames(tmp_path):
     if not ONE_FACE.is_file():
         pytest.skip(f"real video {ONE_FACE} not present")
-    y4m = write_y4m(ONE_FACE, tmp_path / "camera.y4m")
+    y4m = page_fps.write_y4m(ONE_FACE, tmp_path / "camera.y4m", frames=60, step=3, size=(640, 360), fps=25)
     server = BackgroundServer(create_app(default_analyzer()))
     try:
         shot = tmp_path / "page.png"
