@@ -240,6 +240,8 @@ class OnnxPredictor:
     batch is symbolic, so nothing is padded; batches larger than the largest bucket are split, as
     Predictor does. The session is safe to share between threads."""
 
+    backend = "onnxruntime-cpu"  # what classifies, for benchmark rows
+
     def __init__(self, path: str | os.PathLike, name: str, class_names: Sequence[str] | None = None,
                  buckets: Sequence[int] | None = None, threads: int | None = None):
         from ferjax.inference import DEFAULT_BUCKETS  # noqa: PLC0415  (it imports JAX)

@@ -31,6 +31,11 @@ class Predictor:
         self.class_names = tuple(class_names) if class_names else None
         self._apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
 
+    @property
+    def backend(self) -> str:
+        """What classifies, for benchmark rows: `jax-` and JAX's platform (cpu, gpu)."""
+        return f"jax-{jax.default_backend()}"
+
     def warmup(self) -> float:
         start = time.perf_counter()
         for b in self.buckets:

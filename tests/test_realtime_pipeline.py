@@ -156,7 +156,9 @@ def test_bench_task_prints_a_table_ii(tmp_path):
     assert all(r["frames"] == 15 and r["fps"] > 0 for r in out["rows"])
     lines = (tmp_path / "bench.md").read_text().splitlines()
     for r in out["rows"]:  # each measured row, with its own figures, is in the table
-        assert r["classifier"]  # the row says which classifier ran
+        assert r["classifier"]  # the row says which classifier ran, and on which runtime
+        runtime = "onnxruntime-cpu" if r["classifier"].endswith("(onnxruntime)") else "jax-cpu"
+        assert r["backend"] == f"opencv-cpu + {runtime}"
         (line,) = [x for x in lines
                    if x.startswith(f"| {r['detector']} | {r['backend']} | {r['classifier']} | {r['video']} | 15 |")]
         stages = [r[f"{k}_ms"] for k in TIMED]

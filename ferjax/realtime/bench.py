@@ -32,7 +32,7 @@ def run_bench(make_pipeline: Callable[[str], Pipeline], detectors: Sequence[str]
             continue
         for video in videos:
             s = pipe.run(video, max_frames=max_frames, display=False, draw=True, warmup_frames=warmup_frames)
-            row = {"detector": name, "backend": f"{s['detector_backend']} + jax-{s['jax_backend']}",
+            row = {"detector": name, "backend": f"{s['detector_backend']} + {s['classifier_backend']}",
                    "backend_reason": s.get("detector_backend_reason", ""),
                    "video": video.rsplit("/", 1)[-1], **{k: s.get(k) for k in (
                        "frames", "frames_timed", "bad_frames", "detection_rate", "faces",

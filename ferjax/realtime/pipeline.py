@@ -184,7 +184,9 @@ class Pipeline:
         """Processes a whole source and returns the summary (never raises on a bad source)."""
         summary: dict[str, Any] = {"source": str(source), "detector": getattr(self.detector, "name", "?"),
                                    "detector_backend": getattr(self.detector, "backend", "?"),
-                                   "jax_backend": jax.default_backend()}
+                                   "jax_backend": jax.default_backend(),
+                                   "classifier_backend": getattr(self.predictor, "backend",
+                                                                 f"jax-{jax.default_backend()}")}
         try:
             src = open_source(source, **(capture_kwargs or {}))
         except SourceError as e:
