@@ -42,7 +42,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.rescan_every = 30            # detect_width "auto": frames between full-width scans
     c.models_dir = ""              # detector files; else $FERJAX_MODELS_DIR or ~/.cache/ferjax/models
     c.mtcnn_weights_dir = ""       # pnet/rnet/onet.lz4 of mtcnn==1.0.0; else <models dir>/mtcnn
-    c.pretrained = pretrained.DEFAULT  # the shipped model (one home: ferjax.pretrained.DEFAULT)
+    c.pretrained = pretrained.VIDEO_DEFAULT  # the shipped video model (one home: ferjax.pretrained.VIDEO_DEFAULT)
     c.classifier = ""              # a registered classifier with random weights (demos only)
     c.allow_random_classifier = False
     c.backend = "auto"             # classifier on jax, onnxruntime (onnx extra) or auto (ferjax.analyzer.resolve_backend)

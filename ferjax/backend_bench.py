@@ -85,7 +85,8 @@ def pipeline_rows(analyzers: dict[str, Any], videos: Sequence[Path], rounds: int
                   max_frames: int | None) -> tuple[list[dict], dict[str, dict[str, list]]]:
     """Whole-pipeline FPS per backend and video (median of `rounds`, backends alternating within
     each round) and each backend's per-frame results of its first round (without smoothing, so
-    that labels compare raw probabilities)."""
+    that labels compare raw probabilities). `analyzers` may hold any names (backends, models);
+    the JAX / ONNX Runtime ratio is given where both backends are among them."""
     fps: dict[tuple[str, str], list[float]] = {}
     recorded: dict[str, dict[str, list]] = {k: {} for k in analyzers}
     summary: dict[tuple[str, str], dict] = {}
@@ -102,16 +103,17 @@ def pipeline_rows(analyzers: dict[str, Any], videos: Sequence[Path], rounds: int
                     raise RuntimeError(f"{video}: {s['error']}")
                 fps.setdefault((name, video.name), []).append(s["fps"])
                 summary[(name, video.name)] = s
-    rows = []
+    rows, first = [], next(iter(analyzers))
     for video in videos:
-        row: dict[str, Any] = {"video": video.name, "frames": summary[("jax", video.name)]["frames"],
-                               "faces": summary[("jax", video.name)]["faces"]}
+        row: dict[str, Any] = {"video": video.name, "frames": summary[(first, video.name)]["frames"],
+                               "faces": summary[(first, video.name)]["faces"]}
         for name in analyzers:
             s = summary[(name, video.name)]
             row[f"{name}_fps"] = round(statistics.median(fps[(name, video.name)]), 2)
             row[f"{name}_fps_rounds"] = fps[(name, video.name)]
             row[f"{name}_predict_ms"] = s["stage_ms"]["predict"]
-        row["ratio"] = round(row["onnxruntime_fps"] / row["jax_fps"], 3) if row["jax_fps"] else None
+        if set(BACKEND_NAMES) <= set(analyzers):
+            row["ratio"] = round(row["onnxruntime_fps"] / row["jax_fps"], 3) if row["jax_fps"] else None
         rows.append(row)
     return rows, recorded
 

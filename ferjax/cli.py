@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferjax analyze", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", metavar="PATH", help="photos, folders of photos, videos")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, help="a registered detector (default %(default)s)")
-    p.add_argument("--model", default=None, help="a registered pretrained model (default: the shipped one)")
+    p.add_argument("--model", default=None, help="a registered pretrained model (default: the shipped one for photos, "
+                   "ferjax.pretrained.VIDEO_DEFAULT for videos)")
     p.add_argument("--backend", choices=(*BACKENDS, AUTO), default=AUTO,
                    help="where the classifier runs: jax, onnxruntime (the onnx extra) or auto (default)")
     p.add_argument("--detector-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -228,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _models(model: str | None) -> tuple[str, str]:
+    """(photo model, video model): `--model` for both, else the shipped defaults of each."""
+    from ferjax import pretrained  # noqa: PLC0415
+
+    return (model, model) if model else (pretrained.DEFAULT, pretrained.VIDEO_DEFAULT)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Everything that can be refused is checked first; then the models load and files are analysed."""
     detector_args = _detector_args(args.detector_arg)
@@ -245,13 +253,19 @@ def _run(args: argparse.Namespace) -> int:
     from ferjax.registry import RegistryError  # noqa: PLC0415
 
     enable_jax_cache(args.jax_cache_dir)
+    photo_model, video_model = _models(args.model)
     try:
-        analyzer = Analyzer(args.detector, args.model, detector_args=detector_args,
-                            models_dir=args.models_dir, max_side=args.max_side, max_pixels=args.max_pixels,
-                            backend=args.backend)
+        def make(model: str) -> Analyzer:
+            return Analyzer(args.detector, model, detector_args=detector_args, models_dir=args.models_dir,
+                            max_side=args.max_side, max_pixels=args.max_pixels, backend=args.backend)
+
+        analyzer = make(photo_model if photos or not videos else video_model)
+        video_analyzer = analyzer if not videos or video_model == photo_model or not photos else make(video_model)
     except (RegistryError, OSError, TypeError, ValueError, ImportError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     warm_s = analyzer.warmup()  # classifier buckets; not counted in the per-photo time
+    if video_analyzer is not analyzer:
+        warm_s += video_analyzer.warmup()
     try:
         sink = open(args.jsonl, "w") if args.jsonl else sys.stdout
     except OSError as e:
@@ -264,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
             batch = list(range(start, min(start + args.batch, len(photos))))
             _photos(analyzer, [photos[i] for i in batch], [outs.path(i) for i in batch], sink, stats)
         for i, f in enumerate(videos, start=len(photos)):
-            _video(analyzer, f, outs.path(i), sink, stats, args.max_frames or None)
+            _video(video_analyzer, f, outs.path(i), sink, stats, args.max_frames or None)
     finally:
         if sink is not sys.stdout:
             sink.close()

@@ -23,6 +23,10 @@ from ferjax.nn import init_variables as _init_compiled
 from ferjax.registry import CLASSIFIERS, PRETRAINED
 
 DEFAULT = "fer2013_distilled_adjusted"
+# The model of the video paths (the realtime experiment, `ferjax analyze` on videos); photos keep
+# DEFAULT. Another model takes this place only when `python -m ferjax.model_bench` finds it within
+# issue 42's rule (cost per face, accuracy, disgust recall) beside DEFAULT.
+VIDEO_DEFAULT = DEFAULT
 
 
 @dataclasses.dataclass(frozen=True)
