@@ -32,7 +32,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # "generator": translate source_class images with generator_checkpoint; "oversample": add copies
     # of the real target_class images (random oversampling, the baseline CycleGAN balancing must beat)
     c.method = "generator"
-    c.generator_checkpoint = ""  # folder with generator.json + generator.msgpack
+    c.generator_checkpoint = ""  # folder with generator.json + generator.msgpack, or a registered pretrained generator
     c.source_class = "neutral"
     c.target_class = "disgust"
     c.target_count = 0  # examples of target_class afterwards; 0: the median Training class size

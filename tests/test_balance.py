@@ -133,7 +133,8 @@ def test_bad_generator_checkpoints_fail_before_loading_data(generator_dir, data_
     def run(folder):
         balance_task.balance(_config(folder, data_args, tmp_path), str(tmp_path))
 
-    with pytest.raises(GeneratorCheckpointError, match="does not exist; set --config.generator_checkpoint"):
+    with pytest.raises(GeneratorCheckpointError, match=r"generator_checkpoint=.*missing' is neither a folder nor "
+                                                       "a registered pretrained generator"):
         run(tmp_path / "missing")
     wrong = tmp_path / "wrong"
     shutil.copytree(generator_dir, wrong)

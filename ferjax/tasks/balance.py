@@ -21,7 +21,7 @@ from ferjax.config import invoked_command
 from ferjax.data.derived import DerivedBuilder
 from ferjax.data.fer2013 import EMOTIONS, class_index
 from ferjax.train.cyclegan_steps import to_unit
-from ferjax.train.generator_export import load_generator, read_meta, to_uint8
+from ferjax.train.generator_export import load_generator, read_meta, resolve_generator, to_uint8
 
 
 def _check_classes(config: ml_collections.ConfigDict, meta: dict) -> tuple[int, int]:
@@ -105,7 +105,8 @@ def _reverse_generator(config: ml_collections.ConfigDict, meta: dict):
     if config.replace_real:
         raise ValueError("--config.matched_negatives adds round trips beside the generated images; "
                          "it does not combine with --config.replace_real")
-    back = read_meta(config.matched_negatives)
+    folder = resolve_generator(config.matched_negatives, "matched_negatives")
+    back = read_meta(folder)
     if (back["source_class"], back["target_class"]) != (meta["target_class"], meta["source_class"]) or \
             back["image_size"] != meta["image_size"]:
         raise ValueError(f"--config.matched_negatives={config.matched_negatives} translates "
@@ -113,7 +114,7 @@ def _reverse_generator(config: ml_collections.ConfigDict, meta: dict):
                          f"generator translates {meta['source_class']} -> {meta['target_class']} at "
                          f"{meta['image_size']} px: pass the reverse generator of the same CycleGAN run "
                          f"(RUN/generator_reverse)")
-    return load_generator(config.matched_negatives)
+    return load_generator(folder)
 
 
 def translate_images(model, variables, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
@@ -195,13 +196,11 @@ def balance(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "train_per_class_after": builder.counts()["train_per_class_after"],
                 "wall_seconds": round(time.perf_counter() - t0, 2),
                 "train_with": f"--config.dataset=derived --config.data.derived_dir={out_dir}"}
-    if not config.generator_checkpoint:
-        raise ValueError("set --config.generator_checkpoint=DIR, a folder holding generator.json and "
-                         "generator.msgpack (exported by a CycleGAN run)")
-    meta = read_meta(config.generator_checkpoint)
+    folder = resolve_generator(config.generator_checkpoint)  # a folder, or a registered pretrained generator
+    meta = read_meta(folder)
     src, tgt = _check_classes(config, meta)
     reverse = _reverse_generator(config, meta) if config.matched_negatives else None
-    generator = load_generator(config.generator_checkpoint)
+    generator = load_generator(folder)
     out_dir = _out_dir(config, workdir)
     builder = DerivedBuilder(config.dataset, config.data, config.protocol)
     shape = builder.base_splits["train"]["image"].shape[1:]

@@ -37,7 +37,11 @@ BALANCED = {"cyclegan": ("method=generator",), "oversample": ("method=oversample
 def reverse_generator(config: ml_collections.ConfigDict) -> str:
     """The cyclegan_matched arm's reverse generator: `reverse_generator_checkpoint`, or the
     `generator_reverse` folder beside `generator_checkpoint`."""
-    return config.reverse_generator_checkpoint or str(Path(config.generator_checkpoint).parent / REVERSE)
+    if config.reverse_generator_checkpoint:
+        return config.reverse_generator_checkpoint
+    from ferjax.train.generator_export import resolve_generator  # noqa: PLC0415
+
+    return str(resolve_generator(config.generator_checkpoint).parent / REVERSE)
 
 
 def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path:
@@ -51,7 +55,8 @@ def _prepare(config: ml_collections.ConfigDict, arm: str, workdir: Path) -> Path
     if generated:
         if not config.generator_checkpoint:
             raise ValueError(f"the {arm} arm needs --config.generator_checkpoint=DIR (the `generator` "
-                             "folder of a cyclegan_neutral2disgust run), or leave it out with "
+                             "folder of a cyclegan_neutral2disgust run) or a registered pretrained "
+                             "generator, or leave it out with "
                              "--config.arms=as_is,oversample,class_weighted")
         overrides.append(f"generator_checkpoint={config.generator_checkpoint}")
     reverse = reverse_generator(config) if arm == "cyclegan_matched" else None
