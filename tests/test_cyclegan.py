@@ -281,6 +281,37 @@ def test_rescore_reproduces_the_runs_own_quality_report(synthetic_csv, uninterru
     assert detail["target_rate_on_real_source_inputs"] == original["target_rate_on_real_source_inputs"]
 
 
+def test_ship_copies_both_generators_with_a_model_card(uninterrupted, tmp_path, capsys):
+    """`python -m ferjax.train.generator_export --run=RUN --ship=NAME --dest=DIR`: the layout a
+    shipped pretrained generator has (both folders byte for byte, card.json with the run's steps,
+    GAN-test, cycle SSIM and sha256); an existing one is refused, an unfinished run too."""
+    from ferjax.atomic import file_sha256
+    from ferjax.train import generator_export
+
+    wd, _ = uninterrupted
+    generator_export.main([f"--run={wd}", "--ship=tiny_pair", f"--dest={tmp_path}"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"shipped": str(tmp_path / "tiny_pair")}
+    shipped = tmp_path / "tiny_pair"
+    card = json.loads((shipped / "card.json").read_text())
+    quality = json.loads((wd / "quality.json").read_text())
+    report = json.loads((wd / "report.json").read_text())
+    assert card["steps"] == report["steps"] == 10 and card["experiment"] == report["experiment"]
+    assert card["quality"]["gan_test_target_rate"] == quality["gan_test_target_rate"]
+    assert card["quality"]["cycle_ssim"] == quality["cycle_ssim"]
+    for folder in ("generator", "generator_reverse"):
+        for f in ("generator.json", "generator.msgpack"):
+            assert (shipped / folder / f).read_bytes() == (wd / folder / f).read_bytes()
+        assert card["sha256"][folder] == file_sha256(shipped / folder / "generator.msgpack")
+    g = generator_export.load_generator(shipped / "generator")
+    assert (g.meta["source_class"], g.meta["target_class"]) == ("neutral", "disgust")
+    with pytest.raises(SystemExit):
+        generator_export.main([f"--run={wd}", "--ship=tiny_pair", f"--dest={tmp_path}"])
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generator_export.main([f"--run={wd / 'samples'}", "--ship=other", f"--dest={tmp_path}"])
+    assert "not a finished CycleGAN run with a quality report" in capsys.readouterr().err
+
+
 def test_export_from_run_rewrites_both_generators_from_the_checkpoint(uninterrupted, tmp_path, capsys):
     """`python -m ferjax.train.generator_export --run=RUN` (runs made before F was exported):
     the same bytes as the run's own export; a folder that is no CycleGAN run is refused."""

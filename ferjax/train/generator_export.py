@@ -29,6 +29,7 @@ from ferjax.registry import GENERATORS, PRETRAINED_GENERATORS
 
 META, WEIGHTS = "generator.json", "generator.msgpack"
 FORWARD, REVERSE = "generator", "generator_reverse"  # folders inside a CycleGAN run
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "generators"  # shipped generator pairs
 COLLECTIONS = ("params", "batch_stats")
 _FIELDS = {"generator": str, "generator_kwargs": dict, "source_class": str, "target_class": str,
            "step": int, "image_size": int}
@@ -195,6 +196,48 @@ def export_from_run(run_dir: str | os.PathLike) -> tuple[Path, Path]:
                                  config["source_class"], config["target_class"], int(state["step"]))
 
 
+CARD = "card.json"  # the model card of a shipped generator pair, beside its two folders
+CARD_QUALITY = ("classifier", "feature_layer", "generated", "gan_test_target_rate",
+                "target_rate_on_real_source_inputs", "target_recall_on_real_test", "kid_mean", "kid_sd", "fid",
+                "cycle_ssim", "identity_ssim", "class_guide", "guide_target_rate")
+
+
+def ship_run(run_dir: str | os.PathLike, name: str, dest_root: str | os.PathLike,
+             overwrite: bool = False) -> Path:
+    """Copies a finished CycleGAN run's two generator folders into DEST_ROOT/NAME (`generator`,
+    `generator_reverse`) with a model card (`card.json`): the run's experiment, steps, epochs and wall
+    time (report.json), its GAN-test, KID/FID and cycle SSIM (quality.json), the command that
+    reproduces it and each weights file's sha256. Written atomically; a run without report.json
+    and quality.json (unfinished, or without a judge) is refused."""
+    from ferjax.atomic import file_sha256  # noqa: PLC0415
+
+    run_dir = Path(run_dir)
+    files = {f: run_dir / f for f in ("report.json", "quality.json", "config.json")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise GeneratorCheckpointError(f"{run_dir} is not a finished CycleGAN run with a quality report: "
+                                       f"missing {', '.join(missing)}")
+    report, quality, config = (json.loads(p.read_text()) for p in files.values())
+    metas = {folder: read_meta(run_dir / folder) for folder in (FORWARD, REVERSE)}
+    card = {"name": name, "experiment": report["experiment"], "source_class": report["source_class"],
+            "target_class": report["target_class"], "steps": report["steps"], "epochs_run": report["epochs_run"],
+            "wall_seconds": report["wall_seconds"], "train_seconds": report["train_seconds"],
+            "source_images": report["source_images"], "target_images": report["target_images"],
+            "generator": metas[FORWARD]["generator"], "generator_kwargs": metas[FORWARD]["generator_kwargs"],
+            "image_size": metas[FORWARD]["image_size"], "data": "FER2013 Training (Kaggle labels)",
+            "quality": {k: quality[k] for k in CARD_QUALITY if k in quality},
+            "command": f"python -m ferjax.run --experiment={report['experiment']}",
+            "cycle_loss": config.get("cycle_loss"),
+            "sha256": {folder: file_sha256(run_dir / folder / WEIGHTS) for folder in (FORWARD, REVERSE)}}
+    with atomic_folder(Path(dest_root) / name, overwrite=overwrite) as tmp:
+        for folder in (FORWARD, REVERSE):
+            (tmp / folder).mkdir()
+            for f in (META, WEIGHTS):
+                (tmp / folder / f).write_bytes((run_dir / folder / f).read_bytes())
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return Path(dest_root) / name
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse  # noqa: PLC0415
 
@@ -202,10 +245,18 @@ def main(argv: list[str] | None = None) -> None:
                                 description="Export both generators (G: source -> target, F: target -> "
                                             "source) of a CycleGAN workdir from its latest checkpoint.")
     p.add_argument("--run", required=True, type=Path, help="a cyclegan_* workdir")
+    p.add_argument("--ship", default="", metavar="NAME",
+                   help="instead: copy the finished run's generators with a model card to DEST/NAME, the "
+                        "layout of a shipped pretrained generator (registry/pretrained_generators.py)")
+    p.add_argument("--dest", type=Path, default=SHIPPED_DIR, help="with --ship (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="with --ship: replace DEST/NAME")
     args = p.parse_args(argv)
     try:
+        if args.ship:
+            print(json.dumps({"shipped": str(ship_run(args.run, args.ship, args.dest, args.overwrite))}))
+            return
         forward, reverse = export_from_run(args.run)
-    except GeneratorCheckpointError as e:
+    except (GeneratorCheckpointError, FileExistsError) as e:
         p.error(str(e))
     print(json.dumps({"generator": str(forward), "generator_reverse": str(reverse)}))
 
