@@ -38,9 +38,10 @@ def fer2013_distilled_adjusted() -> WeightsSpec:
 
 @PRETRAINED.register("fer2013_video")
 def fer2013_video() -> WeightsSpec:
-    """vgg_small at half width for real-time video, distilled like fer2013_distilled and
-    logit-adjusted (`fer2013_distill:video`): 2.8x less classifier time per face on ONNX Runtime, 1.4
-    points less accurate on PrivateTest (python -m ferjax.model_bench; its model card)."""
+    """Half-width vgg_small for video (`fer2013_distill:video`): 2.8x less time per face, 1.4 points less accurate.
+
+    Distilled like fer2013_distilled and logit-adjusted; figures from `python -m ferjax.model_bench`
+    (ONNX Runtime, batch 8) and its model card (PrivateTest, `original`)."""
     return _shipped("vgg_small", "fer2013_video")
 
 

@@ -24,7 +24,8 @@ LAYERS = [
     ("tasks", ["ferjax.tasks"]),
     ("front-ends", ["ferjax.serve_batch", "ferjax.serve", "ferjax.cli", "ferjax.bench", "ferjax.bench_torch",
                     "ferjax.serve_bench", "ferjax.serve_attack", "ferjax.probes", "ferjax.run", "ferjax.doctor",
-                    "ferjax.web", "ferjax.assets", "ferjax.export_web", "ferjax.serve_local", "ferjax.backend_bench"]),
+                    "ferjax.web", "ferjax.assets", "ferjax.export_web", "ferjax.serve_local", "ferjax.backend_bench",
+                    "ferjax.model_bench"]),
     ("the command", ["ferjax.command", "ferjax.__main__"]),
 ]
 # The only modules that may name ferjax.components / ferjax.experiments: the two loaders.
