@@ -66,8 +66,10 @@ def video_default_rule(reference: str, candidate: str, rows: Sequence[dict], car
     cost = next(r["ms_per_face_batch8"] for r in rows if r["model"] == candidate and r["backend"] == backend)
     ref, cand = cards[reference], cards[candidate]
     fast = cost <= MAX_MS_PER_FACE
-    accurate = None not in (ref["accuracy"], cand["accuracy"]) and cand["accuracy"] >= ref["accuracy"] - MAX_ACCURACY_DROP
-    disgust = None not in (ref["disgust_recall"], cand["disgust_recall"]) and cand["disgust_recall"] >= ref["disgust_recall"]
+    accurate = (None not in (ref["accuracy"], cand["accuracy"])
+                and cand["accuracy"] >= ref["accuracy"] - MAX_ACCURACY_DROP)
+    disgust = (None not in (ref["disgust_recall"], cand["disgust_recall"])
+               and cand["disgust_recall"] >= ref["disgust_recall"])
     return {"candidate": candidate, "reference": reference, "backend": backend, "ms_per_face_batch8": cost,
             "fast_enough": fast, "accuracy_within": accurate, "disgust_recall_kept": disgust,
             "met": bool(fast and accurate and disgust)}
@@ -137,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ferjax.analyzer import AUTO, Analyzer, onnx_available, resolve_backend  # noqa: PLC0415
     from ferjax.timing import cpu_model  # noqa: PLC0415
 
-    backends = [b for b in a.backends.split(",") if b] or [b for b in BACKEND_NAMES
-                                                           if b == "jax" or onnx_available()]
+    backends = ([b for b in a.backends.split(",") if b]
+                or [b for b in BACKEND_NAMES if b == "jax" or onnx_available()])
     bad = [b for b in backends if b not in BACKEND_NAMES]
     if bad:
         print(f"model_bench: unknown backend(s) {', '.join(bad)}; expected {', '.join(BACKEND_NAMES)}", file=sys.stderr)
@@ -156,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": models, "detector": a.detector, "faces_source": source, "classifier": rows, "cards": cards,
         "pipeline_backend": default_backend, "rounds": a.rounds, "pipeline": []}
     if videos:
-        on_default = {m: analyzers.get((m, default_backend)) or Analyzer(a.detector, m, backend=default_backend,
-                                                                           smoothing=False) for m in models}
+        on_default = {m: analyzers.get((m, default_backend))
+                      or Analyzer(a.detector, m, backend=default_backend, smoothing=False) for m in models}
         report["pipeline"], _ = pipeline_rows(on_default, videos, a.rounds, a.max_frames or None)
     report["video_default"] = [video_default_rule(models[0], m, rows, cards, default_backend)
                                for m in models[1:] if default_backend in backends]

@@ -37,6 +37,15 @@ def test_classifier_rows_for_two_models_with_their_cards(tmp_path, capsys):
     assert f"| fer_mini_xception | jax | {cards['fer_mini_xception']['params']:,} |" in printed
 
 
+def test_the_video_paths_default_to_the_video_model():
+    from ferjax.cli import _models
+    from ferjax.experiments import realtime
+
+    assert realtime.get_config().pretrained == pretrained.VIDEO_DEFAULT  # the realtime experiment
+    assert _models(None) == (pretrained.DEFAULT, pretrained.VIDEO_DEFAULT)  # ferjax analyze: photos, videos
+    assert _models("fer2013_video") == ("fer2013_video", "fer2013_video")  # --model names both
+
+
 def test_video_default_rule_needs_speed_accuracy_and_disgust_recall():
     cards = {"ref": {"accuracy": 0.68, "disgust_recall": 0.60},
              "fast_good": {"accuracy": 0.671, "disgust_recall": 0.61},
@@ -45,7 +54,8 @@ def test_video_default_rule_needs_speed_accuracy_and_disgust_recall():
              "slow_good": {"accuracy": 0.70, "disgust_recall": 0.70}}
     rows = [{"model": m, "backend": "onnxruntime", "ms_per_face_batch8": 1.2 if m.startswith("slow") else 0.8}
             for m in cards]
-    verdict = {m: model_bench.video_default_rule("ref", m, rows, cards, "onnxruntime")["met"] for m in cards if m != "ref"}
+    verdict = {m: model_bench.video_default_rule("ref", m, rows, cards, "onnxruntime")["met"]
+               for m in cards if m != "ref"}
     assert verdict == {"fast_good": True, "fast_less_accurate": False, "fast_less_disgust": False, "slow_good": False}
 
 
