@@ -232,9 +232,10 @@ def test_paper_profile_and_missing_generator_are_refused_before_any_work(tmp_pat
     nowhere = [f"data.fer2013_path={tmp_path / 'absent'}"]
     with pytest.raises(ValueError, match="row e .* needs a GPU or TPU"):
         TASKS.get("reproduce_paper")(cfg_lib.build("reproduce_paper:paper", nowhere), str(tmp_path / "w"))
-    with pytest.raises(GeneratorCheckpointError, match="generator_checkpoint='cyclegan_neutral2disgust_cpu' is "
+    with pytest.raises(GeneratorCheckpointError, match="generator_checkpoint='no_such_generator' is "
                                                        "neither a folder nor a registered pretrained generator"):
-        TASKS.get("reproduce_paper")(cfg_lib.build("reproduce_paper:cpu", nowhere), str(tmp_path / "w"))
+        config = cfg_lib.build("reproduce_paper:cpu", [*nowhere, "generator_checkpoint=no_such_generator"])
+        TASKS.get("reproduce_paper")(config, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
 
 
