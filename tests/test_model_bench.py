@@ -17,6 +17,7 @@ SHORT = MEDIA / "one_face_short.mp4"
 PAIR = f"{pretrained.DEFAULT},fer_mini_xception"
 
 
+@pytest.mark.slow  # about 26 s on the 2-core VM: in the slow set (pytest -m slow), which CI runs too
 def test_classifier_rows_for_two_models_with_their_cards(tmp_path, capsys):
     out = tmp_path / "models.json"
     assert model_bench.main(["--models", PAIR, "--backends", "jax", "--videos", "", "--repeats", "3",

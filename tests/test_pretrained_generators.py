@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from ferjax import config as cfg_lib
 from ferjax.atomic import file_sha256
@@ -33,6 +34,7 @@ def test_the_shipped_generator_resolves_and_matches_its_card():
     assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() <= 1.0 and not np.allclose(y, x)
 
 
+@pytest.mark.slow  # about 15 s on the 2-core VM: in the slow set (pytest -m slow), which CI runs too
 def test_balance_runs_on_the_shipped_generator_by_name(synthetic_csv, tfds_dir, tmp_path):
     config = cfg_lib.build("balance_fer2013", [
         f"generator_checkpoint={NAME}", f"data.fer2013_path={synthetic_csv}", f"data.tfds_data_dir={tfds_dir}",
