@@ -172,23 +172,37 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ferjax.backend_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="registered pretrained model (default: the shipped one)")
+def add_run_args(p: argparse.ArgumentParser, compared: str) -> None:
+    """The options this benchmark and `ferjax.model_bench` share: detector, videos, pipeline rounds
+    (`compared` names what alternates within a round), classifier timing, faces, JSON output."""
     p.add_argument("--detector", default="yunet", help="registered detector (default %(default)s)")
     p.add_argument("--videos", default=",".join(str(SHARED_MEDIA / v) for v in DEFAULT_VIDEOS),
                    help="comma-separated videos (default: the shared one-face, short and crowded clips)")
-    p.add_argument("--rounds", type=int, default=2, help="pipeline runs per backend and video (median)")
+    p.add_argument("--rounds", type=int, default=2, help=f"pipeline runs per {compared} and video (median)")
     p.add_argument("--max-frames", type=int, default=0, help="frames per video (0: all)")
     p.add_argument("--repeats", type=int, default=7, help="classifier timing rounds (median)")
     p.add_argument("--iters", type=int, default=20, help="classifier calls per round")
     p.add_argument("--fer2013-path", default=None, help="FER2013 for the classifier faces (default ../shared)")
     p.add_argument("--json-out", default="", help="also write every figure as JSON here")
-    a = p.parse_args(argv)
-    videos = [Path(v) for v in a.videos.split(",") if v]
+
+
+def existing_videos(value: str, prog: str) -> list[Path] | None:
+    """The comma-separated videos of `--videos`; None, after one line naming the missing ones."""
+    videos = [Path(v) for v in value.split(",") if v]
     missing = [str(v) for v in videos if not v.is_file()]
     if missing:
-        print(f"backend_bench: video not found: {', '.join(missing)}", file=sys.stderr)
+        print(f"{prog}: video not found: {', '.join(missing)}", file=sys.stderr)
+        return None
+    return videos
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ferjax.backend_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="registered pretrained model (default: the shipped one)")
+    add_run_args(p, "backend")
+    a = p.parse_args(argv)
+    videos = existing_videos(a.videos, "backend_bench")
+    if videos is None:
         return 2
     from ferjax import pretrained  # noqa: PLC0415
     from ferjax.analyzer import Analyzer  # noqa: PLC0415

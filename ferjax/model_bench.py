@@ -1,6 +1,6 @@
 """Registered pretrained models side by side, in one run: `python -m ferjax.model_bench`.
 
-    nice python -m ferjax.model_bench [--models A,B] [--backends onnxruntime,jax] [--videos A.mp4,B.mp4]
+    nice python -m ferjax.model_bench [--models A,B] [--backends onnxruntime,jax] [--videos A.mp4,B.mp4 or '']
                                       [--rounds 2] [--json-out FILE]
 
 Printed:
@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ferjax.backend_bench import BACKEND_NAMES, BATCHES, DEFAULT_VIDEOS, SHARED_MEDIA, pipeline_rows, test_faces
+from ferjax.backend_bench import (BACKEND_NAMES, BATCHES, add_run_args, existing_videos, pipeline_rows,
+                                  test_faces)
 
 MAX_MS_PER_FACE = 1.0  # at batch 8, on the default backend (issue 42)
 MAX_ACCURACY_DROP = 0.01  # PrivateTest accuracy, `original` protocol
@@ -113,15 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: the photo default, then the video default)")
     p.add_argument("--backends", default="", help="comma-separated backends for the classifier rows "
                    "(default: jax, and onnxruntime where installed)")
-    p.add_argument("--detector", default="yunet", help="registered detector (default %(default)s)")
-    p.add_argument("--videos", default=",".join(str(SHARED_MEDIA / v) for v in DEFAULT_VIDEOS),
-                   help="comma-separated videos for the pipeline rows ('' for none)")
-    p.add_argument("--rounds", type=int, default=2, help="pipeline runs per model and video (median)")
-    p.add_argument("--max-frames", type=int, default=0, help="frames per video (0: all)")
-    p.add_argument("--repeats", type=int, default=7, help="classifier timing rounds (median)")
-    p.add_argument("--iters", type=int, default=20, help="classifier calls per round")
-    p.add_argument("--fer2013-path", default=None, help="FER2013 for the classifier faces (default ../shared)")
-    p.add_argument("--json-out", default="", help="also write every figure as JSON here")
+    add_run_args(p, "model")  # --videos '' leaves out the pipeline rows
     a = p.parse_args(argv)
     models = list(dict.fromkeys(m for m in a.models.split(",") if m))
     from ferjax.registry import PRETRAINED  # noqa: PLC0415
@@ -131,10 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"model_bench: unknown pretrained model(s) {', '.join(unknown) or '(none given)'}; known: "
               f"{', '.join(PRETRAINED.names())}", file=sys.stderr)
         return 2
-    videos = [Path(v) for v in a.videos.split(",") if v]
-    missing = [str(v) for v in videos if not v.is_file()]
-    if missing:
-        print(f"model_bench: video not found: {', '.join(missing)}", file=sys.stderr)
+    videos = existing_videos(a.videos, "model_bench")
+    if videos is None:
         return 2
     from ferjax.analyzer import AUTO, Analyzer, onnx_available, resolve_backend  # noqa: PLC0415
     from ferjax.timing import cpu_model  # noqa: PLC0415
