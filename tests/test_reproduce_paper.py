@@ -139,7 +139,7 @@ def test_tiny_runs_every_stage_and_reports_three_protocols(tiny):
                       "train c seed 0": status["train c seed 0"]}
     assert (status["train c seed 0"] == "cached") == (_output(wd, "split_b") == _output(wd, "split_c"))
     assert [s["stage"] for s in summary["stages"]] == list(STAGES)
-    assert all(s["seconds"] >= 0 for s in summary["stages"])
+    assert all(s["seconds"] >= 0 and s["attempts"] == 1 for s in summary["stages"])
     assert set(summary["accuracy"]) == {"paper", "original", "ferplus"}
     assert all(set(v) == set("abcd") for v in summary["accuracy"].values())
     for name in ("decomposition.png", "confusion_paper.png", "confusion_original.png", "confusion_ferplus.png",
@@ -152,6 +152,8 @@ def test_tiny_runs_every_stage_and_reports_three_protocols(tiny):
         assert heading in md, heading
     assert "| Our approach (the paper) | 91.76% |" in md and "not comparable" in md
     assert "| disgust | +71 |" in md
+    total = sum(s["seconds"] for s in summary["stages"]) / 3600
+    assert f"All stages: {total:.2f} h of wall time when made (interrupted attempts included)." in md
     report = json.loads((wd / "report.json").read_text())
     d = report["scores"]["paper"]["d"]
     comp = d["composition"]

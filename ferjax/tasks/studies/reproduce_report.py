@@ -361,9 +361,12 @@ def _markdown(config, stages, rows, scores, sizes, protocols, figures, pool, pri
         f"`{config.recipe}` {' '.join(config.recipe_overrides)}, not VGG-Face (row e)"
         + (f"; generated: {pairs}" if pairs else "") + ".", "",
         "## Stages", "",
-        "| stage | this run | wall time when made (s) | key |", "| --- | --- | ---: | --- |"]
-    parts += [f"| {s['stage']} | {'cached' if s['cached'] else 'made'} | {s['seconds']} | {s['key']} |"
+        "| stage | this run | wall time when made (s), over its attempts | attempts | key |",
+        "| --- | --- | ---: | ---: | --- |"]
+    parts += [f"| {s['stage']} | {'cached' if s['cached'] else 'made'} | {s['seconds']} | {s['attempts']} | {s['key']} |"
               for s in stages.table()]
+    parts += ["", f"All stages: {sum(s['seconds'] for s in stages.table()) / 3600:.2f} h of wall time when made "
+                  "(interrupted attempts included)."]
     if curate:
         flagged = ", ".join(f"{n} {c:,}" for n, c in curate.get("per_signal", {}).items())
         parts += ["", f"Removed: {curate.get('removed', 0):,} pool images (flagged by {flagged or 'no signal'}; "
