@@ -163,6 +163,36 @@ def test_tiny_runs_every_stage_and_reports_three_protocols(tiny):
     assert "ci95" in report["scores"]["paper"]["a"]["accuracy"]
     conclusion = md.split("## Conclusion")[1]
     assert "Under the paper's own protocol (`paper`), row (d) scores" in conclusion
+    # where 91.76% could come from: the CNNs' labels against the rows' own, the generated share
+    gap = report["gap"]
+    (oof,) = wd.glob("relabel/folds/*/oof.npz")
+    with np.load(oof) as z:
+        assert gap["label_source"]["images"] == len(z["row"])
+        assert gap["label_source"]["disagree"] == int((z["probs"].argmax(1) != _given(tiny["rows"], z["row"])).sum())
+    assert set(gap["label_source"]["rows"]) == set("abcd")
+    real_test = ~paper_split.load(wd, "c")["test"]["generated"]
+    assert gap["label_source"]["rows"]["c"]["n"] == real_test.sum()  # every real image of row c was a CNN's
+    g = gap["generated"]
+    assert g["row"] == "d" and g["share"] == comp["generated"] / comp["test"]
+    assert g["generated_accuracy"] == d["subsets"]["generated"]["accuracy"]
+    assert "## Where the paper's figure could come from" in md and "the CNNs' labels |" in md
+
+
+def _given(rows, csv_rows):
+    return np.array([rows[int(r)][0] for r in csv_rows])
+
+
+def test_the_generated_share_that_would_reach_the_papers_figure():
+    from ferjax.tasks.studies.reproduce_report import balanced_to_largest, generated_share_needed
+
+    def subsets(g, r):
+        return {"generated": {"n": 10, "accuracy": g}, "real": {"n": 90, "accuracy": r}}
+
+    assert generated_share_needed(subsets(1.0, 0.7)) == pytest.approx((0.9176 - 0.7) / 0.3)
+    assert generated_share_needed(subsets(0.9, 0.7)) is None  # g below the target: no share reaches it
+    assert generated_share_needed(subsets(1.0, 0.95)) is None  # already above it
+    big = balanced_to_largest(np.array([0] * 5 + [1] * 2 + [3] * 1))  # counts 5, 2, 0, 1, 0, 0, 0
+    assert big == {"largest": 5, "generated": 3 + 5 + 4 + 5 + 5 + 5, "share": 27 / 35}
 
 
 def test_private_test_enters_no_stage(tiny):
