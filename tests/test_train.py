@@ -114,6 +114,7 @@ def uninterrupted(tmp_path_factory, tiny_env):
     return _final_state(wd)
 
 
+@pytest.mark.slow  # 92 s with its uninterrupted reference run: the slow set, which CI runs too
 def test_preempt_and_resume_matches_uninterrupted(tmp_path, tiny_env, uninterrupted, caplog):
     run_cli(*ARGS, "--config.train.max_steps=7", f"--workdir={tmp_path}", env_extra=tiny_env)
     with caplog.at_level("WARNING"):
@@ -247,6 +248,7 @@ TWO_DEVICES_LOCAL_BN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # 34 s: the slow set, which CI runs too
 def test_default_step_over_two_devices_is_ddp_with_per_device_batch_norm():
     """The default multi-device step equals an independent two-half reference (PyTorch DDP semantics)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
