@@ -176,6 +176,16 @@ def test_tiny_runs_every_stage_and_reports_three_protocols(tiny):
     assert g["row"] == "d" and g["share"] == comp["generated"] / comp["test"]
     assert g["generated_accuracy"] == d["subsets"]["generated"]["accuracy"]
     assert "## Where the paper's figure could come from" in md and "the CNNs' labels |" in md
+    classes = md.split("Images per class in each row's modified set")[1].split("##")[0]
+    (line_d,) = [line for line in classes.splitlines() if line.startswith("| (d) |")]
+    members = sum(report["sizes"]["d"][p] for p in ("train", "selection", "test"))
+    assert f"({_generated_in_row_d(wd)} generated)" in line_d and line_d.endswith(f" | {members:,} |")
+
+
+def _generated_in_row_d(wd) -> str:
+    """The generated images of row d's modified set, as the report writes the count."""
+    parts = paper_split.load(wd, "d")
+    return f"{sum(int(p['generated'].sum()) for p in parts.values()):,}"
 
 
 def _given(rows, csv_rows):

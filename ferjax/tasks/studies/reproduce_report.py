@@ -197,6 +197,19 @@ def gains_table(scores: Mapping[str, dict], first: str, last: str) -> str:
     return "\n".join(lines)
 
 
+def class_table(splits: Mapping[str, dict], rows: Sequence[str], split_of: Mapping[str, str]) -> str:
+    """Images per class in each row's modified set (all three parts), generated ones in brackets."""
+    lines = ["| row | " + " | ".join(EMOTIONS) + " | all |", "| --- |" + " ---: |" * (len(EMOTIONS) + 1)]
+    for row in rows:
+        m = splits[split_of[row]]
+        label, gen = np.asarray(m["label"]), np.asarray(m["source"]) == paper_split.GENERATED
+        counts = np.bincount(label, minlength=len(EMOTIONS))
+        made = np.bincount(label[gen], minlength=len(EMOTIONS))
+        cells = [f"{n:,}" + (f" ({g:,} generated)" if g else "") for n, g in zip(counts, made)]
+        lines.append(f"| ({row}) | " + " | ".join(cells) + f" | {len(label):,} |")
+    return "\n".join(lines)
+
+
 def composition_table(scores: Mapping[str, dict], rows: Sequence[str]) -> str:
     head = ("| row | test images | with an exact or near duplicate in its 80% | label set by the relabeling CNNs | "
             "generated | `paper` accuracy: all | generated | relabelled | twinned | the rest (real, original "
@@ -400,7 +413,7 @@ def write(config: ml_collections.ConfigDict, stages, rows: Sequence[str], runs: 
     gap = _gap(stages, rows, runs, tests, splits, split_of, scores["paper"], pool)
     figures = _figures(root, scores, rows, protocols, stages)
     accuracy = {p: {r: round(scores[p][r]["accuracy"]["mean"], 4) for r in rows} for p in protocols}
-    text = _markdown(config, stages, rows, scores, sizes, protocols, figures, pool, private, gap)
+    text = _markdown(config, stages, rows, scores, sizes, protocols, figures, pool, private, gap, splits, split_of)
     path = root / "report.md"
     atomic_write_bytes(path, text.encode())
     atomic_write_bytes(root / "report.json", json.dumps(
@@ -450,7 +463,7 @@ def _figures(root: Path, scores: dict, rows: Sequence[str], protocols: Sequence[
     return figures
 
 
-def _markdown(config, stages, rows, scores, sizes, protocols, figures, pool, private, gap) -> str:
+def _markdown(config, stages, rows, scores, sizes, protocols, figures, pool, private, gap, splits, split_of) -> str:
     first, last = rows[0], ("d" if "d" in rows else rows[-1])
     gen = stages.log.get("generate", {})
     pairs = ", ".join(f"{p['source']} -> {p['target']} ({p['generated']:,} images)" for p in gen.get("pairs", []))
@@ -482,6 +495,8 @@ def _markdown(config, stages, rows, scores, sizes, protocols, figures, pool, pri
         parts += [f"Relabelled: {relabel.get('relabeled', 0):,} pool images"
                   + (f" (most frequent: {changes})" if changes else "")
                   + f"; dropped as label issues with no confident class: {relabel.get('dropped', 0):,}."]
+    parts += ["", "Images per class in each row's modified set (before its 80/20 split):", "",
+              class_table(splits, rows, split_of)]
     parts += ["", "## Table I of the paper, with ferjax's rows", "", table_one(scores, rows), "",
               "## The decomposition", "", f"![accuracy per row and protocol]({figures['decomposition']})", ""]
     for p in protocols:
