@@ -109,14 +109,20 @@ def _paper_scores(preds: Mapping[str, np.ndarray], ys: Mapping[str, np.ndarray],
     return out
 
 
-def score_rows(rows: Sequence[str], runs: Mapping[str, Sequence[Path]], tests: Mapping[str, dict],
-               split_of: Mapping[str, str], private: Mapping[str, np.ndarray], n_boot: int, seed: int) -> dict:
+def paper_predictions(rows: Sequence[str], runs: Mapping[str, Sequence[Path]], tests: Mapping[str, dict],
+                      split_of: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """{row: [seeds, test images] predicted classes} of each row's classifiers on its own 20%."""
+    return {r: np.stack([_test_predictions(d, tests[split_of[r]]["row"]) for d in runs[r]]) for r in rows}
+
+
+def score_rows(rows: Sequence[str], runs: Mapping[str, Sequence[Path]], paper_preds: Mapping[str, np.ndarray],
+               tests: Mapping[str, dict], split_of: Mapping[str, str], private: Mapping[str, np.ndarray],
+               n_boot: int, seed: int) -> dict:
     """{protocol: {row: entry, "overall": ...}} for every protocol that has test labels; `tests`:
-    the test part of each split (`paper_split.assemble`)."""
+    the test part of each split (`paper_split.assemble`); `paper_preds`: `paper_predictions`."""
     from ferjax.data.ferplus import ferplus_majority  # noqa: PLC0415
 
     ys = {s: t["label"] for s, t in tests.items()}
-    paper_preds = {r: np.stack([_test_predictions(d, tests[split_of[r]]["row"]) for d in runs[r]]) for r in rows}
     scores = {"paper": _paper_scores(paper_preds, ys, rows, split_of, n_boot, seed)}
     private_rows = np.asarray(private["row"])
     preds = {r: np.stack([_private_predictions(d, private_rows) for d in runs[r]]) for r in rows}
@@ -261,7 +267,7 @@ def cnn_labels(stages) -> dict[str, np.ndarray] | None:
         return {"row": np.asarray(z["row"])[order], "label": z["probs"].argmax(1)[order]}
 
 
-def label_source(cnn: Mapping[str, np.ndarray], pool: Mapping[str, np.ndarray], runs: Mapping[str, Sequence[Path]],
+def label_source(cnn: Mapping[str, np.ndarray], pool: Mapping[str, np.ndarray], paper_preds: Mapping[str, np.ndarray],
                  tests: Mapping[str, dict], split_of: Mapping[str, str], rows: Sequence[str]) -> dict:
     """How the test labels' source moves the `paper` score: the share of the CNNs' images whose
     given label they disagree with, and per row, on its real test images that the CNNs labelled,
@@ -276,7 +282,7 @@ def label_source(cnn: Mapping[str, np.ndarray], pool: Mapping[str, np.ndarray], 
         has = ~np.asarray(test["generated"]) & (cnn["row"][pos] == test_rows)
         if not has.any():
             continue
-        preds = np.stack([_test_predictions(d, test_rows) for d in runs[row]])[:, has]
+        preds = paper_preds[row][:, has]
         out["rows"][row] = {"n": int(has.sum()),
                             "row_labels": float((preds == np.asarray(test["label"])[has]).mean()),
                             "cnn_labels": float((preds == cnn["label"][pos][has]).mean())}
@@ -299,7 +305,7 @@ def balanced_to_largest(labels: np.ndarray) -> dict:
     return {"largest": int(counts.max()), "generated": need, "share": need / (need + int(counts.sum()))}
 
 
-def gap_section(gap: Mapping, rows: Sequence[str]) -> list[str]:
+def gap_section(gap: Mapping) -> list[str]:
     """The page's lines on why the run stops where it does (`gap`: `label_source`, the generated share)."""
     out = []
     src = gap.get("label_source")
@@ -399,7 +405,8 @@ def write(config: ml_collections.ConfigDict, stages, rows: Sequence[str], runs: 
     `splits`: the members of each split; `split_of`: the split each row trains and tests on."""
     root = Path(stages.root)
     tests = {s: paper_split.assemble(m, pool, generated)["test"] for s, m in splits.items()}
-    scores = score_rows(rows, runs, tests, split_of, private, config.bootstrap, config.seed)
+    paper_preds = paper_predictions(rows, runs, tests, split_of)
+    scores = score_rows(rows, runs, paper_preds, tests, split_of, private, config.bootstrap, config.seed)
     sizes = {}
     for row in rows:
         m = splits[split_of[row]]
@@ -410,7 +417,7 @@ def write(config: ml_collections.ConfigDict, stages, rows: Sequence[str], runs: 
             "relabeled": int((test & m["relabeled"]).sum()),
             "generated": int((test & (m["source"] == paper_split.GENERATED)).sum())}
     protocols = [p for p in PROTOCOLS if p in scores]
-    gap = _gap(stages, rows, runs, tests, splits, split_of, scores["paper"], pool)
+    gap = _gap(stages, rows, paper_preds, tests, splits, split_of, scores["paper"], pool)
     figures = _figures(root, scores, rows, protocols, stages)
     accuracy = {p: {r: round(scores[p][r]["accuracy"]["mean"], 4) for r in rows} for p in protocols}
     text = _markdown(config, stages, rows, scores, sizes, protocols, figures, pool, private, gap, splits, split_of)
@@ -422,12 +429,12 @@ def write(config: ml_collections.ConfigDict, stages, rows: Sequence[str], runs: 
     return {"path": path, "accuracy": accuracy}
 
 
-def _gap(stages, rows, runs, tests, splits, split_of, paper: Mapping[str, dict], pool) -> dict:
+def _gap(stages, rows, paper_preds, tests, splits, split_of, paper: Mapping[str, dict], pool) -> dict:
     """`label_source` where the run relabelled; the generated share for the last row that holds generated images."""
     gap = {}
     cnn = cnn_labels(stages)
     if cnn is not None:
-        gap["label_source"] = label_source(cnn, pool, runs, tests, split_of, rows)
+        gap["label_source"] = label_source(cnn, pool, paper_preds, tests, split_of, rows)
     with_generated = [r for r in rows if paper[r]["composition"]["generated"]]
     if with_generated:
         row = with_generated[-1]
@@ -507,7 +514,7 @@ def _markdown(config, stages, rows, scores, sizes, protocols, figures, pool, pri
         parts += [f"## Per-class gains: the paper's against ferjax's ({last}) - ({first})", "",
                   gains_table(scores, first, last), ""]
     parts += ["## What the paper's 20% holds", "", composition_table(scores["paper"], rows), ""]
-    lines = gap_section(gap, rows)
+    lines = gap_section(gap)
     if lines:
         parts += ["## Where the paper's figure could come from", ""] + lines
     shown = [v for k, v in figures.items() if k.startswith("generated_")]
