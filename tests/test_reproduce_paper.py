@@ -176,6 +176,15 @@ def test_tiny_runs_every_stage_and_reports_three_protocols(tiny):
     assert g["row"] == "d" and g["share"] == comp["generated"] / comp["test"]
     assert g["generated_accuracy"] == d["subsets"]["generated"]["accuracy"]
     assert "## Where the paper's figure could come from" in md and "the CNNs' labels |" in md
+    for row in "bcd":  # each row's jump over (a), in parts that sum to it, from (a)'s and the row's accuracies
+        j = gap["jump"][row]
+        assert j["accuracy"][0] == pytest.approx(report["scores"]["paper"]["a"]["accuracy"]["mean"])
+        assert j["accuracy"][-1] == pytest.approx(report["scores"]["paper"][row]["accuracy"]["mean"])
+        assert sum(j[k] for k in ("kept", "labels", "training", "generated")) == pytest.approx(j["jump"])
+    assert gap["jump"]["b"]["labels"] == 0  # the removals change no label
+    test_a, test_d = paper_split.load(wd, "a")["test"], paper_split.load(wd, "d")["test"]
+    assert gap["jump"]["d"]["shared"] == np.isin(test_d["row"][~test_d["generated"]], test_a["row"]).sum()
+    assert "| (d) | " + f"{gap['jump']['d']['shared']:,} of {comp['test']:,} |" in md
     classes = md.split("Images per class in each row's modified set")[1].split("##")[0]
     (line_d,) = [line for line in classes.splitlines() if line.startswith("| (d) |")]
     members = sum(report["sizes"]["d"][p] for p in ("train", "selection", "test"))
@@ -203,6 +212,25 @@ def test_the_generated_share_that_would_reach_the_papers_figure():
     assert generated_share_needed(subsets(1.0, 0.95)) is None  # already above it
     big = balanced_to_largest(np.array([0] * 5 + [1] * 2 + [3] * 1))  # counts 5, 2, 0, 1, 0, 0, 0
     assert big == {"largest": 5, "generated": 3 + 5 + 4 + 5 + 5 + 5, "share": 27 / 35}
+
+
+def test_a_rows_paper_jump_splits_into_parts_that_sum_to_it():
+    """(a)'s classifier on the images (c) keeps, then with (c)'s labels, then (c)'s classifier, then (c)'s
+    whole test part: row 12 relabelled 2 -> 5, row 14 outside (a)'s test part, one generated image."""
+    from ferjax.tasks.studies.reproduce_report import jump_parts
+
+    def part(rows, label, original, generated):
+        return {"row": np.array(rows), "label": np.array(label), "original_label": np.array(original),
+                "generated": np.array(generated)}
+
+    tests = {"a": part([13, 10, 11, 12], [3, 0, 1, 2], [3, 0, 1, 2], [False] * 4),
+             "c": part([11, 12, 14, -1], [1, 5, 2, 6], [1, 2, 2, 6], [False, False, False, True])}
+    preds = {"a": np.array([[0, 0, 1, 5]]), "c": np.array([[1, 5, 0, 6]])}
+    (c,) = jump_parts(preds, tests, {"a": "a", "c": "c"}, ["a", "c"]).values()
+    assert c["shared"] == 2 and c["test"] == 4
+    assert c["accuracy"] == pytest.approx([0.5, 0.5, 1.0, 1.0, 0.75])
+    assert (c["kept"], c["labels"], c["training"], c["generated"]) == pytest.approx((0.0, 0.5, 0.0, -0.25))
+    assert c["jump"] == pytest.approx(0.25)
 
 
 def test_private_test_enters_no_stage(tiny):
