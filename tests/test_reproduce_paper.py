@@ -175,6 +175,9 @@ def test_tiny_runs_every_stage_and_reports_three_protocols(tiny):
     g = gap["generated"]
     assert g["row"] == "d" and g["share"] == comp["generated"] / comp["test"]
     assert g["generated_accuracy"] == d["subsets"]["generated"]["accuracy"]
+    share = g["balanced_to_largest"]["share"]
+    assert g["balanced_extrapolation"] == pytest.approx(share * g["generated_accuracy"] + (1 - share) * g["real_accuracy"])
+    assert "(1 seed) | `paper`" in md or report["scores"]["paper"]["b"]["seeds"] > 1
     assert "## Where the paper's figure could come from" in md and "the CNNs' labels |" in md
     for row in "bcd":  # each row's jump over (a), in parts that sum to it, from (a)'s and the row's accuracies
         j = gap["jump"][row]

@@ -85,13 +85,13 @@ def plot_grouped_bars(values: dict[str, dict[str, tuple[float, float]]], path: s
         bars = ax.bar(xs, [p[0] for p in pairs], width, yerr=[p[1] for p in pairs], capsize=3, label=name)
         ax.bar_label(bars, labels=[f"{p[0]:.1f}" if np.isfinite(p[0]) else "" for p in pairs], fontsize=7,
                      padding=2)
-    for label, y in (lines or {}).items():
-        ax.axhline(y, color="grey", linestyle="--", linewidth=1)
-        ax.text(len(groups) - 0.5, y, label, ha="right", va="bottom", fontsize=7, color="dimgrey")
+    for i, (label, y) in enumerate((lines or {}).items()):  # in the legend, clear of the bars
+        ax.axhline(y, color="dimgrey", linestyle=("--", ":", "-.")[i % 3], linewidth=1.2, label=label)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    entries = len(series) + len(lines or {})
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(entries, 3), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
