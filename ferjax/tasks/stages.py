@@ -45,6 +45,16 @@ def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def cached_line(head: str, where: Path | str, seconds: float) -> str:
+    """The progress line of a stage read back from an earlier run."""
+    return f"{head}: cached ({where}, made in {seconds} s)"
+
+
+def done_line(head: str, seconds: float, attempts: int) -> str:
+    """The progress line of a stage just finished, with its attempts when there were several."""
+    return f"{head}: done in {seconds:.1f} s" + (f" ({attempts} attempts)" if attempts > 1 else "")
+
+
 class Stages:
     """Runs and records the stages of one run folder, printing one progress line per stage."""
 
@@ -63,7 +73,7 @@ class Stages:
         head = f"[{self.done}/{self.total}] {name}"
         if (folder / META).is_file():
             record = {**json.loads((folder / META).read_text()), "cached": True}
-            print(f"{head}: cached ({folder.relative_to(self.root)}, made in {record['seconds']} s)", flush=True)
+            print(cached_line(head, folder.relative_to(self.root), record["seconds"]), flush=True)
         else:
             for stale in folder.parent.glob(f".{key}.tmp-*"):  # a killed attempt's partial output
                 shutil.rmtree(stale, ignore_errors=True)
@@ -76,8 +86,7 @@ class Stages:
                           "seconds": round(seconds, 1), "attempts": attempts, **fields}
                 (tmp / META).write_text(json.dumps(record, indent=2, default=str))
             record["cached"] = False
-            print(f"{head}: done in {record['seconds']} s" + (f" ({attempts} attempts)" if attempts > 1 else ""),
-                  flush=True)
+            print(done_line(head, record["seconds"], attempts), flush=True)
         self.log[name] = record
         return folder, record
 

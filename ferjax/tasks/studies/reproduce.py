@@ -29,7 +29,7 @@ from ferjax import config as cfg_lib
 from ferjax.atomic import atomic_write_bytes, save_npz
 from ferjax.data import paper_split
 from ferjax.data.fer2013 import EMOTIONS, class_index
-from ferjax.tasks.stages import Stages, arrays_digest, digest
+from ferjax.tasks.stages import Stages, arrays_digest, cached_line, digest, done_line
 from ferjax.tasks.studies import reproduce_report
 
 ROWS = ("a", "b", "c", "d", "e")
@@ -360,7 +360,7 @@ def _train_stage(stages: Stages, config: ml_collections.ConfigDict, row: str, se
     if done:
         made = json.loads(timing.read_text()) if timing.is_file() else {
             "seconds": json.loads((run_dir / "report.json").read_text()).get("wall_seconds", 0.0), "attempts": 1}
-        print(f"{head}: cached ({run_dir.relative_to(stages.root)}, made in {made['seconds']} s)", flush=True)
+        print(cached_line(head, run_dir.relative_to(stages.root), made["seconds"]), flush=True)
         stages.record(name, made["seconds"], True, made["attempts"], key=key, run=str(run_dir))
         return run_dir
     with stages.timed(key) as elapsed:
@@ -374,7 +374,7 @@ def _train_stage(stages: Stages, config: ml_collections.ConfigDict, row: str, se
                  row=np.asarray(private["row"]))
         seconds, attempts = elapsed()
         atomic_write_bytes(timing, json.dumps({"seconds": round(seconds, 1), "attempts": attempts}).encode())
-    print(f"{head}: done in {seconds:.1f} s" + (f" ({attempts} attempts)" if attempts > 1 else ""), flush=True)
+    print(done_line(head, seconds, attempts), flush=True)
     stages.record(name, seconds, False, attempts, key=key, run=str(run_dir))
     return run_dir
 
