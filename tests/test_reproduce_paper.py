@@ -175,6 +175,10 @@ def test_tiny_runs_every_stage_and_reports_three_protocols(tiny):
     g = gap["generated"]
     assert g["row"] == "d" and g["share"] == comp["generated"] / comp["test"]
     assert g["generated_accuracy"] == d["subsets"]["generated"]["accuracy"]
+    test_d = paper_split.load(wd, "d")["test"]
+    real_disgust = (test_d["label"] == 1) & ~test_d["generated"]
+    assert g["disgust"]["real"]["n"] == real_disgust.sum()
+    assert g["disgust"]["generated"]["n"] == ((test_d["label"] == 1) & test_d["generated"]).sum()
     share = g["balanced_to_largest"]["share"]
     assert g["balanced_extrapolation"] == pytest.approx(share * g["generated_accuracy"] + (1 - share) * g["real_accuracy"])
     assert "(1 seed) | `paper`" in md or report["scores"]["paper"]["b"]["seeds"] > 1

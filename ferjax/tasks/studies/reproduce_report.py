@@ -141,10 +141,13 @@ def score_rows(rows: Sequence[str], runs: Mapping[str, Sequence[Path]], paper_pr
 
 def _subsets(preds: np.ndarray, test: Mapping[str, np.ndarray]) -> dict:
     """Seed-mean accuracy and size of the test part's subsets: generated, real (not generated),
-    relabelled, twinned (a duplicate in the 80%) and the rest (real, original label, no twin)."""
+    relabelled, twinned (a duplicate in the 80%), the rest (real, original label, no twin), and the
+    generated and the real disgust faces (where accuracy is disgust recall)."""
     gen, rel, twin = test["generated"], test["relabeled"], test["twin"]
+    focus = np.asarray(test["label"]) == FOCUS
     masks = {"all": np.ones(len(gen), bool), "generated": gen, "real": ~gen, "relabelled": rel & ~gen,
-             "twinned": twin & ~gen, "rest": ~gen & ~rel & ~twin}
+             "twinned": twin & ~gen, "rest": ~gen & ~rel & ~twin,
+             "generated_disgust": gen & focus, "real_disgust": ~gen & focus}  # accuracy here: disgust recall
     hit = preds == np.asarray(test["label"])[None, :]
     return {k: {"n": int(m.sum()), "accuracy": float(hit[:, m].mean()) if m.any() else float("nan")}
             for k, m in masks.items()}
@@ -377,7 +380,9 @@ def gap_section(gap: Mapping) -> list[str]:
     if gen:
         line = (f"Row ({gen['row']})'s classifiers score {_pt(gen['generated_accuracy'])}% on the generated test "
                 f"images and {_pt(gen['real_accuracy'])}% on the real ones; generated images make "
-                f"{100 * gen['share']:.1f}% of its test part. ")
+                f"{100 * gen['share']:.1f}% of its test part; they find {_pt(gen['disgust']['generated']['accuracy'])}% "
+                f"of its {gen['disgust']['generated']['n']:,} generated disgust test faces and "
+                f"{_pt(gen['disgust']['real']['accuracy'])}% of its {gen['disgust']['real']['n']:,} real ones. ")
         if gen["needed"] is not None:
             line += (f"At these two accuracies a test part that is {100 * gen['needed']:.1f}% generated would "
                      "average 91.76%. ")
@@ -494,6 +499,7 @@ def _gap(stages, rows, paper_preds, tests, splits, split_of, paper: Mapping[str,
         real = np.asarray(members["source"]) == paper_split.POOL
         gap["generated"] = {"row": row, "generated_accuracy": sub["generated"]["accuracy"],
                             "real_accuracy": sub["real"]["accuracy"], "share": comp["generated"] / comp["test"],
+                            "disgust": {"generated": sub["generated_disgust"], "real": sub["real_disgust"]},
                             "needed": generated_share_needed(sub),
                             "balanced_to_largest": balanced_to_largest(np.asarray(members["label"])[real])}
         share = gap["generated"]["balanced_to_largest"]["share"]  # generated faces of every class read as these
