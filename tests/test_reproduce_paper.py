@@ -189,7 +189,7 @@ def test_tiny_runs_every_stage_and_reports_three_protocols(tiny):
         assert j["accuracy"][-1] == pytest.approx(report["scores"]["paper"][row]["accuracy"]["mean"])
         assert sum(j[k] for k in ("kept", "labels", "training", "generated")) == pytest.approx(j["jump"])
     assert gap["jump"]["b"]["labels"] == 0  # the removals change no label
-    test_a, test_d = paper_split.load(wd, "a")["test"], paper_split.load(wd, "d")["test"]
+    test_a = paper_split.load(wd, "a")["test"]
     assert gap["jump"]["d"]["shared"] == np.isin(test_d["row"][~test_d["generated"]], test_a["row"]).sum()
     assert "| (d) | " + f"{gap['jump']['d']['shared']:,} of {comp['test']:,} |" in md
     classes = md.split("Images per class in each row's modified set")[1].split("##")[0]

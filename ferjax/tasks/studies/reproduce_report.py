@@ -271,6 +271,14 @@ def cnn_labels(stages) -> dict[str, np.ndarray] | None:
         return {"row": np.asarray(z["row"])[order], "label": z["probs"].argmax(1)[order]}
 
 
+def _find(rows: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index into `rows`, found) of each query; `rows`: distinct ids in any order."""
+    rows, queries = np.asarray(rows), np.asarray(queries)
+    order = np.argsort(rows, kind="stable")
+    at = order[np.clip(np.searchsorted(rows, queries, sorter=order), 0, len(rows) - 1)]
+    return at, rows[at] == queries
+
+
 def label_source(cnn: Mapping[str, np.ndarray], pool: Mapping[str, np.ndarray], paper_preds: Mapping[str, np.ndarray],
                  tests: Mapping[str, dict], split_of: Mapping[str, str], rows: Sequence[str]) -> dict:
     """How the test labels' source moves the `paper` score: the share of the CNNs' images whose
@@ -282,8 +290,8 @@ def label_source(cnn: Mapping[str, np.ndarray], pool: Mapping[str, np.ndarray], 
     for row in rows:
         test = tests[split_of[row]]
         test_rows = np.asarray(test["row"])
-        pos = np.clip(np.searchsorted(cnn["row"], test_rows), 0, len(cnn["row"]) - 1)
-        has = ~np.asarray(test["generated"]) & (cnn["row"][pos] == test_rows)
+        pos, found = _find(cnn["row"], test_rows)
+        has = ~np.asarray(test["generated"]) & found
         if not has.any():
             continue
         preds = paper_preds[row][:, has]
@@ -306,16 +314,14 @@ def jump_parts(paper_preds: Mapping[str, np.ndarray], tests: Mapping[str, dict],
     ones outside the first row's test part). Accuracies are seed means."""
     first = rows[0]
     base = tests[split_of[first]]
-    base_rows = np.asarray(base["row"])
-    order = np.argsort(base_rows)
     p0 = paper_preds[first]
     start = float((p0 == np.asarray(base["label"])[None]).mean())
     out = {}
     for row in rows[1:]:
         test = tests[split_of[row]]
         test_rows, label = np.asarray(test["row"]), np.asarray(test["label"])
-        at = order[np.clip(np.searchsorted(base_rows, test_rows, sorter=order), 0, len(order) - 1)]
-        shared = ~np.asarray(test["generated"]) & (base_rows[at] == test_rows)
+        at, found = _find(base["row"], test_rows)
+        shared = ~np.asarray(test["generated"]) & found
         before = p0[:, at[shared]]
         chain = [start, float((before == np.asarray(test["original_label"])[shared]).mean()),
                  float((before == label[shared]).mean()), float((paper_preds[row][:, shared] == label[shared]).mean()),
